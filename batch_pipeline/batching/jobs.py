@@ -1,0 +1,297 @@
+"""Job manager: queued requests -> submitted batches -> ingested results, safe across crashes.
+
+Submission is two-phase: the ledger records the intent (members, batch key) before anything is
+sent, the batch carries its key in `metadata`, and before every create the remote batch list is
+searched for that key. A crash or an ambiguous error at any point therefore re-attaches to the
+batch that exists instead of paying for a second one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+from openai.types import Batch
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from batch_pipeline.batching.assembly import plan_batches, write_batch_file
+from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
+from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
+from batch_pipeline.batching.pricing import PriceCatalog
+from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
+from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
+from batch_pipeline.ledger.states import BatchPhase
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "bp_batch_key"
+# Errors after which we cannot know whether the server acted: look before trying again.
+AMBIGUOUS_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                    openai.RateLimitError, openai.ConflictError)
+TRANSIENT_ERRORS = (*AMBIGUOUS_ERRORS, ResultFileError)
+
+
+class DownloadIncomplete(IOError):
+    pass
+
+
+class BatchJobManager:
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        ledger: Ledger,
+        *,
+        files_dir: Path | str,
+        image_store: ImageStore | None = None,
+        catalog: PriceCatalog | None = None,
+        limits: SplitLimits | None = None,
+        max_attempts: int = 3,
+        poll_policy: PollPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        reconcile_lookback_s: float = 2 * BATCH_WINDOW_SECONDS,
+        download_attempts: int = 4,
+    ):
+        self.client = client
+        # The SDK retries POSTs without an idempotency key; a retried create after a timeout or
+        # 5xx can bill a second batch. Creates go out once and are reconciled by us instead.
+        self.create_client = client.with_options(max_retries=0)
+        self.ledger = ledger
+        self.files_dir = Path(files_dir)
+        self.image_store = image_store
+        self.catalog = catalog or PriceCatalog.load()
+        self.limits = limits or SplitLimits()
+        self.max_attempts = max_attempts
+        self.poll_policy = poll_policy or PollPolicy()
+        self.clock = clock
+        self.sleep = sleep
+        self.reconcile_lookback_s = reconcile_lookback_s
+        self.download_attempts = download_attempts
+
+    # -- submit -----------------------------------------------------------------------------
+
+    def submit_queued(self, *, session_id: str | None = None) -> list[str]:
+        """Finish half-sent batches, then plan and send batches for all queued batch-tier requests.
+
+        Returns the keys of the batches planned in this call (sent, or left to be retried).
+        """
+        self.resume()
+        plan = plan_batches(self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id), self.limits,
+                            self.ledger.inflight_tokens_by_model())
+        if plan.oversized:
+            self.ledger.fail_queued([r.request_id for r in plan.oversized],
+                                    f"larger than one batch file allows ({self.limits.max_bytes} bytes or the model's token queue)")
+        if plan.held_back:
+            log.info("%d requests wait for the enqueued-token queue to drain", len(plan.held_back))
+        keys = []
+        for planned in plan.batches:
+            key = f"bpb_{uuid.uuid4().hex}"
+            self.ledger.create_batch_intent(key, planned.endpoint, planned.model, planned.members)
+            keys.append(key)
+        for key in keys:
+            self._send(key)
+        return keys
+
+    def resume(self) -> None:
+        """Carry every batch that was planned but not confirmed created through to `created`."""
+        for record in self.ledger.batches([BatchPhase.INTENT, BatchPhase.UPLOADED]):
+            self._send(record.batch_key)
+
+    def _send(self, key: str) -> None:
+        record = self.ledger.batch(key)
+        if record.phase == BatchPhase.INTENT:
+            # We may have crashed after creating it remotely: look before uploading again.
+            if (remote := self.find_remote(record)) is not None:
+                self._attach(record, remote)
+                return
+            path, _size, _lines = write_batch_file(self.ledger, key, self.files_dir, self.image_store)
+            with path.open("rb") as fh:
+                uploaded = self.client.files.create(file=(path.name, fh), purpose="batch")
+            self.ledger.mark_uploaded(key, uploaded.id)
+            record = self.ledger.batch(key)
+        if record.phase == BatchPhase.UPLOADED:
+            self._create(record)
+
+    def _create(self, record: BatchRecord) -> None:
+        if (remote := self.find_remote(record)) is not None:
+            self._attach(record, remote)
+            return
+        try:
+            remote = self.create_client.batches.create(
+                input_file_id=record.input_file_id,
+                endpoint=record.endpoint,
+                completion_window=COMPLETION_WINDOW,
+                metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
+                          "bp_requests": str(record.request_count)},
+            )
+        except AMBIGUOUS_ERRORS as exc:
+            # The server may have created it before failing to answer: look, never blindly retry.
+            if (remote := self.find_remote(record)) is not None:
+                log.warning("batch %s: create answered %s but the batch exists; re-attached", record.batch_key, type(exc).__name__)
+                self._attach(record, remote)
+                return
+            log.warning("batch %s: create failed (%s); will retry on the next submit", record.batch_key, exc)
+            return
+        except openai.APIStatusError as exc:
+            # A definite rejection (4xx): this file will never become a batch.
+            self.ledger.abandon_batch(record.batch_key, f"create rejected: {exc.status_code} {exc.message}",
+                                      max_attempts=self.max_attempts)
+            return
+        self.ledger.mark_created(record.batch_key, remote.id, remote.status)
+
+    def _attach(self, record: BatchRecord, remote: Batch) -> None:
+        self.ledger.mark_created(record.batch_key, remote.id, remote.status, input_file_id=remote.input_file_id)
+
+    def find_remote(self, record: BatchRecord) -> Batch | None:
+        """The remote batch tagged with this record's key, searching back from the newest.
+
+        Errors propagate: "could not read the list" must never be taken for "not there".
+        """
+        oldest_wanted = record.created_at - self.reconcile_lookback_s
+        for remote in self.client.batches.list(limit=100):
+            if (remote.metadata or {}).get(METADATA_KEY) == record.batch_key:
+                return remote
+            if remote.created_at < oldest_wanted:
+                return None
+        return None
+
+    # -- poll ---------------------------------------------------------------------------------
+
+    def refresh(self) -> list[BatchRecord]:
+        """Poll every in-flight batch with one paginated list call (retrieve only the stragglers)."""
+        inflight = [b for b in self.ledger.batches([BatchPhase.CREATED]) if b.status not in ENDED_STATUSES]
+        if not inflight:
+            return []
+        wanted = {b.openai_batch_id: b for b in inflight}
+        oldest = min(b.created_at for b in inflight) - self.reconcile_lookback_s
+        seen: dict[str, Batch] = {}
+        for remote in self.client.batches.list(limit=100):
+            if remote.id in wanted:
+                seen[remote.id] = remote
+            if len(seen) == len(wanted) or remote.created_at < oldest:
+                break
+        for missing in wanted.keys() - seen.keys():
+            seen[missing] = self.client.batches.retrieve(missing)
+        self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
+        return [self.ledger.batch(b.batch_key) for b in inflight]
+
+    def cancel(self, batch_key: str) -> None:
+        record = self.ledger.batch(batch_key)
+        if record.openai_batch_id is None:
+            raise ValueError(f"batch {batch_key} was never created remotely")
+        try:
+            self.client.batches.cancel(record.openai_batch_id)
+        except openai.ConflictError:
+            log.info("batch %s already finished; nothing to cancel", batch_key)
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    def ingest_ended(self) -> list[str]:
+        """Download, map and record every ended batch not ingested yet. Returns their keys."""
+        done = []
+        for record in self.ledger.batches([BatchPhase.CREATED]):
+            if record.status in ENDED_STATUSES and self.ingest(record):
+                done.append(record.batch_key)
+        return done
+
+    def ingest(self, record: BatchRecord) -> bool:
+        downloads = self.files_dir / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
+                 for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)) if file_id]
+        outcomes = read_result_files(paths, self.image_store)
+        if record.status == "failed":
+            outcomes |= self._validation_outcomes(record)
+        priced = [
+            price_outcome(o, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH, catalog=self.catalog,
+                          request_body=lambda rid=o.request_id: self.ledger.request_body(rid))
+            for o in outcomes.values()
+        ]
+        ingested = self.ledger.record_batch_outcome(
+            record.batch_key, priced, max_attempts=self.max_attempts,
+            missing_reason=f"batch {record.status} without a result line for this request")
+        for path in [*paths, self.files_dir / f"{record.batch_key}.jsonl"]:
+            path.unlink(missing_ok=True)
+        return ingested
+
+    def _validation_outcomes(self, record: BatchRecord) -> dict[str, RequestOutcome]:
+        """A batch that failed validation: lines it names failed for good; the rest may go again."""
+        members = self.ledger.batch_members(record.batch_key)
+        outcomes = {}
+        for err in record.errors or []:
+            line = err.get("line")
+            if line and line in members:
+                rid = members[line]
+                outcomes[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,
+                                               error_code=err.get("code"), error_message=err.get("message"))
+        return outcomes
+
+    def download(self, file_id: str, dest: Path) -> Path:
+        """Stream a file to disk, check it is whole, retry if not (large downloads break mid-stream)."""
+
+        @retry(retry=retry_if_exception_type((*TRANSIENT_ERRORS, DownloadIncomplete)),
+               stop=stop_after_attempt(self.download_attempts), wait=wait_random_exponential(multiplier=0.2, max=5),
+               reraise=True)
+        def attempt() -> Path:
+            expected = self.client.files.retrieve(file_id).bytes
+            part = dest.with_name(dest.name + ".part")
+            with self.client.files.with_streaming_response.content(file_id) as response, part.open("wb") as fh:
+                for chunk in response.iter_bytes(1 << 20):
+                    fh.write(chunk)
+            size = part.stat().st_size
+            if expected and size != expected:
+                raise DownloadIncomplete(f"file {file_id}: got {size} of {expected} bytes")
+            os.replace(part, dest)
+            return dest
+
+        return attempt()
+
+    # -- wait ---------------------------------------------------------------------------------
+
+    def run_until_settled(self, *, session_id: str | None = None, timeout_s: float = BATCH_WINDOW_SECONDS,
+                          on_tick: Callable[[dict[str, int]], None] | None = None) -> bool:
+        """Submit, poll, ingest and resubmit until no batch-tier request is queued or submitted.
+
+        The synchronous driver (CLI, tests); Dagster drives the same methods from a sensor. A
+        transient error is logged and backed off; only the deadline ends the wait.
+        """
+        deadline = self.clock() + timeout_s
+        polls = errors = 0
+        while True:
+            try:
+                self.submit_queued(session_id=session_id)
+                self.refresh()
+                self.ingest_ended()
+                errors = 0
+            except TRANSIENT_ERRORS as exc:
+                errors += 1
+                log.warning("poll failed (%s, %d in a row); backing off", type(exc).__name__, errors)
+            counts = self.ledger.state_counts(session_id=session_id, tier=Tier.BATCH)
+            if on_tick:
+                on_tick(counts)
+            if not counts.get("queued") and not counts.get("submitted"):
+                return True
+            if self.clock() >= deadline:
+                return False
+            self.sleep(max(0.0, min(self.poll_policy.delay(polls, key=session_id or "", consecutive_errors=errors),
+                                    deadline - self.clock())))
+            polls += 1
+
+
+def _remote_status(batch_key: str, remote: Batch) -> RemoteStatus:
+    counts = remote.request_counts
+    return RemoteStatus(
+        batch_key=batch_key,
+        status=remote.status,
+        output_file_id=remote.output_file_id,
+        error_file_id=remote.error_file_id,
+        completed_count=counts.completed if counts else None,
+        failed_count=counts.failed if counts else None,
+        errors=[e.model_dump() for e in remote.errors.data] if remote.errors and remote.errors.data else None,
+    )

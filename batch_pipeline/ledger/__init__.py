@@ -1,0 +1,5 @@
+"""The DuckDB ledger: every request, batch, result and cost. The only code that writes SQL."""
+from batch_pipeline.ledger.ledger import Ledger, LedgerError, StateTransitionError
+from batch_pipeline.ledger.states import BatchPhase, RequestState
+
+__all__ = ["Ledger", "LedgerError", "StateTransitionError", "BatchPhase", "RequestState"]

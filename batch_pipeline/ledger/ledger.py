@@ -1,0 +1,543 @@
+"""The DuckDB ledger: requests, batches, results and costs, with the state machines enforced.
+
+Every state change goes through `_move_requests` / `_move_batch`, which check the tables in
+`states.py`. Connections are short-lived and closed in `finally`; opening retries for a bounded
+time while another process holds DuckDB's single-writer lock.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+from pydantic import BaseModel
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.requests import QueuedRequest
+from batch_pipeline.ledger.states import (
+    BATCH_TRANSITIONS,
+    REQUEST_TRANSITIONS,
+    TERMINAL_REQUEST_STATES,
+    BatchPhase,
+    RequestState,
+)
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+class StateTransitionError(LedgerError):
+    """A change the state machine does not allow: a bug, never silently ignored."""
+
+
+class BatchRecord(BaseModel):
+    batch_key: str
+    endpoint: str
+    model: str
+    phase: BatchPhase
+    status: str | None
+    request_count: int
+    input_bytes: int
+    est_prompt_tokens: int
+    input_file_id: str | None
+    openai_batch_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    completed_count: int | None
+    failed_count: int | None
+    errors: list[dict[str, Any]] | None
+    polls: int
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+
+
+class QueuedRow(BaseModel):
+    """What the assembler needs of a queued request; the body stays in the ledger."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    line_bytes: int
+    est_prompt_tokens: int
+
+
+class RemoteStatus(BaseModel):
+    """A batch's remote state as last seen, to be recorded."""
+
+    batch_key: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed_count: int | None = None
+    failed_count: int | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+_BATCH_COLUMNS = ", ".join(BatchRecord.model_fields)
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+class Ledger:
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
+        self.path = Path(path)
+        self.clock = clock
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.transaction() as con:
+            con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        @retry(
+            retry=retry_if_exception(_is_lock_error),
+            stop=stop_after_delay(self.lock_timeout_s),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        def open_() -> duckdb.DuckDBPyConnection:
+            return duckdb.connect(str(self.path), read_only=read_only)
+
+        return open_()
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._open(read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[QueuedRequest]) -> list[str]:
+        """Queue requests; re-queueing an identical request is a no-op (idempotent re-runs).
+
+        Returns the ids newly queued. A known id with a different body is an error: two
+        different requests must never share a custom_id.
+        """
+        if not requests:
+            return []
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise LedgerError(f"duplicate request ids in one enqueue: {dupes[:5]}")
+        now = self.clock()
+        with self.transaction() as con:
+            known = dict(
+                con.execute(
+                    "SELECT request_id, body_hash FROM requests WHERE request_id IN (SELECT unnest(?))", [ids]
+                ).fetchall()
+            )
+            for r in requests:
+                if r.request_id in known and known[r.request_id] != r.body_hash:
+                    raise LedgerError(f"request {r.request_id!r} is already queued with a different body")
+            new = [r for r in requests if r.request_id not in known]
+            if new:
+                con.executemany(
+                    "INSERT INTO requests (request_id, session_id, operation, endpoint, model, tier, tier_reason, body,"
+                    " body_hash, est_prompt_tokens, line_bytes, state, attempts, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                    [
+                        (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
+                         orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes, now, now)
+                        for r in new
+                    ],
+                )
+                con.executemany(
+                    "INSERT INTO request_events VALUES (?, ?, NULL, 'queued', NULL, ?)",
+                    [(r.request_id, now, r.tier_reason or "enqueued") for r in new],
+                )
+        return [r.request_id for r in new]
+
+    def queued_rows(self, *, tier: Tier = Tier.BATCH, session_id: str | None = None) -> list[QueuedRow]:
+        """Queued requests of a tier, oldest first (FIFO keeps waiting times fair)."""
+        sql = ("SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens FROM requests"
+               " WHERE state = 'queued' AND tier = ?")
+        params: list[Any] = [str(tier)]
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params.append(session_id)
+        with self.connect() as con:
+            rows = con.execute(sql + " ORDER BY created_at, request_id", params).fetchall()
+        return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4]) for r in rows]
+
+    def oldest_queued_at(self, *, tier: Tier = Tier.BATCH) -> float | None:
+        with self.connect() as con:
+            return con.execute("SELECT min(created_at) FROM requests WHERE state='queued' AND tier=?", [str(tier)]).fetchone()[0]
+
+    def request_states(self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None) -> dict[str, RequestState]:
+        sql, params = "SELECT request_id, state FROM requests", []
+        if request_ids is not None:
+            sql += " WHERE request_id IN (SELECT unnest(?))"
+            params.append(list(request_ids))
+        elif session_id is not None:
+            sql += " WHERE session_id = ?"
+            params.append(session_id)
+        with self.connect() as con:
+            return {rid: RequestState(state) for rid, state in con.execute(sql, params).fetchall()}
+
+    def state_counts(self, *, session_id: str | None = None, tier: Tier | None = None) -> dict[str, int]:
+        sql, params = "SELECT state, count(*) FROM requests WHERE true", []
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params.append(session_id)
+        if tier is not None:
+            sql += " AND tier = ?"
+            params.append(str(tier))
+        with self.connect() as con:
+            return dict(con.execute(sql + " GROUP BY state ORDER BY state", params).fetchall())
+
+    def fail_queued(self, request_ids: Sequence[str], reason: str) -> None:
+        """End queued requests that can never run (e.g. larger than any batch file allows)."""
+        outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT, error_message=reason)
+                    for rid in request_ids]
+        with self.transaction() as con:
+            tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                     [list(request_ids)]).fetchall())
+            self._move_requests(con, {RequestState.FAILED: list(request_ids)}, batch_key=None, reason=reason,
+                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in request_ids})
+            self._insert_results(con, [(o, 0, None, Tier(tiers[o.request_id])) for o in outcomes], self.clock())
+
+    def request_body(self, request_id: str) -> dict[str, Any]:
+        with self.connect() as con:
+            row = con.execute("SELECT body FROM requests WHERE request_id = ?", [request_id]).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown request {request_id!r}")
+        return orjson.loads(row[0])
+
+    def final_results(self, request_ids: Sequence[str]) -> dict[str, RequestOutcome]:
+        """The terminal result of each finished request (the last attempt's row)."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message,"
+                " r.input_tokens, r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,"
+                " r.price_version FROM results r JOIN requests q USING (request_id)"
+                " WHERE r.request_id IN (SELECT unnest(?)) AND r.attempt = q.attempts"
+                " AND q.state IN ('succeeded', 'failed', 'expired', 'cancelled')",
+                [list(request_ids)],
+            ).fetchall()
+        return {row[0]: _outcome_from_row(row) for row in rows}
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def create_batch_intent(self, batch_key: str, endpoint: str, model: str, members: Sequence[QueuedRow]) -> BatchRecord:
+        """Persist a batch before anything is sent: its members move queued -> submitted.
+
+        This is the first half of the two-phase submit; a crash after it is recovered by
+        reconciling with the remote batch list (see `jobs.BatchJobManager.resume`).
+        """
+        if not members:
+            raise LedgerError("a batch needs at least one request")
+        now = self.clock()
+        ids = [m.request_id for m in members]
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO batches (batch_key, endpoint, model, phase, request_count, input_bytes, est_prompt_tokens,"
+                " created_at, updated_at) VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
+                [batch_key, endpoint, model, len(members), sum(m.line_bytes + 1 for m in members),
+                 sum(m.est_prompt_tokens for m in members), now, now],
+            )
+            con.executemany(
+                "INSERT INTO batch_members VALUES (?, ?, ?)", [(batch_key, rid, i) for i, rid in enumerate(ids, 1)]
+            )
+            self._move_requests(con, {RequestState.SUBMITTED: ids}, batch_key=batch_key, reason="batch intent",
+                                expect_from={RequestState.QUEUED}, count_attempt=True)
+        return self.batch(batch_key)
+
+    def iter_batch_bodies(self, batch_key: str, chunk: int = 2_000) -> Iterator[tuple[int, str, str, str]]:
+        """(line_no, custom_id, endpoint, body JSON) of a batch in line order, fetched in chunks."""
+        with self.connect() as con:
+            cursor = con.execute(
+                "SELECT m.line_no, r.request_id, r.endpoint, r.body FROM batch_members m"
+                " JOIN requests r USING (request_id) WHERE m.batch_key = ? ORDER BY m.line_no",
+                [batch_key],
+            )
+            while rows := cursor.fetchmany(chunk):
+                yield from rows
+
+    def batch_members(self, batch_key: str) -> dict[int, str]:
+        with self.connect() as con:
+            return dict(con.execute("SELECT line_no, request_id FROM batch_members WHERE batch_key = ?", [batch_key]).fetchall())
+
+    def batch(self, batch_key: str) -> BatchRecord:
+        with self.connect() as con:
+            row = con.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown batch {batch_key!r}")
+        return _batch_from_row(row)
+
+    def batches(self, phases: Iterable[BatchPhase] | None = None) -> list[BatchRecord]:
+        sql, params = f"SELECT {_BATCH_COLUMNS} FROM batches", []
+        if phases is not None:
+            sql += " WHERE phase IN (SELECT unnest(?))"
+            params.append([str(p) for p in phases])
+        with self.connect() as con:
+            return [_batch_from_row(r) for r in con.execute(sql + " ORDER BY created_at, batch_key", params).fetchall()]
+
+    def inflight_tokens_by_model(self) -> dict[str, int]:
+        """Estimated prompt tokens each model has enqueued remotely (or about to be)."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT model, sum(est_prompt_tokens) FROM batches WHERE phase IN ('intent', 'uploaded', 'created')"
+                " AND (status IS NULL OR status IN ('validating', 'in_progress', 'finalizing', 'cancelling'))"
+                " GROUP BY model"
+            ).fetchall()
+        return {model: int(tokens) for model, tokens in rows}
+
+    def mark_uploaded(self, batch_key: str, input_file_id: str) -> None:
+        with self.transaction() as con:
+            self._move_batch(con, batch_key, BatchPhase.UPLOADED, input_file_id=input_file_id)
+
+    def mark_created(self, batch_key: str, openai_batch_id: str, status: str, input_file_id: str | None = None) -> None:
+        with self.transaction() as con:
+            fields: dict[str, Any] = {"openai_batch_id": openai_batch_id, "status": status}
+            if input_file_id:
+                fields["input_file_id"] = input_file_id
+            self._move_batch(con, batch_key, BatchPhase.CREATED, **fields)
+
+    def abandon_batch(self, batch_key: str, reason: str, *, max_attempts: int) -> None:
+        """A batch that was never created: its members go back to the queue (or fail, out of attempts)."""
+        with self.transaction() as con:
+            self._move_batch(con, batch_key, BatchPhase.ABANDONED, errors=orjson.dumps([{"message": reason}]).decode())
+            ids = [rid for (rid,) in con.execute(
+                "SELECT request_id FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall()]
+            self._requeue_or_end(con, ids, RequestState.FAILED, batch_key, reason, max_attempts)
+
+    def record_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
+        """Record what polling saw. Only created batches have a remote status to record."""
+        if not statuses:
+            return
+        now = self.clock()
+        with self.transaction() as con:
+            for s in statuses:
+                con.execute(
+                    "UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, completed_count = ?,"
+                    " failed_count = ?, errors = ?, polls = polls + 1, updated_at = ?,"
+                    " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled') THEN coalesce(ended_at, ?) END"
+                    " WHERE batch_key = ? AND phase = 'created'",
+                    [s.status, s.output_file_id, s.error_file_id, s.completed_count, s.failed_count,
+                     orjson.dumps(s.errors).decode() if s.errors else None, now, s.status, now, s.batch_key],
+                )
+
+    def record_batch_outcome(self, batch_key: str, outcomes: Sequence[RequestOutcome], *, max_attempts: int,
+                             missing_reason: str = "no line in the output or error file") -> bool:
+        """Ingest a finished batch in one transaction: results rows, request states, batch phase.
+
+        Idempotent: a batch already ingested returns False and changes nothing, so a crash
+        after the commit but before the caller noticed is harmless. Members without an outcome
+        are treated as retryable: nothing is silently dropped.
+        """
+        now = self.clock()
+        with self.transaction() as con:
+            phase = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+            if phase is None:
+                raise LedgerError(f"unknown batch {batch_key!r}")
+            if phase[0] == BatchPhase.INGESTED:
+                return False
+            members = {rid: attempts for rid, attempts in con.execute(
+                "SELECT r.request_id, r.attempts FROM batch_members m JOIN requests r USING (request_id)"
+                " WHERE m.batch_key = ? AND r.state = 'submitted' AND r.batch_key = ?", [batch_key, batch_key]).fetchall()}
+            by_id = {o.request_id: o for o in outcomes if o.request_id in members}
+            for rid in members.keys() - by_id.keys():
+                by_id[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=missing_reason)
+            self._insert_results(con, [(o, members[o.request_id], batch_key, Tier.BATCH) for o in by_id.values()], now)
+            self._apply_outcomes(con, list(by_id.values()), members, batch_key, max_attempts)
+            self._move_batch(con, batch_key, BatchPhase.INGESTED)
+        return True
+
+    # -- synchronous tiers and the cache -----------------------------------------------------
+
+    def start_sync(self, request_ids: Sequence[str], tier: Tier, reason: str) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE requests SET tier = ? WHERE request_id IN (SELECT unnest(?))", [str(tier), list(request_ids)])
+            self._move_requests(con, {RequestState.RUNNING: list(request_ids)}, batch_key=None, reason=reason,
+                                expect_from={RequestState.QUEUED}, count_attempt=True)
+
+    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int) -> None:
+        now = self.clock()
+        with self.transaction() as con:
+            attempts = dict(con.execute(
+                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                [[o.request_id for o in outcomes]]).fetchall())
+            missing = [o.request_id for o in outcomes if o.request_id not in attempts]
+            if missing:
+                raise StateTransitionError(f"requests not running: {missing[:5]}")
+            self._insert_results(con, [(o, attempts[o.request_id], None, tier) for o in outcomes], now)
+            self._apply_outcomes(con, list(outcomes), attempts, None, max_attempts)
+
+    def requeue(self, request_ids: Sequence[str], *, tier: Tier, reason: str) -> None:
+        """Send queued requests to another tier (fallback, hybrid choice), recording why."""
+        with self.transaction() as con:
+            states = dict(con.execute("SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                      [list(request_ids)]).fetchall())
+            bad = [rid for rid in request_ids if states.get(rid) != RequestState.QUEUED]
+            if bad:
+                raise StateTransitionError(f"only queued requests can change tier: {bad[:5]}")
+            con.execute("UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?))",
+                        [str(tier), reason, self.clock(), list(request_ids)])
+
+    def find_cached_response(self, body_hash: str) -> tuple[str, dict[str, Any]] | None:
+        """A succeeded response for an identical body (same endpoint, model, inputs, parameters)."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT q.request_id, r.response FROM requests q JOIN results r ON r.request_id = q.request_id"
+                " AND r.attempt = q.attempts WHERE q.body_hash = ? AND q.state = 'succeeded' LIMIT 1", [body_hash]).fetchone()
+        return (row[0], orjson.loads(row[1])) if row else None
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def cost_totals(self, *, session_id: str | None = None) -> dict[str, Decimal]:
+        sql = ("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0), count(*) FROM results r"
+               " JOIN requests q USING (request_id)")
+        params: list[Any] = []
+        if session_id is not None:
+            sql += " WHERE q.session_id = ?"
+            params.append(session_id)
+        with self.connect() as con:
+            actual, standard, n = con.execute(sql, params).fetchone()
+        return {"actual": Decimal(actual), "standard": Decimal(standard), "saved": Decimal(standard) - Decimal(actual), "rows": n}
+
+    def check_invariants(self) -> list[str]:
+        """Violations of the ledger's invariants (empty when all hold). Used by tests and asset checks."""
+        problems = []
+        with self.connect() as con:
+            for rid, n in con.execute(
+                "SELECT request_id, count(*) FROM request_events WHERE to_state IN ('succeeded','failed','expired','cancelled')"
+                " GROUP BY request_id HAVING count(*) > 1").fetchall():
+                problems.append(f"request {rid} reached a terminal state {n} times")
+            for rid, state in con.execute(
+                "SELECT request_id, state FROM requests WHERE state = 'submitted' AND batch_key IN"
+                " (SELECT batch_key FROM batches WHERE phase IN ('ingested', 'abandoned'))").fetchall():
+                problems.append(f"request {rid} is {state} in a finished batch")
+            for bid, n in con.execute(
+                "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1").fetchall():
+                problems.append(f"remote batch {bid} recorded {n} times")
+        return problems
+
+    # -- the one place states change ---------------------------------------------------------
+
+    def _move_requests(self, con: duckdb.DuckDBPyConnection, moves: dict[RequestState, list[str]], *,
+                       batch_key: str | None, reason: str, expect_from: set[RequestState] | None = None,
+                       count_attempt: bool = False, errors: dict[str, str] | None = None) -> None:
+        all_ids = [rid for ids in moves.values() for rid in ids]
+        if not all_ids:
+            return
+        current = dict(con.execute("SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                   [all_ids]).fetchall())
+        now = self.clock()
+        for to_state, ids in moves.items():
+            for rid in ids:
+                if rid not in current:
+                    raise StateTransitionError(f"unknown request {rid!r}")
+                from_state = RequestState(current[rid])
+                if (expect_from and from_state not in expect_from) or to_state not in REQUEST_TRANSITIONS[from_state]:
+                    raise StateTransitionError(f"request {rid!r}: {from_state} -> {to_state} is not allowed")
+            if not ids:
+                continue
+            sets = "state = ?, updated_at = ?"
+            params: list[Any] = [str(to_state), now]
+            if batch_key is not None:
+                sets += ", batch_key = ?"
+                params.append(batch_key)
+            if count_attempt:
+                sets += ", attempts = attempts + 1"
+            con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT unnest(?))", [*params, ids])
+            con.executemany("INSERT INTO request_events VALUES (?, ?, ?, ?, ?, ?)",
+                            [(rid, now, current[rid], str(to_state), batch_key, (errors or {}).get(rid, reason)) for rid in ids])
+        if errors:
+            con.executemany("UPDATE requests SET last_error = ? WHERE request_id = ?", [(e, rid) for rid, e in errors.items()])
+
+    def _move_batch(self, con: duckdb.DuckDBPyConnection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
+        row = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown batch {batch_key!r}")
+        if to_phase not in BATCH_TRANSITIONS[BatchPhase(row[0])]:
+            raise StateTransitionError(f"batch {batch_key!r}: {row[0]} -> {to_phase} is not allowed")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        con.execute(f"UPDATE batches SET phase = ?, updated_at = ?{', ' + sets if sets else ''} WHERE batch_key = ?",
+                    [str(to_phase), self.clock(), *fields.values(), batch_key])
+
+    def _apply_outcomes(self, con: duckdb.DuckDBPyConnection, outcomes: list[RequestOutcome], attempts: dict[str, int],
+                        batch_key: str | None, max_attempts: int) -> None:
+        final = {Outcome.SUCCEEDED: RequestState.SUCCEEDED, Outcome.FAILED_PERMANENT: RequestState.FAILED,
+                 Outcome.CANCELLED: RequestState.CANCELLED}
+        moves: dict[RequestState, list[str]] = defaultdict(list)
+        errors = {o.request_id: o.error_message or o.error_code or str(o.outcome) for o in outcomes
+                  if o.outcome != Outcome.SUCCEEDED}
+        retry_groups: dict[RequestState, list[str]] = defaultdict(list)
+        for o in outcomes:
+            if o.outcome in final:
+                moves[final[o.outcome]].append(o.request_id)
+            else:
+                retry_groups[RequestState.EXPIRED if o.outcome == Outcome.EXPIRED else RequestState.FAILED].append(o.request_id)
+        self._move_requests(con, dict(moves), batch_key=batch_key, reason="result", errors=errors)
+        for end_state, ids in retry_groups.items():
+            self._requeue_or_end(con, ids, end_state, batch_key, "retry", max_attempts, errors, attempts)
+
+    def _requeue_or_end(self, con: duckdb.DuckDBPyConnection, ids: list[str], end_state: RequestState,
+                        batch_key: str | None, reason: str, max_attempts: int,
+                        errors: dict[str, str] | None = None, attempts: dict[str, int] | None = None) -> None:
+        """Retryable requests go back to the queue until they have used `max_attempts`."""
+        if not ids:
+            return
+        if attempts is None:
+            attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                        [ids]).fetchall())
+        again = [rid for rid in ids if attempts[rid] < max_attempts]
+        done = [rid for rid in ids if attempts[rid] >= max_attempts]
+        self._move_requests(con, {RequestState.QUEUED: again, end_state: done}, batch_key=batch_key, reason=reason,
+                            errors={rid: e for rid, e in (errors or {}).items() if rid in set(ids)} or None)
+
+    @staticmethod
+    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float) -> None:
+        con.executemany(
+            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,
+                 orjson.dumps(o.response).decode() if o.response is not None else None, o.error_code, o.error_message,
+                 o.input_tokens, o.cached_tokens, o.output_tokens, o.images, o.cost_usd, o.standard_cost_usd,
+                 o.price_version, now)
+                for o, attempt, batch_key, tier in rows
+            ],
+        )
+
+
+def _batch_from_row(row: tuple) -> BatchRecord:
+    data = dict(zip(BatchRecord.model_fields, row))
+    data["errors"] = orjson.loads(data["errors"]) if data["errors"] else None
+    return BatchRecord(**data)
+
+
+def _outcome_from_row(row: tuple) -> RequestOutcome:
+    (rid, outcome, status_code, response, error_code, error_message, inp, cached, out, images, cost, std, version) = row
+    return RequestOutcome(request_id=rid, outcome=Outcome(outcome), status_code=status_code,
+                          response=orjson.loads(response) if response else None, error_code=error_code,
+                          error_message=error_message, input_tokens=inp, cached_tokens=cached, output_tokens=out,
+                          images=images, cost_usd=cost, standard_cost_usd=std, price_version=version)
+
+

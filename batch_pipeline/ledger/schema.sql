@@ -1,0 +1,81 @@
+-- The ledger's tables. Times are epoch seconds (DOUBLE) from the caller's clock, so tests can
+-- drive them; money is DECIMAL, never float, so reports add up to the cent.
+
+CREATE TABLE IF NOT EXISTS requests (
+    request_id        VARCHAR PRIMARY KEY,   -- = the batch line's custom_id
+    session_id        VARCHAR,
+    operation         VARCHAR NOT NULL,      -- expand, refine, image, compare, ...
+    endpoint          VARCHAR NOT NULL,
+    model             VARCHAR NOT NULL,
+    tier              VARCHAR NOT NULL,      -- standard | flex | batch (the tier that runs it next)
+    tier_reason       VARCHAR,
+    body              JSON NOT NULL,         -- normalised body; images as bp-image: refs
+    body_hash         VARCHAR NOT NULL,      -- cache identity
+    est_prompt_tokens BIGINT NOT NULL,
+    line_bytes        BIGINT NOT NULL,
+    state             VARCHAR NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    batch_key         VARCHAR,               -- the batch it is (or was last) a member of
+    created_at        DOUBLE NOT NULL,
+    updated_at        DOUBLE NOT NULL,
+    last_error        VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS request_events (
+    request_id VARCHAR NOT NULL,
+    event_at   DOUBLE NOT NULL,
+    from_state VARCHAR,
+    to_state   VARCHAR NOT NULL,
+    batch_key  VARCHAR,
+    reason     VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS batches (
+    batch_key         VARCHAR PRIMARY KEY,   -- ours; also sent as metadata so we can find it remotely
+    endpoint          VARCHAR NOT NULL,
+    model             VARCHAR NOT NULL,
+    phase             VARCHAR NOT NULL,      -- intent | uploaded | created | ingested | abandoned
+    status            VARCHAR,               -- the remote status, once known
+    request_count     INTEGER NOT NULL,
+    input_bytes       BIGINT NOT NULL,
+    est_prompt_tokens BIGINT NOT NULL,
+    input_file_id     VARCHAR,
+    openai_batch_id   VARCHAR UNIQUE,
+    output_file_id    VARCHAR,
+    error_file_id     VARCHAR,
+    completed_count   INTEGER,
+    failed_count      INTEGER,
+    errors            JSON,
+    polls             INTEGER NOT NULL DEFAULT 0,
+    created_at        DOUBLE NOT NULL,
+    updated_at        DOUBLE NOT NULL,
+    ended_at          DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS batch_members (
+    batch_key  VARCHAR NOT NULL,
+    request_id VARCHAR NOT NULL,
+    line_no    INTEGER NOT NULL,             -- 1-based line in the input file (validation errors name lines)
+    PRIMARY KEY (batch_key, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS results (
+    request_id        VARCHAR NOT NULL,
+    attempt           INTEGER NOT NULL,
+    batch_key         VARCHAR,               -- null for synchronous tiers and cache hits
+    tier              VARCHAR NOT NULL,
+    outcome           VARCHAR NOT NULL,
+    status_code       INTEGER,
+    response          JSON,
+    error_code        VARCHAR,
+    error_message     VARCHAR,
+    input_tokens      BIGINT NOT NULL DEFAULT 0,
+    cached_tokens     BIGINT NOT NULL DEFAULT 0,
+    output_tokens     BIGINT NOT NULL DEFAULT 0,
+    images            INTEGER NOT NULL DEFAULT 0,
+    cost_usd          DECIMAL(18, 8) NOT NULL DEFAULT 0,
+    standard_cost_usd DECIMAL(18, 8) NOT NULL DEFAULT 0,
+    price_version     VARCHAR,
+    recorded_at       DOUBLE NOT NULL,
+    PRIMARY KEY (request_id, attempt)
+);
