@@ -158,20 +158,12 @@ class Ledger:
                     raise LedgerError(f"request {r.request_id!r} is already queued with a different body")
             new = [r for r in requests if r.request_id not in known]
             if new:
-                con.executemany(
-                    "INSERT INTO requests (request_id, session_id, operation, endpoint, model, tier, tier_reason, body,"
-                    " body_hash, est_prompt_tokens, line_bytes, state, attempts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-                    [
-                        (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                         orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes, now, now)
-                        for r in new
-                    ],
-                )
-                con.executemany(
-                    "INSERT INTO request_events VALUES (?, ?, NULL, 'queued', NULL, ?)",
-                    [(r.request_id, now, r.tier_reason or "enqueued") for r in new],
-                )
+                _insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
+                    (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
+                     orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes, "queued", 0, now, now)
+                    for r in new])
+                _insert_rows(con, "request_events", _EVENT_COLUMNS,
+                             [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new])
         return [r.request_id for r in new]
 
     def queued_rows(self, *, tier: Tier = Tier.BATCH, session_id: str | None = None) -> list[QueuedRow]:
@@ -262,9 +254,8 @@ class Ledger:
                 [batch_key, endpoint, model, len(members), sum(m.line_bytes + 1 for m in members),
                  sum(m.est_prompt_tokens for m in members), now, now],
             )
-            con.executemany(
-                "INSERT INTO batch_members VALUES (?, ?, ?)", [(batch_key, rid, i) for i, rid in enumerate(ids, 1)]
-            )
+            _insert_rows(con, "batch_members", ("batch_key", "request_id", "line_no"),
+                         [(batch_key, rid, i) for i, rid in enumerate(ids, 1)])
             self._move_requests(con, {RequestState.SUBMITTED: ids}, batch_key=batch_key, reason="batch intent",
                                 expect_from={RequestState.QUEUED}, count_attempt=True)
         return self.batch(batch_key)
@@ -467,10 +458,11 @@ class Ledger:
             if count_attempt:
                 sets += ", attempts = attempts + 1"
             con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT unnest(?))", [*params, ids])
-            con.executemany("INSERT INTO request_events VALUES (?, ?, ?, ?, ?, ?)",
-                            [(rid, now, current[rid], str(to_state), batch_key, (errors or {}).get(rid, reason)) for rid in ids])
+            _insert_rows(con, "request_events", _EVENT_COLUMNS,
+                         [(rid, now, current[rid], str(to_state), batch_key, (errors or {}).get(rid, reason)) for rid in ids])
         if errors:
-            con.executemany("UPDATE requests SET last_error = ? WHERE request_id = ?", [(e, rid) for rid, e in errors.items()])
+            con.execute("UPDATE requests SET last_error = e.error FROM (SELECT unnest(?) AS id, unnest(?) AS error) e"
+                        " WHERE requests.request_id = e.id", [list(errors), list(errors.values())])
 
     def _move_batch(self, con: duckdb.DuckDBPyConnection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
         row = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
@@ -515,16 +507,31 @@ class Ledger:
 
     @staticmethod
     def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float) -> None:
-        con.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
+        _insert_rows(con, "results", _RESULT_COLUMNS, [
                 (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,
                  orjson.dumps(o.response).decode() if o.response is not None else None, o.error_code, o.error_message,
                  o.input_tokens, o.cached_tokens, o.output_tokens, o.images, o.cost_usd, o.standard_cost_usd,
                  o.price_version, now)
                 for o, attempt, batch_key, tier in rows
-            ],
-        )
+            ])
+
+
+_REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason", "body",
+                           "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
+_EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key", "reason")
+_RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
+                   "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
+                   "standard_cost_usd", "price_version", "recorded_at")
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    """Bulk insert: one statement with a list per column (executemany costs a round trip per row,
+    about 40x slower at 50,000 rows; see docs/PERFORMANCE.md)."""
+    if not rows:
+        return
+    column_lists = [list(values) for values in zip(*rows)]
+    selects = ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
+    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selects}", column_lists)
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:

@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv on first use
+# (and again whenever pyproject.toml changes), installing the pinned dependencies.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test simulator bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m batch_pipeline.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+simulator: $(STAMP)
+	$(PY) -m batch_pipeline.simulator --host 127.0.0.1 --port 8800 --data-dir var/simulator
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_jsonl.py
+
+clean:
+	rm -rf $(VENV) var

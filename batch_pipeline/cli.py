@@ -1,0 +1,161 @@
+"""Command-line entry point: `batch-pipeline demo` and `batch-pipeline simulator`.
+
+The demo starts the bundled simulator, pushes a sample workload (chat, images, vision) through
+the batch core end to end and prints the ledger: states, batches, tokens and costs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import openai
+from tqdm import tqdm
+
+from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.pricing import round_cents
+from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
+from batch_pipeline.ledger import Ledger
+from batch_pipeline.settings import SettingsError, load_settings
+
+SUBJECTS = ["a lighthouse in a storm", "a fox in a snowy forest", "a city market at dusk", "a koi pond in autumn"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batch-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="simulator + sample workload through the batch core, then a cost summary")
+    demo.add_argument("--home", type=Path, default=None, help="where the ledger and files go (default: a temp dir)")
+    demo.add_argument("--requests", type=int, default=40, help="chat requests in the sample workload")
+    demo.add_argument("--use-env", action="store_true",
+                      help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
+    sim = sub.add_parser("simulator", help="run the OpenAI-compatible simulator in the foreground")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8800)
+    sim.add_argument("--data-dir", type=Path, default=Path("var/simulator"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command == "simulator":
+        from batch_pipeline.simulator.__main__ import main as simulator_main
+
+        return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+    return run_demo(args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        home = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batch-pipeline-demo-")))
+        if args.use_env:
+            client = openai.OpenAI(**settings.openai_client_kwargs())
+            where = settings.openai_base_url or "the OpenAI API"
+        else:
+            from batch_pipeline.simulator import Simulator, SimulatorConfig
+
+            simulator = Simulator(SimulatorConfig(
+                data_dir=home / "simulator", phase_seconds={"validating": 0.5, "in_progress": 1.5, "finalizing": 0.5}))
+            base_url = stack.enter_context(simulator.serve())
+            client = openai.OpenAI(api_key="sk-simulator", base_url=base_url)
+            where = f"the bundled simulator at {base_url}"
+        print(f"batch_pipeline demo: {where}; ledger in {home}")
+
+        ledger = Ledger(home / "ledger.duckdb")
+        images = ImageStore(home / "images")
+        manager = BatchJobManager(client, ledger, files_dir=home / "batch_files", image_store=images,
+                                  poll_policy=PollPolicy(initial_s=0.5, max_s=5), max_attempts=settings.batch_max_attempts)
+
+        run_stage("text and images", manager, ledger, sample_text_and_images(args.requests, images))
+        refs = image_refs(ledger)
+        run_stage("vision comparisons", manager, ledger, sample_comparisons(refs, images))
+        print_summary(ledger)
+        problems = ledger.check_invariants()
+        if problems:
+            print("ledger invariants violated:", *problems, sep="\n  ", file=sys.stderr)
+            return 1
+    return 0
+
+
+def sample_text_and_images(n: int, images: ImageStore) -> list:
+    chats = [
+        build_request(ChatRequest(key=f"describe-{i}", model="gpt-5-mini", max_tokens=200, temperature=0.7,
+                                  messages=[{"role": "system", "content": "Write one vivid image prompt."},
+                                            {"role": "user", "content": f"User prompt: {SUBJECTS[i % len(SUBJECTS)]} (variant {i})"}]),
+                      namespace="demo", operation="describe", session_id="demo")
+        for i in range(n)
+    ]
+    pictures = [
+        build_request(ImageRequest(key=f"image-{i}", model="gpt-image-1-mini", prompt=subject),
+                      namespace="demo", operation="image", session_id="demo")
+        for i, subject in enumerate(SUBJECTS)
+    ]
+    return chats + pictures
+
+
+def image_refs(ledger: Ledger) -> list[str]:
+    ids = [f"demo-image-{i}" for i in range(len(SUBJECTS))]
+    return [r.response["data"][0]["image_ref"] for r in ledger.final_results(ids).values() if r.response]
+
+
+def sample_comparisons(refs: list[str], images: ImageStore) -> list:
+    schema = {"type": "object", "additionalProperties": False, "required": ["winner", "reason"],
+              "properties": {"winner": {"type": "string", "enum": ["A", "B"]}, "reason": {"type": "string"}}}
+    out = []
+    for i in range(len(refs) - 1):
+        out.append(build_request(
+            ChatRequest(key=f"compare-{i}", model="gpt-5-nano", max_completion_tokens=200,
+                        response_format={"type": "json_schema", "json_schema": {"name": "comparison", "strict": True, "schema": schema}},
+                        messages=[{"role": "user", "content": [
+                            {"type": "text", "text": f"Which image fits better?\nUser prompt: {SUBJECTS[i]}"},
+                            {"type": "image_url", "image_url": {"url": refs[i], "detail": "low"}},
+                            {"type": "image_url", "image_url": {"url": refs[i + 1], "detail": "low"}}]}]),
+            namespace="demo", operation="compare", session_id="demo", image_store=images))
+    return out
+
+
+def run_stage(name: str, manager: BatchJobManager, ledger: Ledger, requests: list) -> None:
+    def finished(counts: dict[str, int]) -> int:
+        return sum(v for k, v in counts.items() if k not in {"queued", "submitted", "running"})
+
+    already_done = finished(ledger.state_counts())
+    ledger.enqueue(requests)
+    with tqdm(total=len(requests), desc=name, unit="req") as bar:
+        def on_tick(counts: dict[str, int]) -> None:
+            bar.n = finished(counts) - already_done
+            bar.set_postfix({k: v for k, v in counts.items() if k in {"queued", "submitted"}})
+            bar.refresh()
+
+        if not manager.run_until_settled(timeout_s=600, on_tick=on_tick):
+            raise SystemExit(f"{name}: not settled within 10 minutes")
+
+
+def print_summary(ledger: Ledger) -> None:
+    with ledger.connect() as con:
+        by_op = con.execute(
+            "SELECT q.operation, q.model, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images),"
+            " sum(r.cost_usd), sum(r.standard_cost_usd) FROM results r JOIN requests q USING (request_id)"
+            " WHERE r.outcome = 'succeeded' GROUP BY 1, 2 ORDER BY 1").fetchall()
+        batches = con.execute("SELECT status, count(*), sum(request_count) FROM batches GROUP BY 1").fetchall()
+    print("\nrequests by state:", ledger.state_counts())
+    print("batches:", {status: f"{n} ({reqs} requests)" for status, n, reqs in batches})
+    header = f"{'operation':<10} {'model':<17} {'calls':>5} {'in tok':>8} {'out tok':>8} {'images':>6} {'batch $':>10} {'standard $':>11}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for op, model, n, tin, tout, imgs, cost, std in by_op:
+        print(f"{op:<10} {model:<17} {n:>5} {tin:>8} {tout:>8} {imgs:>6} {cost:>10.6f} {std:>11.6f}")
+    totals = ledger.cost_totals()
+    print("-" * len(header))
+    print(f"total spent ${round_cents(totals['actual'])} (exact {totals['actual']:.6f}); at standard prices "
+          f"${round_cents(totals['standard'])} (exact {totals['standard']:.6f}); saved {totals['saved']:.6f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
