@@ -143,10 +143,11 @@ class BatchJobManager:
             self.ledger.abandon_batch(record.batch_key, f"create rejected: {exc.status_code} {exc.message}",
                                       max_attempts=self.max_attempts)
             return
-        self.ledger.mark_created(record.batch_key, remote.id, remote.status)
+        self._attach(record, remote)
 
     def _attach(self, record: BatchRecord, remote: Batch) -> None:
-        self.ledger.mark_created(record.batch_key, remote.id, remote.status, input_file_id=remote.input_file_id)
+        self.ledger.mark_created(record.batch_key, remote.id, input_file_id=remote.input_file_id)
+        self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
 
     def find_remote(self, record: BatchRecord) -> Batch | None:
         """The remote batch tagged with this record's key, searching back from the newest.
@@ -196,11 +197,22 @@ class BatchJobManager:
         """Download, map and record every ended batch not ingested yet. Returns their keys."""
         done = []
         for record in self.ledger.batches([BatchPhase.CREATED]):
-            if record.status in ENDED_STATUSES and self.ingest(record):
+            if record.status not in ENDED_STATUSES:
+                continue
+            # Read the final state once more: file ids are only trustworthy after the batch ended.
+            remote = self.client.batches.retrieve(record.openai_batch_id)
+            self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
+            if self.ingest(self.ledger.batch(record.batch_key)):
                 done.append(record.batch_key)
         return done
 
     def ingest(self, record: BatchRecord) -> bool:
+        if record.status != "failed" and not record.output_file_id and not record.error_file_id \
+                and (record.completed_count or record.failed_count):
+            # Lines ran but no file is named: re-submitting would pay twice. Wait for a consistent read.
+            log.error("batch %s is %s with %s lines done but names no result file; not ingesting yet",
+                      record.batch_key, record.status, (record.completed_count or 0) + (record.failed_count or 0))
+            return False
         downloads = self.files_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")

@@ -198,6 +198,7 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
     for name in ("max_tokens", "max_completion_tokens"):
         if params[name] is not None and params[name] < 1:
             raise RequestValidationError(req.key, name, "must be at least 1")
+    _check_extra(req.key, req.extra, ChatRequest.model_fields)
     params, _notes = normalise_chat_params(req.model, params)
     body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
     if req.response_format is not None:
@@ -216,7 +217,15 @@ def _check_response_format(req: ChatRequest) -> None:
         raise RequestValidationError(req.key, "response_format.type", f"unsupported {kind!r}")
 
 
+def _check_extra(key: str, extra: dict[str, Any], typed: dict[str, Any]) -> None:
+    """`extra` passes other parameters through; it must not override a typed field silently."""
+    clashes = sorted(set(extra) & (set(typed) | {"messages", "prompt"}))
+    if clashes:
+        raise RequestValidationError(key, f"extra.{clashes[0]}", "set it as a field of the request, not in extra")
+
+
 def _image_body(req: ImageRequest) -> dict[str, Any]:
+    _check_extra(req.key, req.extra, ImageRequest.model_fields)
     if not req.prompt.strip():
         raise RequestValidationError(req.key, "prompt", "must not be empty")
     if not 1 <= req.n <= 10:

@@ -304,9 +304,10 @@ class Ledger:
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.UPLOADED, input_file_id=input_file_id)
 
-    def mark_created(self, batch_key: str, openai_batch_id: str, status: str, input_file_id: str | None = None) -> None:
+    def mark_created(self, batch_key: str, openai_batch_id: str, input_file_id: str | None = None) -> None:
+        """Second half of the two-phase submit; the remote status follows via `record_remote_status`."""
         with self.transaction() as con:
-            fields: dict[str, Any] = {"openai_batch_id": openai_batch_id, "status": status}
+            fields: dict[str, Any] = {"openai_batch_id": openai_batch_id}
             if input_file_id:
                 fields["input_file_id"] = input_file_id
             self._move_batch(con, batch_key, BatchPhase.CREATED, **fields)

@@ -16,7 +16,7 @@ from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_re
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from batch_pipeline.simulator import FaultRule, Simulator, SimulatorConfig
 
-from .conftest import chat_requests, make_manager
+from tests.integration.support import chat_requests, make_manager
 
 
 def settle(manager, timeout_s: float = 30) -> None:
@@ -126,12 +126,14 @@ def test_client_splits_to_the_model_token_queue_so_the_server_never_refuses(clie
 
 def test_validation_error_naming_a_line_fails_that_request_only(manager, ledger):
     good = chat_requests(3)
-    # A body whose model differs from its batch's: the server rejects the file, naming the line.
-    bad = build_request(ChatRequest(key="odd", model="gpt-5-mini", messages=[{"role": "user", "content": "x"}],
-                                    extra={"model": "gpt-4o-mini"}), namespace="s1", operation="describe", session_id="s1")
-    ledger.enqueue([*good, bad])
+    # A body whose model differs from its batch's (the builder never makes one; a hand-edited
+    # ledger row could): the server rejects the whole file, naming the line.
+    template = chat_requests(1, prefix="odd")[0]
+    bad = template.model_copy(update={"body": {**template.body, "model": "gpt-4o-mini"}})
+    ledger.enqueue(good)
+    ledger.enqueue([bad])
     settle(manager)
-    assert ledger.request_states()["s1-odd"] == RequestState.FAILED
+    assert ledger.request_states()["s1-odd0"] == RequestState.FAILED
     assert ledger.state_counts() == {"failed": 1, "succeeded": 3}
     assert ledger.batches()[0].status == "failed"
 

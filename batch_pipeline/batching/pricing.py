@@ -1,0 +1,255 @@
+"""Pricing: usage of a finished request (tokens, images) + model + tier -> exact USD cost.
+
+Prices come from the versioned `prices.json` beside this module; the ledger and reports call in here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from batch_pipeline.batching.models import Tier
+
+if TYPE_CHECKING:
+    from openai.types import CompletionUsage
+
+# Text prices are quoted per million tokens.
+TOKENS_PER_PRICE_UNIT = Decimal(1_000_000)
+CENT = Decimal("0.01")
+
+# OpenAI snapshot ids are an alias plus a release date: "gpt-5-mini-2025-08-07" -> "gpt-5-mini".
+_DATED_SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
+
+
+class UnknownPriceError(LookupError):
+    """The catalog holds no price for this model (or its snapshot) on this tier."""
+
+    def __init__(self, model: str, tier: Tier | str | None, reason: str) -> None:
+        self.model = model
+        self.tier = tier
+        on_tier = f" on tier {str(tier)!r}" if tier is not None else ""
+        super().__init__(f"no price for model {model!r}{on_tier}: {reason}")
+
+
+class TokenUsage(BaseModel):
+    """What one request consumed, as billed: tokens for text models, images for image models."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int = Field(ge=0)
+    # The part of input_tokens served from the prompt cache, billed at the cached_input price.
+    cached_tokens: int = Field(default=0, ge=0)
+    # Includes reasoning tokens: the API bills them as output.
+    output_tokens: int = Field(ge=0)
+    images: int = Field(default=0, ge=0)
+    image_quality: str | None = None
+    image_size: str | None = None
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TokenUsage:
+        if self.cached_tokens > self.input_tokens:
+            raise ValueError(f"cached_tokens ({self.cached_tokens}) exceed input_tokens ({self.input_tokens})")
+        if self.images and (self.image_quality is None or self.image_size is None):
+            # Image prices depend on both; without them the cost cannot be known.
+            raise ValueError("image_quality and image_size are required when images > 0")
+        return self
+
+    @classmethod
+    def from_chat_usage(cls, usage: CompletionUsage | Mapping[str, Any]) -> TokenUsage:
+        """From a response's `usage`: the SDK's `CompletionUsage` or the same thing as a dict.
+
+        Chat Completions says prompt/completion tokens; the Responses API and a Batch object's
+        `usage` say input/output tokens. Both spellings are read.
+        """
+        data: Mapping[str, Any] = usage.model_dump() if hasattr(usage, "model_dump") else usage
+        if "prompt_tokens" in data:
+            input_tokens, output_tokens = data["prompt_tokens"], data["completion_tokens"]
+            details = data.get("prompt_tokens_details")
+        else:
+            input_tokens, output_tokens = data["input_tokens"], data["output_tokens"]
+            details = data.get("input_tokens_details")
+        # The details object and its cached_tokens may both be null when nothing was cached.
+        cached_tokens = (details or {}).get("cached_tokens") or 0
+        return cls(input_tokens=input_tokens, cached_tokens=cached_tokens, output_tokens=output_tokens)
+
+    @classmethod
+    def from_image_request(cls, n: int, quality: str, size: str) -> TokenUsage:
+        """For `n` generated images of one quality and size, priced per image."""
+        return cls(input_tokens=0, output_tokens=0, images=n, image_quality=quality, image_size=size)
+
+
+class CostBreakdown(BaseModel):
+    """The cost of some usage on the tier actually used, next to what standard would have cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actual: Decimal
+    standard: Decimal
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def saved(self) -> Decimal:
+        return self.standard - self.actual
+
+
+def round_cents(amount: Decimal) -> Decimal:
+    """Round to whole cents for reports; banker's rounding keeps sums of rounded rows unbiased."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+class TokenPrices(BaseModel):
+    """USD per 1M tokens on one tier."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+
+
+class TextModelPrices(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    standard: TokenPrices
+    batch: TokenPrices
+    # None: the model does not accept service_tier="flex".
+    flex: TokenPrices | None
+
+
+# quality -> size -> USD per image.
+ImagePrices = dict[str, dict[str, Decimal]]
+
+
+class ImageModelPrices(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    standard: ImagePrices
+    batch: ImagePrices
+    # Flex covers chat and responses calls only, never image generation.
+    flex: None = None
+
+
+class _CatalogFile(BaseModel):
+    """The shape of prices.json; a malformed file fails at load time, not at the first cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    as_of: date
+    source: str
+    currency: Literal["USD"]
+    units: dict[str, str]
+    models: dict[str, TextModelPrices]
+    images: dict[str, ImageModelPrices]
+
+
+class PriceCatalog:
+    """One version of the price list; answers "what did this usage cost on this tier"."""
+
+    def __init__(self, data: _CatalogFile) -> None:
+        self._data = data
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> PriceCatalog:
+        """Read a catalog file; by default the one packaged with batch_pipeline."""
+        if path is None:
+            text = resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
+        # parse_float=Decimal: a price must never pass through a binary float, or 0.1 stops being 0.1.
+        return cls(_CatalogFile.model_validate(json.loads(text, parse_float=Decimal)))
+
+    @property
+    def version(self) -> str:
+        return self._data.version
+
+    @property
+    def as_of(self) -> date:
+        return self._data.as_of
+
+    @property
+    def source(self) -> str:
+        return self._data.source
+
+    @property
+    def currency(self) -> str:
+        return self._data.currency
+
+    def resolve_model(self, model: str) -> str:
+        """The catalog key for a model id: the id itself, or the alias of a dated snapshot.
+
+        Only a full date suffix is stripped, so "gpt-5-mini" never falls back to "gpt-5".
+        """
+        if model in self._data.models or model in self._data.images:
+            return model
+        match = _DATED_SNAPSHOT.fullmatch(model)
+        if match is not None:
+            alias = match["alias"]
+            if alias in self._data.models or alias in self._data.images:
+                return alias
+        raise UnknownPriceError(model, None, f"not in price catalog {self.version}")
+
+    def supports_flex(self, model: str) -> bool:
+        """Whether the model accepts service_tier="flex"; False for models the catalog does not know."""
+        try:
+            key = self.resolve_model(model)
+        except UnknownPriceError:
+            return False
+        text_prices = self._data.models.get(key)
+        return text_prices is not None and text_prices.flex is not None
+
+    def cost(self, model: str, tier: Tier | str, usage: TokenUsage) -> Decimal:
+        """Exact USD cost of `usage` on `tier`; raises UnknownPriceError when there is no price."""
+        tier = Tier(tier)
+        key = self.resolve_model(model)
+        # Price blocks are named after the Tier values, so a tier selects its block by name.
+        text_prices = self._data.models.get(key)
+        if text_prices is not None:
+            if usage.images:
+                raise UnknownPriceError(model, tier, "a text model has no per-image price")
+            return self._token_cost(model, tier, getattr(text_prices, tier.value), usage)
+        if usage.input_tokens or usage.output_tokens:
+            # Per-image prices already cover generated image tokens; per-token prices of image
+            # models are not in the catalog, so a cost built from them would be a guess.
+            raise UnknownPriceError(model, tier, "the catalog prices image models per image, not per token")
+        return self._image_cost(model, tier, getattr(self._data.images[key], tier.value), usage)
+
+    def cost_breakdown(self, model: str, tier: Tier | str, usage: TokenUsage) -> CostBreakdown:
+        """The cost on `tier` and, for the savings report, on the standard tier for the same usage."""
+        return CostBreakdown(
+            actual=self.cost(model, tier, usage),
+            standard=self.cost(model, Tier.STANDARD, usage),
+        )
+
+    @staticmethod
+    def _token_cost(model: str, tier: Tier, prices: TokenPrices | None, usage: TokenUsage) -> Decimal:
+        if prices is None:
+            raise UnknownPriceError(model, tier, "the model does not support this tier")
+        uncached_tokens = usage.input_tokens - usage.cached_tokens
+        per_unit = (
+            uncached_tokens * prices.input
+            + usage.cached_tokens * prices.cached_input
+            + usage.output_tokens * prices.output
+        )
+        return per_unit / TOKENS_PER_PRICE_UNIT
+
+    @staticmethod
+    def _image_cost(model: str, tier: Tier, prices: ImagePrices | None, usage: TokenUsage) -> Decimal:
+        if prices is None:
+            raise UnknownPriceError(model, tier, "the model does not support this tier")
+        if not usage.images:
+            return Decimal(0)
+        per_image = prices.get(usage.image_quality or "", {}).get(usage.image_size or "")
+        if per_image is None:
+            # e.g. quality or size "auto": price from the size and quality the response reports.
+            raise UnknownPriceError(
+                model, tier, f"quality {usage.image_quality!r} at size {usage.image_size!r} is not priced"
+            )
+        return usage.images * per_image

@@ -1,0 +1,39 @@
+"""Helpers shared by the integration tests (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openai
+
+from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
+from batch_pipeline.ledger import Ledger
+
+
+def make_manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore | None = None,
+                 **kwargs) -> BatchJobManager:
+    kwargs.setdefault("poll_policy", PollPolicy(initial_s=0.01, max_s=0.05))
+    return BatchJobManager(client, ledger, files_dir=tmp_path / "batch_files", image_store=image_store, **kwargs)
+
+
+def chat_requests(n: int, *, session: str = "s1", model: str = "gpt-5-mini", prefix: str = "q") -> list:
+    return [
+        build_request(
+            ChatRequest(key=f"{prefix}{i}", model=model, temperature=0.2, max_tokens=64,
+                        messages=[{"role": "system", "content": "Answer briefly."},
+                                  {"role": "user", "content": f"Describe lighthouse number {i} in a storm"}]),
+            namespace=session, operation="describe", session_id=session)
+        for i in range(n)
+    ]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
