@@ -1,0 +1,51 @@
+"""Command line: run the simulator standalone, e.g. for the Dagster UI or manual pipeline runs.
+
+`python -m batch_pipeline.simulator --port 8800 --data-dir var/simulator` prints the base URL, serves until stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from .config import PHASES, SimulatorConfig
+from .server import Simulator
+
+
+def _phase_seconds(text: str) -> dict[str, float]:
+    values = [float(part) for part in text.split(",")]
+    if not 1 <= len(values) <= len(PHASES):
+        raise argparse.ArgumentTypeError(f"expected 1-{len(PHASES)} comma-separated numbers for {', '.join(PHASES)}")
+    return dict(zip(PHASES, values))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.simulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8800)
+    parser.add_argument("--data-dir", type=Path, default=Path("var/simulator"))
+    parser.add_argument("--phase-seconds", type=_phase_seconds, default=_phase_seconds("2,5,2"),
+                        help="seconds in validating,in_progress,finalizing[,cancelling] (default 2,5,2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64, help="edge of the drawn PNGs in pixels")
+    args = parser.parse_args(argv)
+
+    simulator = Simulator(SimulatorConfig(
+        data_dir=args.data_dir, host=args.host, port=args.port, phase_seconds=args.phase_seconds,
+        seed=args.seed, image_size=args.image_size,
+    ))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Access lines name method and path only; request headers (the API key) are never logged.
+    with simulator.serve(log_level="info", access_log=True) as base_url:
+        print(base_url, flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
