@@ -1,0 +1,228 @@
+"""Runtime configuration: environment variables -> one validated, immutable `Settings` object.
+
+Every other module receives its knobs from here; nothing else reads `os.environ`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import annotated_types
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+# The Batch API accepts exactly one completion window, "24h"; waiting longer than that is never useful.
+BATCH_COMPLETION_WINDOW_HOURS = 24.0
+# Per-input-file limits of the Batch API.
+BATCH_API_MAX_FILE_BYTES = 200 * 1024 * 1024
+BATCH_API_MAX_REQUESTS_PER_FILE = 50_000
+
+
+class SettingsError(ValueError):
+    """The environment holds values the pipeline cannot run with.
+
+    The message names every offending environment variable and what it may hold, one per
+    `; `-separated part; `problems` keeps the parts apart for callers that want to list them.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
+def _parse_env_bool(value: object) -> object:
+    # Pydantic's own bool parsing also takes "on", "t", "y", ...; a flag that turns paid API
+    # traffic on or off should only take spellings nobody can misread.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ValueError("must be true/false, yes/no or 1/0")
+
+
+EnvBool = Annotated[bool, BeforeValidator(_parse_env_bool)]
+
+# `settings_customise_sources` is a classmethod and cannot take per-call arguments, so
+# `load_settings(env=...)` hands its mapping to the environment source through this variable
+# (per thread and per task, unlike a class attribute). None means "read os.environ".
+_EXPLICIT_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("explicit_environ", default=None)
+
+
+class _EnvironSource(EnvSettingsSource):
+    """The usual environment source, reading an explicit mapping when `load_settings` was given one."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _EXPLICIT_ENVIRON.get()
+        if environ is None:
+            return super()._load_env_vars()
+        # Same normalisation the base class applies to os.environ.
+        return {
+            (name if self.case_sensitive else name.lower()): value
+            for name, value in environ.items()
+            if not (self.env_ignore_empty and value == "")
+        }
+
+
+class Settings(BaseSettings):
+    """Every environment variable the pipeline reads; the variable name is the field name upper-cased."""
+
+    # No .env file unless a caller passes `_env_file=`: configuration stays visible in the environment.
+    # An empty variable (`export OPENAI_API_KEY=`) counts as unset rather than as an invalid value.
+    model_config = SettingsConfigDict(env_file=None, env_ignore_empty=True, frozen=True, extra="forbid")
+
+    batch_api_enabled: EnvBool = False
+    batch_api_mode: Literal["deferred", "immediate"] = "deferred"
+    batch_max_wait_hours: float = Field(
+        default=BATCH_COMPLETION_WINDOW_HOURS, gt=0, le=BATCH_COMPLETION_WINDOW_HOURS, allow_inf_nan=False
+    )
+    # Below 100 ms polling only burns rate limit: batches take minutes to hours.
+    batch_poll_interval_ms: int = Field(default=30_000, ge=100)
+
+    batch_vision_enabled: EnvBool = True
+    batch_llm_enabled: EnvBool = Field(default=True, description="critique, refinement and other text calls")
+    batch_images_enabled: EnvBool = True
+    batch_fallback_to_standard: EnvBool = True
+    batch_cost_tracking: EnvBool = True
+    batch_hybrid_mode: EnvBool = False
+
+    # Deferred mode: the queue is flushed into a batch when either threshold is reached.
+    batch_flush_max_requests: int = Field(default=1000, ge=1)
+    batch_flush_max_age_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    # Assembly may split below the API's file limits (e.g. for a smaller enqueued-token queue), never above.
+    batch_max_file_bytes: int = Field(default=BATCH_API_MAX_FILE_BYTES, ge=1024, le=BATCH_API_MAX_FILE_BYTES)
+    batch_max_requests_per_file: int = Field(
+        default=BATCH_API_MAX_REQUESTS_PER_FILE, ge=1, le=BATCH_API_MAX_REQUESTS_PER_FILE
+    )
+    # How often one request may be submitted before it ends failed/expired.
+    batch_max_attempts: int = Field(default=3, ge=1)
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+
+    batch_pipeline_home: Path = Field(
+        default=Path("var"), description="where the ledger, images and batch files live"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvironSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _require_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        return value
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.batch_pipeline_home / "ledger.duckdb"
+
+    @property
+    def image_root(self) -> Path:
+        return self.batch_pipeline_home / "images"
+
+    @property
+    def batch_files_dir(self) -> Path:
+        return self.batch_pipeline_home / "batch_files"
+
+    def openai_client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""
+        if self.openai_api_key is None:
+            # The SDK refuses to start without a key; say which variable to set before it does.
+            raise SettingsError(["OPENAI_API_KEY: must be set to call the API (any string for a local simulator)"])
+        kwargs = {"api_key": self.openai_api_key.get_secret_value()}
+        # Left out when unset so the SDK keeps its own default endpoint.
+        if self.openai_base_url is not None:
+            kwargs["base_url"] = self.openai_base_url
+        return kwargs
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `env` (default: the process environment) or raise `SettingsError`.
+
+    An explicit `env` is the whole environment: `os.environ` is not consulted for anything it lacks.
+    """
+    token = _EXPLICIT_ENVIRON.set(env)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe_problems(exc)) from None
+    finally:
+        _EXPLICIT_ENVIRON.reset(token)
+
+
+def _describe_problems(exc: ValidationError) -> list[str]:
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        field_name = str(error["loc"][0]) if error["loc"] else ""
+        variable = field_name.upper() or "environment"
+        if variable in problems:  # one line per variable, even when several checks failed
+            continue
+        field = Settings.model_fields.get(field_name)
+        # Never echo what was offered for a secret: error messages end up in logs.
+        shown = "a hidden value" if field is not None and _is_secret(field) else repr(error["input"])
+        problems[variable] = f"{variable}: {_allowed_values(field, error)} (got {shown})"
+    return list(problems.values())
+
+
+def _allowed_values(field: FieldInfo | None, error: ErrorDetails) -> str:
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    if error["type"] == "value_error":  # our own validators already phrase what is allowed
+        return str(ctx["error"])
+    if error["type"] == "literal_error":
+        return f"must be {ctx['expected']}"
+    if field is not None and field.annotation in (int, float):
+        return _describe_number(field)
+    return error["msg"]
+
+
+_BOUND_SYMBOLS = (
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Lt, "lt", "<"),
+    (annotated_types.Le, "le", "<="),
+)
+
+
+def _describe_number(field: FieldInfo) -> str:
+    # Built from the field's own constraints so the message cannot drift from the check.
+    kind = "an integer" if field.annotation is int else "a number"
+    bounds = [
+        f"{symbol} {_format_bound(getattr(constraint, attribute))}"
+        for constraint in field.metadata
+        for constraint_type, attribute, symbol in _BOUND_SYMBOLS
+        if isinstance(constraint, constraint_type)
+    ]
+    return f"must be {kind}" + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _format_bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
