@@ -18,7 +18,7 @@ from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import SplitLimits
 from batch_pipeline.ledger.ledger import Ledger, QueuedRow
 
-_IMAGE_REF = re.compile(r"bp-image:[0-9a-f]{64}\.[a-z]+")
+_IMAGE_REF = re.compile(r"bp-image:[0-9a-f]{64}(?:\.[A-Za-z0-9]+)?")
 
 
 class PlannedBatch(BaseModel):
@@ -55,9 +55,10 @@ def plan_batches(queued: Sequence[QueuedRow], limits: SplitLimits, inflight_toke
     batches: list[PlannedBatch] = []
     held_back: list[QueuedRow] = []
     oversized: list[QueuedRow] = []
+    # One queue per model, whatever the endpoint: the budget is shared across a model's groups.
+    budget_left = {model: limits.token_budget(model) - inflight_tokens.get(model, 0) for _, model in groups}
     for (endpoint, model), rows in groups.items():
         queue_size = limits.token_budget(model)
-        budget_left = queue_size - inflight_tokens.get(model, 0)
         current: list[QueuedRow] = []
         size = tokens = 0
         for row in rows:
@@ -65,14 +66,14 @@ def plan_batches(queued: Sequence[QueuedRow], limits: SplitLimits, inflight_toke
             if line > limits.max_bytes or row.est_prompt_tokens > queue_size:
                 oversized.append(row)
                 continue
-            if row.est_prompt_tokens > budget_left - tokens:
+            if row.est_prompt_tokens > budget_left[model] - tokens:
                 held_back.append(row)
                 continue
             if current and (len(current) >= limits.max_requests or size + line > limits.max_bytes):
                 batches.append(PlannedBatch(endpoint=endpoint, model=model, members=current))
-                budget_left -= tokens
+                budget_left[model] -= tokens
                 current, size, tokens = [], 0, 0
-                if row.est_prompt_tokens > budget_left:
+                if row.est_prompt_tokens > budget_left[model]:
                     held_back.append(row)
                     continue
             current.append(row)
@@ -80,6 +81,7 @@ def plan_batches(queued: Sequence[QueuedRow], limits: SplitLimits, inflight_toke
             tokens += row.est_prompt_tokens
         if current:
             batches.append(PlannedBatch(endpoint=endpoint, model=model, members=current))
+            budget_left[model] -= tokens
     return BatchPlan(batches=batches, held_back=held_back, oversized=oversized)
 
 

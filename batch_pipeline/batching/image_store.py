@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 REF_PREFIX = "bp-image:"
+_MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
 
 
 class ImageStore:
@@ -21,6 +22,7 @@ class ImageStore:
     def put(self, data: bytes, suffix: str = ".png") -> str:
         """Store bytes (idempotently) and return their ref."""
         digest = hashlib.sha256(data).hexdigest()
+        suffix = suffix.lower()
         path = self._path(digest, suffix)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +35,17 @@ class ImageStore:
 
     def put_file(self, path: Path | str) -> str:
         return self.put(Path(path).read_bytes(), Path(path).suffix or ".png")
+
+    def ref_for(self, path: Path | str) -> str:
+        """The ref of an image file: derived from its name when it is one of ours, else stored now."""
+        path = Path(path)
+        ref = f"{REF_PREFIX}{path.name}"
+        try:
+            if self.path(ref) == path or (path.is_absolute() and self.path(ref).resolve() == path.resolve()):
+                return ref
+        except ValueError:
+            pass
+        return self.put_file(path)
 
     def path(self, ref: str) -> Path:
         digest, suffix = _split_ref(ref)
@@ -51,7 +64,7 @@ class ImageStore:
 
     @staticmethod
     def data_url_prefix(ref: str) -> str:
-        mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(Path(ref).suffix, "image/webp")
+        mime = _MIME_TYPES.get(Path(ref).suffix.lower(), "application/octet-stream")
         return f"data:{mime};base64,"
 
     def _path(self, digest: str, suffix: str) -> Path:

@@ -30,7 +30,7 @@ class PollPolicy(BaseModel):
         if consecutive_errors:
             base = min(self.max_s, base * self.error_multiplier ** consecutive_errors)
         seed = int.from_bytes(hashlib.blake2b(f"{key}:{polls}:{consecutive_errors}".encode(), digest_size=8).digest(), "big")
-        return base * (1 + self.jitter * (2 * random.Random(seed).random() - 1))
+        return min(self.max_s, base * (1 + self.jitter * (2 * random.Random(seed).random() - 1)))
 
     def due(self, *, now: float, last_polled_at: float, polls: int, key: str = "", consecutive_errors: int = 0) -> bool:
         return now >= last_polled_at + self.delay(polls, key=key, consecutive_errors=consecutive_errors)

@@ -163,6 +163,10 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
             raise RequestValidationError(req.key, f"messages[{i}].content", "must be a string or a non-empty list of parts")
         for j, part in enumerate(content):
             where = f"messages[{i}].content[{j}]"
+            if not isinstance(part, dict):
+                raise RequestValidationError(req.key, where, "each content part must be an object with a 'type'")
+            if part.get("type") == "image_url" and not isinstance(part.get("image_url"), dict):
+                raise RequestValidationError(req.key, f"{where}.image_url", "must be an object {url, detail} (chat format)")
             if part.get("type") == "text":
                 text_chars += len(part.get("text") or "")
             elif part.get("type") == "image_url":

@@ -86,7 +86,10 @@ def usage_of(endpoint: str, response: dict[str, Any], request_body: Callable[[],
             body = request_body()
             quality, size = quality or body.get("quality", "auto"), size or body.get("size", "1024x1024")
         return TokenUsage.from_image_request(images, quality, size)
-    return TokenUsage.from_chat_usage(response.get("usage") or {})
+    usage = response.get("usage")
+    if not usage:  # a 200 without usage: keep the answer, bill nothing we cannot see
+        return TokenUsage(input_tokens=0, output_tokens=0)
+    return TokenUsage.from_chat_usage(usage)
 
 
 def price_outcome(outcome: RequestOutcome, *, endpoint: str, model: str, tier: Tier, catalog: PriceCatalog,

@@ -211,9 +211,14 @@ class Ledger:
         with self.transaction() as con:
             tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
                                      [list(request_ids)]).fetchall())
+            # Counted as an attempt, so its result row is the request's final one (attempt = attempts).
             self._move_requests(con, {RequestState.FAILED: list(request_ids)}, batch_key=None, reason=reason,
-                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in request_ids})
-            self._insert_results(con, [(o, 0, None, Tier(tiers[o.request_id])) for o in outcomes], self.clock())
+                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in request_ids},
+                                count_attempt=True)
+            attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                        [list(request_ids)]).fetchall())
+            self._insert_results(con, [(o, attempts[o.request_id], None, Tier(tiers[o.request_id])) for o in outcomes],
+                                 self.clock())
 
     def request_body(self, request_id: str) -> dict[str, Any]:
         with self.connect() as con:
@@ -316,9 +321,12 @@ class Ledger:
         """A batch that was never created: its members go back to the queue (or fail, out of attempts)."""
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.ABANDONED, errors=orjson.dumps([{"message": reason}]).decode())
-            ids = [rid for (rid,) in con.execute(
-                "SELECT request_id FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall()]
-            self._requeue_or_end(con, ids, RequestState.FAILED, batch_key, reason, max_attempts)
+            attempts = dict(con.execute(
+                "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall())
+            outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=reason) for rid in attempts]
+            self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock())
+            self._requeue_or_end(con, list(attempts), RequestState.FAILED, batch_key, reason, max_attempts,
+                                 {rid: reason for rid in attempts}, attempts)
 
     def record_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """Record what polling saw. Only created batches have a remote status to record."""

@@ -1,5 +1,5 @@
 -- The ledger's tables. Times are epoch seconds (DOUBLE) from the caller's clock, so tests can
--- drive them; money is DECIMAL, never float, so reports add up to the cent.
+-- drive them; money is DECIMAL (12 places: a token costs fractions of a micro-dollar), never float.
 
 CREATE TABLE IF NOT EXISTS requests (
     request_id        VARCHAR PRIMARY KEY,   -- = the batch line's custom_id
@@ -73,8 +73,8 @@ CREATE TABLE IF NOT EXISTS results (
     cached_tokens     BIGINT NOT NULL DEFAULT 0,
     output_tokens     BIGINT NOT NULL DEFAULT 0,
     images            INTEGER NOT NULL DEFAULT 0,
-    cost_usd          DECIMAL(18, 8) NOT NULL DEFAULT 0,
-    standard_cost_usd DECIMAL(18, 8) NOT NULL DEFAULT 0,
+    cost_usd          DECIMAL(24, 12) NOT NULL DEFAULT 0,
+    standard_cost_usd DECIMAL(24, 12) NOT NULL DEFAULT 0,
     price_version     VARCHAR,
     recorded_at       DOUBLE NOT NULL,
     PRIMARY KEY (request_id, attempt)

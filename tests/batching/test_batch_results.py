@@ -1,0 +1,160 @@
+"""Result mapping: output/error lines -> classified outcomes keyed by custom_id, images stored, costs attached."""
+from __future__ import annotations
+
+import base64
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.pricing import PriceCatalog
+from batch_pipeline.batching.results import (
+    ResultFileError,
+    classify_line,
+    price_outcome,
+    read_result_files,
+    store_images,
+)
+
+CHAT, IMAGES = "/v1/chat/completions", "/v1/images/generations"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> PriceCatalog:
+    return PriceCatalog.load()
+
+
+def write_jsonl(path, lines) -> object:
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def no_body():
+    raise AssertionError("the request body should not be needed here")
+
+
+# -- classification -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(429, Outcome.FAILED_RETRYABLE), (500, Outcome.FAILED_RETRYABLE), (503, Outcome.FAILED_RETRYABLE),
+     (408, Outcome.FAILED_RETRYABLE), (400, Outcome.FAILED_PERMANENT), (404, Outcome.FAILED_PERMANENT)],
+)
+def test_429_and_5xx_are_retryable_400_is_permanent(failed_line, status, expected):
+    outcome = classify_line(failed_line("t-k1", status=status, code=None if status != 400 else "unsupported_parameter",
+                                        err_type="server_error" if status >= 500 else "invalid_request_error"))
+    assert outcome.outcome == expected
+    assert outcome.status_code == status
+    assert outcome.error_code == ("unsupported_parameter" if status == 400 else
+                                  "server_error" if status >= 500 else "invalid_request_error")  # code, else type
+    assert outcome.error_message
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("batch_expired", Outcome.EXPIRED), ("batch_cancelled", Outcome.CANCELLED), ("request_timeout", Outcome.FAILED_RETRYABLE)],
+)
+def test_lines_of_requests_that_never_ran_say_why(never_ran_line, code, expected):
+    outcome = classify_line(never_ran_line("t-k1", code))
+    assert (outcome.outcome, outcome.error_code, outcome.status_code) == (expected, code, None)
+
+
+# -- reading files ------------------------------------------------------------------------------
+
+def test_success_line_wins_over_duplicate_error_line(tmp_path, output_line, failed_line, never_ran_line):
+    out = write_jsonl(tmp_path / "out.jsonl", [output_line("t-a"), output_line("t-b")])
+    err = write_jsonl(tmp_path / "err.jsonl", [failed_line("t-a", status=500), never_ran_line("t-b"), failed_line("t-c")])
+    for order in ([out, err], [err, out]):
+        outcomes = read_result_files(order, None)
+        assert {k: v.outcome for k, v in outcomes.items()} == {
+            "t-a": Outcome.SUCCEEDED, "t-b": Outcome.SUCCEEDED, "t-c": Outcome.FAILED_PERMANENT}
+
+
+def test_success_lines_are_matched_by_custom_id_not_by_order(tmp_path, output_line):
+    out = write_jsonl(tmp_path / "out.jsonl", [output_line(f"t-k{i}", content=f"answer {i}") for i in (3, 1, 2)])
+    outcomes = read_result_files([out], None)
+    assert {k: v.response["choices"][0]["message"]["content"] for k, v in outcomes.items()} == {
+        "t-k1": "answer 1", "t-k2": "answer 2", "t-k3": "answer 3"}
+    assert all(o.outcome == Outcome.SUCCEEDED and o.status_code == 200 and o.error_code is None
+               for o in outcomes.values())
+
+
+def test_all_failed_batch_is_read_from_the_error_file_alone(tmp_path, failed_line):
+    # output_file_id is null when every row failed: the caller passes only the error file
+    err = write_jsonl(tmp_path / "err.jsonl", [failed_line("t-a"), failed_line("t-b", status=429, code="rate_limit_exceeded")])
+    outcomes = read_result_files([err], None)
+    assert {k: v.outcome for k, v in outcomes.items()} == {"t-a": Outcome.FAILED_PERMANENT, "t-b": Outcome.FAILED_RETRYABLE}
+
+
+def test_truncated_download_or_line_without_custom_id_raises_result_file_error(tmp_path, output_line):
+    good = orjson.dumps(output_line("t-a")) + b"\n\n"  # a blank line is skipped, not an error
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(good + orjson.dumps(output_line("t-b"))[:57])
+    with pytest.raises(ResultFileError, match="line 3"):
+        read_result_files([path], None)
+    line = output_line("t-c")
+    del line["custom_id"]
+    with pytest.raises(ResultFileError):
+        classify_line(line)
+
+
+def test_generated_images_are_moved_into_the_store(tmp_path, image_store, png_bytes, output_line):
+    pngs = [png_bytes(21), png_bytes(22)]
+    line = {"id": "batch_req_1", "custom_id": "img-cat", "error": None,
+            "response": {"status_code": 200, "request_id": "req_1",
+                         "body": {"created": 1790000000, "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],
+                                  "quality": "low", "size": "1024x1024", "output_format": "png"}}}
+    outcomes = read_result_files([write_jsonl(tmp_path / "out.jsonl", [line])], image_store)
+    data = outcomes["img-cat"].response["data"]
+    assert all("b64_json" not in item for item in data)
+    assert [image_store.read(item["image_ref"]) for item in data] == pngs
+    assert outcomes["img-cat"].response["quality"] == "low"
+    text = classify_line(output_line("t-a"))
+    assert store_images(text, image_store) is text  # text responses are left untouched
+
+
+# -- pricing ------------------------------------------------------------------------------------
+
+def test_chat_success_is_priced_at_batch_rates_next_to_the_standard_price(catalog, output_line):
+    outcome = classify_line(output_line("t-a", prompt_tokens=1000, cached_tokens=200, completion_tokens=500))
+    priced = price_outcome(outcome, endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog, request_body=no_body)
+    assert (priced.input_tokens, priced.cached_tokens, priced.output_tokens) == (1000, 200, 500)
+    # batch: 800 x 0.125 + 200 x 0.0125 + 500 x 1.00 per 1M; standard is twice that
+    assert priced.cost_usd == Decimal("0.0006025")
+    assert priced.standard_cost_usd == Decimal("0.001205")
+    assert priced.price_version == catalog.version
+
+
+def test_failed_and_expired_rows_are_not_billed(catalog, failed_line, never_ran_line):
+    for line in (failed_line("t-a"), never_ran_line("t-b")):
+        outcome = price_outcome(classify_line(line), endpoint=CHAT, model="gpt-5", tier=Tier.BATCH, catalog=catalog,
+                                request_body=no_body)
+        assert (outcome.cost_usd, outcome.input_tokens, outcome.price_version) == (Decimal(0), 0, None)
+
+
+def test_images_are_priced_per_image_from_the_request_when_the_response_omits_size(catalog):
+    outcome = RequestOutcome(request_id="img-a", outcome=Outcome.SUCCEEDED, status_code=200,
+                             response={"created": 1, "data": [{"image_ref": "x"}, {"image_ref": "y"}]})
+    priced = price_outcome(outcome, endpoint=IMAGES, model="gpt-image-1-mini", tier=Tier.BATCH, catalog=catalog,
+                           request_body=lambda: {"prompt": "p", "n": 2, "size": "1536x1024", "quality": "medium"})
+    assert priced.images == 2
+    assert priced.cost_usd == Decimal("0.015")       # 2 x 0.0075 batch
+    assert priced.standard_cost_usd == Decimal("0.030")
+
+
+def test_unknown_model_keeps_its_tokens_and_is_flagged_unpriced(catalog, output_line):
+    priced = price_outcome(classify_line(output_line("t-a")), endpoint=CHAT, model="gpt-9-preview", tier=Tier.BATCH,
+                           catalog=catalog, request_body=no_body)
+    assert priced.input_tokens == 1000
+    assert priced.cost_usd == Decimal(0)
+    assert priced.price_version == "unpriced:gpt-9-preview"
+
+
+def test_success_line_without_usage_is_kept_as_succeeded_not_a_crash(catalog, output_line):
+    line = output_line("t-a")
+    del line["response"]["body"]["usage"]
+    priced = price_outcome(classify_line(line), endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog,
+                           request_body=no_body)
+    assert priced.outcome == Outcome.SUCCEEDED
+    assert (priced.input_tokens, priced.output_tokens) == (0, 0)

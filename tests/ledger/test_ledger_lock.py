@@ -1,0 +1,54 @@
+"""DuckDB allows one writer process: the ledger waits (bounded) for another process's lock."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from batch_pipeline.ledger import Ledger, RequestState
+
+HOLDER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("SELECT count(*) FROM requests").fetchone()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def hold_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process with a write connection open on the ledger file for `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_process_waits_for_the_lock_then_proceeds(ledger_path, ledger, make_request):
+    holder = hold_lock(ledger_path, 1.0)
+    try:
+        started = time.monotonic()
+        assert ledger.enqueue([make_request("a")]) == ["t-a"]
+        waited = time.monotonic() - started
+    finally:
+        holder.wait(timeout=10)
+    assert holder.returncode == 0
+    assert waited >= 0.5
+    assert ledger.request_states() == {"t-a": RequestState.QUEUED}
+
+
+def test_lock_wait_gives_up_after_the_lock_timeout(ledger_path, ledger, clock):
+    impatient = Ledger(ledger_path, clock=clock, lock_timeout_s=0.3)
+    holder = hold_lock(ledger_path, 2.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(duckdb.IOException, match="lock"):
+            impatient.state_counts()
+        assert time.monotonic() - started < 1.9  # gave up long before the holder let go
+    finally:
+        holder.wait(timeout=10)
+    assert impatient.state_counts() == {}  # and works again once the other process is gone
