@@ -89,6 +89,7 @@ class QueuedRequest(BaseModel):
     model: str
     tier: Tier = Tier.BATCH
     tier_reason: str | None = None
+    round_key: str | None = None
     body: dict[str, Any]
     body_hash: str
     est_prompt_tokens: int
@@ -109,6 +110,7 @@ def build_request(
     session_id: str | None = None,
     tier: Tier = Tier.BATCH,
     tier_reason: str | None = None,
+    round_key: str | None = None,
     image_store: ImageStore | None = None,
 ) -> QueuedRequest:
     """Validate and normalise `request` into the record the ledger queues."""
@@ -127,6 +129,7 @@ def build_request(
             model=request.model,
             tier=tier,
             tier_reason=tier_reason,
+            round_key=round_key,
             body=body,
             body_hash=body_hash(request.endpoint, body),
             est_prompt_tokens=est_tokens,

@@ -22,6 +22,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 
 from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.requests import QueuedRequest
+from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows
+from batch_pipeline.ledger.sessions import SessionRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
@@ -29,14 +31,6 @@ from batch_pipeline.ledger.states import (
     BatchPhase,
     RequestState,
 )
-
-
-class LedgerError(RuntimeError):
-    pass
-
-
-class StateTransitionError(LedgerError):
-    """A change the state machine does not allow: a bug, never silently ignored."""
 
 
 class BatchRecord(BaseModel):
@@ -71,6 +65,22 @@ class QueuedRow(BaseModel):
     est_prompt_tokens: int
 
 
+class RequestRow(BaseModel):
+    request_id: str
+    session_id: str | None
+    operation: str
+    endpoint: str
+    model: str
+    tier: str
+    tier_reason: str | None
+    body: dict[str, Any]
+    body_hash: str
+    state: RequestState
+    attempts: int
+    batch_key: str | None
+    last_error: str | None
+
+
 class RemoteStatus(BaseModel):
     """A batch's remote state as last seen, to be recorded."""
 
@@ -90,7 +100,7 @@ def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
-class Ledger:
+class Ledger(SessionRecords):
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
         self.path = Path(path)
         self.clock = clock
@@ -158,11 +168,12 @@ class Ledger:
                     raise LedgerError(f"request {r.request_id!r} is already queued with a different body")
             new = [r for r in requests if r.request_id not in known]
             if new:
-                _insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
+                insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
                     (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                     orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes, "queued", 0, now, now)
+                     r.round_key, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
+                     "queued", 0, now, now)
                     for r in new])
-                _insert_rows(con, "request_events", _EVENT_COLUMNS,
+                insert_rows(con, "request_events", _EVENT_COLUMNS,
                              [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new])
         return [r.request_id for r in new]
 
@@ -221,11 +232,16 @@ class Ledger:
                                  self.clock())
 
     def request_body(self, request_id: str) -> dict[str, Any]:
+        return self.request_row(request_id).body
+
+    def request_row(self, request_id: str) -> RequestRow:
         with self.connect() as con:
-            row = con.execute("SELECT body FROM requests WHERE request_id = ?", [request_id]).fetchone()
+            row = con.execute(f"SELECT {', '.join(RequestRow.model_fields)} FROM requests WHERE request_id = ?",
+                              [request_id]).fetchone()
         if row is None:
             raise LedgerError(f"unknown request {request_id!r}")
-        return orjson.loads(row[0])
+        data = dict(zip(RequestRow.model_fields, row))
+        return RequestRow(**data | {"body": orjson.loads(data["body"])})
 
     def final_results(self, request_ids: Sequence[str]) -> dict[str, RequestOutcome]:
         """The terminal result of each finished request (the last attempt's row)."""
@@ -259,7 +275,7 @@ class Ledger:
                 [batch_key, endpoint, model, len(members), sum(m.line_bytes + 1 for m in members),
                  sum(m.est_prompt_tokens for m in members), now, now],
             )
-            _insert_rows(con, "batch_members", ("batch_key", "request_id", "line_no"),
+            insert_rows(con, "batch_members", ("batch_key", "request_id", "line_no"),
                          [(batch_key, rid, i) for i, rid in enumerate(ids, 1)])
             self._move_requests(con, {RequestState.SUBMITTED: ids}, batch_key=batch_key, reason="batch intent",
                                 expect_from={RequestState.QUEUED}, count_attempt=True)
@@ -372,15 +388,20 @@ class Ledger:
 
     # -- synchronous tiers and the cache -----------------------------------------------------
 
-    def start_sync(self, request_ids: Sequence[str], tier: Tier, reason: str) -> None:
+    def start_sync(self, request_ids: Sequence[str], tier: Tier | str, reason: str) -> None:
         with self.transaction() as con:
-            con.execute("UPDATE requests SET tier = ? WHERE request_id IN (SELECT unnest(?))", [str(tier), list(request_ids)])
+            con.execute("UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?))",
+                        [str(tier), reason, list(request_ids)])
             self._move_requests(con, {RequestState.RUNNING: list(request_ids)}, batch_key=None, reason=reason,
                                 expect_from={RequestState.QUEUED}, count_attempt=True)
 
-    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int) -> None:
+    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier | str, *, max_attempts: int,
+                             reason: str | None = None) -> None:
+        """Results of synchronous calls (or cache hits); `tier` is the tier that actually ran them."""
         now = self.clock()
         with self.transaction() as con:
+            con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
+                        " (SELECT unnest(?))", [str(tier), reason, [o.request_id for o in outcomes]])
             attempts = dict(con.execute(
                 "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
@@ -401,13 +422,17 @@ class Ledger:
             con.execute("UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?))",
                         [str(tier), reason, self.clock(), list(request_ids)])
 
-    def find_cached_response(self, body_hash: str) -> tuple[str, dict[str, Any]] | None:
-        """A succeeded response for an identical body (same endpoint, model, inputs, parameters)."""
+    def find_cached_results(self, body_hashes: Sequence[str]) -> dict[str, RequestOutcome]:
+        """For each body hash, the first succeeded, paid-for answer to an identical body, if any."""
         with self.connect() as con:
-            row = con.execute(
-                "SELECT q.request_id, r.response FROM requests q JOIN results r ON r.request_id = q.request_id"
-                " AND r.attempt = q.attempts WHERE q.body_hash = ? AND q.state = 'succeeded' LIMIT 1", [body_hash]).fetchone()
-        return (row[0], orjson.loads(row[1])) if row else None
+            rows = con.execute(
+                "SELECT q.body_hash, r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message,"
+                " r.input_tokens, r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,"
+                " r.price_version FROM requests q JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
+                " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != 'cache'"
+                " QUALIFY row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) = 1",
+                [list(body_hashes)]).fetchall()
+        return {row[0]: _outcome_from_row(row[1:]) for row in rows}
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -467,7 +492,7 @@ class Ledger:
             if count_attempt:
                 sets += ", attempts = attempts + 1"
             con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT unnest(?))", [*params, ids])
-            _insert_rows(con, "request_events", _EVENT_COLUMNS,
+            insert_rows(con, "request_events", _EVENT_COLUMNS,
                          [(rid, now, current[rid], str(to_state), batch_key, (errors or {}).get(rid, reason)) for rid in ids])
         if errors:
             con.execute("UPDATE requests SET last_error = e.error FROM (SELECT unnest(?) AS id, unnest(?) AS error) e"
@@ -515,8 +540,9 @@ class Ledger:
                             errors={rid: e for rid, e in (errors or {}).items() if rid in set(ids)} or None)
 
     @staticmethod
-    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float) -> None:
-        _insert_rows(con, "results", _RESULT_COLUMNS, [
+    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier | str]],
+                        now: float) -> None:
+        insert_rows(con, "results", _RESULT_COLUMNS, [
                 (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,
                  orjson.dumps(o.response).decode() if o.response is not None else None, o.error_code, o.error_message,
                  o.input_tokens, o.cached_tokens, o.output_tokens, o.images, o.cost_usd, o.standard_cost_usd,
@@ -525,22 +551,13 @@ class Ledger:
             ])
 
 
-_REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason", "body",
+_REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason",
+                           "round_key", "body",
                            "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
 _EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key", "reason")
 _RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
                    "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
                    "standard_cost_usd", "price_version", "recorded_at")
-
-
-def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-    """Bulk insert: one statement with a list per column (executemany costs a round trip per row,
-    about 40x slower at 50,000 rows; see docs/PERFORMANCE.md)."""
-    if not rows:
-        return
-    column_lists = [list(values) for values in zip(*rows)]
-    selects = ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
-    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selects}", column_lists)
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:

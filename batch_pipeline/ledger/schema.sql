@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS requests (
     state             VARCHAR NOT NULL,
     attempts          INTEGER NOT NULL DEFAULT 0,
     batch_key         VARCHAR,               -- the batch it is (or was last) a member of
+    round_key         VARCHAR,               -- e.g. i1-vision: which step of its session asked for it
     created_at        DOUBLE NOT NULL,
     updated_at        DOUBLE NOT NULL,
     last_error        VARCHAR
@@ -78,4 +79,54 @@ CREATE TABLE IF NOT EXISTS results (
     price_version     VARCHAR,
     recorded_at       DOUBLE NOT NULL,
     PRIMARY KEY (request_id, attempt)
+);
+
+-- Beam-search sessions: the resumable state after every step, and a flat record of candidates
+-- and rounds for reports and the UI (rewritten from the state on every save).
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  VARCHAR PRIMARY KEY,
+    user_prompt VARCHAR NOT NULL,
+    config      JSON NOT NULL,                 -- tier mode, deadline, budget, search parameters
+    status      VARCHAR NOT NULL,              -- running | completed | failed | cancelled
+    state       JSON NOT NULL,                 -- search.SearchState after the last applied step
+    iteration   INTEGER NOT NULL,
+    next_round  VARCHAR,
+    winner_id   VARCHAR,
+    error       VARCHAR,
+    deadline_at DOUBLE NOT NULL,
+    created_at  DOUBLE NOT NULL,
+    updated_at  DOUBLE NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS candidates (
+    session_id   VARCHAR NOT NULL,
+    candidate_id VARCHAR NOT NULL,
+    iteration    INTEGER NOT NULL,
+    parent_id    VARCHAR,
+    what         VARCHAR,
+    how          VARCHAR,
+    combined     VARCHAR,
+    critique     VARCHAR,
+    image_path   VARCHAR,
+    failed       BOOLEAN NOT NULL,
+    score        DOUBLE,                       -- combined Bradley-Terry score in the iteration it was ranked last
+    rank         INTEGER,
+    survived     BOOLEAN,
+    votes_won    INTEGER,
+    votes_lost   INTEGER,
+    PRIMARY KEY (session_id, candidate_id)
+);
+
+CREATE TABLE IF NOT EXISTS rounds (
+    session_id    VARCHAR NOT NULL,
+    iteration     INTEGER NOT NULL,
+    round         VARCHAR NOT NULL,            -- text | image | vision
+    calls         INTEGER NOT NULL,
+    succeeded     INTEGER NOT NULL,
+    failed        INTEGER NOT NULL,
+    input_tokens  BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_usd          DECIMAL(24, 12) NOT NULL,
+    standard_cost_usd DECIMAL(24, 12) NOT NULL,
+    PRIMARY KEY (session_id, iteration, round)
 );

@@ -10,7 +10,7 @@ Framework-free and tier-agnostic: orchestrators drive it step by step; providers
 from .calls import Call, CallResult, ImageCall, TextCall, VisionCall, calls_adapter
 from .params import IterationCallCounts, SearchParams, expected_call_counts
 from .ranking import CandidateScore, fit_log_strengths, rank_candidates, score_candidates
-from .schemas import Comparison, Expansion, Refinement, strict_json_schema
+from .schemas import Comparison, Expansion, RefineHow, Refinement, RefineWhat, strict_json_schema
 from .state import Candidate, IterationRecord, RoundStats, SearchState, Vote
 from .steps import Executor, SearchFailed, apply_round, plan_round, run_search, start_search
 
@@ -25,7 +25,9 @@ __all__ = [
     "ImageCall",
     "IterationCallCounts",
     "IterationRecord",
+    "RefineHow",
     "Refinement",
+    "RefineWhat",
     "RoundStats",
     "SearchFailed",
     "SearchParams",

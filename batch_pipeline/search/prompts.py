@@ -71,7 +71,7 @@ def refinement_messages(
             "Return:",
             f"- critique: what the feedback says the current {part} gets wrong or leaves out;",
             "- recommendation: the concrete change to make;",
-            f"- refined: the complete new {part}, not a list of edits;",
+            f"- {dimension}: the complete new {part}, not a list of edits;",
             f"- combined: one image prompt fusing the refined {part} with the unchanged {other}, "
             "faithful to the user's request.",
             f"{_LENGTH[params.descriptiveness]} {_FORM[params.prompt_style]}",

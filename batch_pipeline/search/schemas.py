@@ -31,7 +31,11 @@ class Expansion(BaseModel):
 
 
 class Refinement(BaseModel):
-    """Iterations >= 1: one call per child turns the parent's feedback into critique, new text and new prompt."""
+    """Iterations >= 1: one call per child turns the parent's feedback into critique, new text and new prompt.
+
+    On the wire the new text is named after the part it replaces (`what` or `how`, see RefineWhat and
+    RefineHow), so the model is told in the schema itself which part it is writing.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -41,6 +45,36 @@ class Refinement(BaseModel):
     combined: str = Field(description="one image prompt fusing the refined part with the unchanged part")
 
     _check = field_validator("refined", "combined")(_not_blank)
+
+
+class RefineWhat(BaseModel):
+    """The wire form of a Refinement of WHAT (odd iterations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str = Field(description="what the feedback says the current WHAT gets wrong or leaves out")
+    recommendation: str = Field(description="the concrete change to make")
+    what: str = Field(description="the complete new WHAT: subjects, objects, actions, setting, mood")
+    combined: str = Field(description="one image prompt fusing the new WHAT with the unchanged HOW")
+
+    def to_refinement(self) -> Refinement:
+        return Refinement(critique=self.critique, recommendation=self.recommendation, refined=self.what,
+                          combined=self.combined)
+
+
+class RefineHow(BaseModel):
+    """The wire form of a Refinement of HOW (even iterations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str = Field(description="what the feedback says the current HOW gets wrong or leaves out")
+    recommendation: str = Field(description="the concrete change to make")
+    how: str = Field(description="the complete new HOW: medium, lighting, composition, palette, texture")
+    combined: str = Field(description="one image prompt fusing the unchanged WHAT with the new HOW")
+
+    def to_refinement(self) -> Refinement:
+        return Refinement(critique=self.critique, recommendation=self.recommendation, refined=self.how,
+                          combined=self.combined)
 
 
 class Comparison(BaseModel):
@@ -60,6 +94,8 @@ class Comparison(BaseModel):
 SCHEMA_NAMES: dict[type[BaseModel], str] = {
     Expansion: "expansion",
     Refinement: "refinement",
+    RefineWhat: "refine_what",
+    RefineHow: "refine_how",
     Comparison: "comparison",
 }
 

@@ -79,7 +79,8 @@ class RoundStats(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    cost_usd: float = 0.0  # sum of the costs the executor reported
+    cost_usd: float = 0.0  # sum of the costs the executor reported (informational; the ledger has exact Decimals)
+    standard_cost_usd: float = 0.0  # what the same calls would have cost on the standard tier
 
 
 class SearchState(BaseModel):

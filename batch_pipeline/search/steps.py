@@ -28,7 +28,7 @@ from .candidates import (
 )
 from .params import SearchParams
 from .ranking import rank_candidates, score_candidates
-from .schemas import SCHEMA_NAMES, Comparison, Expansion, Refinement, strict_json_schema
+from .schemas import SCHEMA_NAMES, Comparison, Expansion, RefineHow, RefineWhat, strict_json_schema
 from .state import Candidate, IterationRecord, RoundName, RoundStats, SearchState, Vote
 
 Executor = Callable[[list[Call]], dict[str, CallResult]]
@@ -120,8 +120,10 @@ def run_search(
 # --- text round ------------------------------------------------------------------------------------
 
 
-def _text_operation(iteration: int) -> tuple[Literal["expand", "refine"], type[Expansion] | type[Refinement]]:
-    return ("expand", Expansion) if iteration == 0 else ("refine", Refinement)
+def _text_operation(iteration: int) -> tuple[Literal["expand", "refine"], type[Expansion] | type[RefineWhat] | type[RefineHow]]:
+    if iteration == 0:
+        return "expand", Expansion
+    return "refine", RefineWhat if refined_dimension(iteration) == "what" else RefineHow
 
 
 def _text_calls(state: SearchState) -> list[Call]:
@@ -171,7 +173,8 @@ def _apply_text(state: SearchState, results: Mapping[str, CallResult]) -> None:
             if expansion is not None:
                 candidate.what, candidate.how, candidate.combined = expansion.what, expansion.how, expansion.combined
         else:
-            refinement, error = _parse(results.get(key), Refinement)
+            wire, error = _parse(results.get(key), _text_operation(k)[1])
+            refinement = wire.to_refinement() if wire is not None else None
             if refinement is not None:
                 parent = state.candidate(spec.parent_id)
                 # The refined text replaces one dimension; the other is inherited unchanged.
@@ -360,4 +363,5 @@ def _round_stats(
         output_tokens=sum(r.usage.get("output_tokens", 0) for r in answered),
         cached_tokens=sum(r.usage.get("cached_tokens", 0) for r in answered),
         cost_usd=sum(r.cost_usd or 0.0 for r in answered),
+        standard_cost_usd=sum(r.standard_cost_usd or 0.0 for r in answered),
     )

@@ -51,8 +51,16 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 
 # --- hashing: everything below is derived from one digest of the request ---------------------
 
+# Parameters that change how a request is served, not what it asks: the same request on the flex
+# tier, in a batch or synchronously gets the same answer (the real API does not promise this, but
+# a deterministic simulator must, so tier choice can be tested without changing results).
+SERVING_PARAMETERS = frozenset({"service_tier"})
+
+
 def request_digest(body: Any, seed: int) -> bytes:
-    """sha256 of the seed and the canonical (key-sorted) JSON of the request body."""
+    """sha256 of the seed and the canonical (key-sorted) JSON of the request body, minus serving parameters."""
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in SERVING_PARAMETERS}
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(f"{seed}:".encode() + canonical).digest()
 
@@ -69,11 +77,18 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+# Structure a prompt writer puts around its material: "Label:" at a line start ("User prompt:",
+# "WHAT:", "- won:") and nonce lines ("Vote 2 of 3"). They are not content, so they are not echoed.
+_LINE_LABEL = re.compile(r"^\s*-?\s*[A-Za-z][A-Za-z ]{0,24}:\s*", re.MULTILINE)
+_NONCE_LINE = re.compile(r"^\s*[A-Za-z]+ \d+ of \d+\s*\.?\s*$", re.MULTILINE)
+
+
 def content_words(text: str) -> list[str]:
-    """Lower-cased words minus stopwords, first occurrence order, no repeats."""
+    """Lower-cased words minus labels, nonces, numbers and stopwords; first occurrence order, no repeats."""
+    text = _LINE_LABEL.sub(" ", _NONCE_LINE.sub(" ", text))
     seen: dict[str, None] = {}
     for word in words(text):
-        if word not in STOPWORDS:
+        if word not in STOPWORDS and not word.isdigit():
             seen.setdefault(word, None)
     return list(seen)
 

@@ -284,14 +284,14 @@ def test_cached_response_is_found_only_for_a_succeeded_identical_body(ledger, ma
     first, twin, other = make_request("a", text="same"), make_request("b", text="same"), make_request("c", text="other")
     ledger.enqueue([first, twin, other])
     assert first.body_hash == twin.body_hash != other.body_hash
-    assert ledger.find_cached_response(first.body_hash) is None  # queued is not an answer
+    assert ledger.find_cached_results([first.body_hash]) == {}  # queued is not an answer
     submit("bpb_1", ["t-a", "t-c"])
     ledger.record_batch_outcome("bpb_1", [outcomes.ok("t-a"), outcomes.bad("t-c", PERMANENT, "invalid", 400)],
                                 max_attempts=3)
-    rid, response = ledger.find_cached_response(twin.body_hash)
-    assert rid == "t-a" and response["choices"][0]["message"]["content"] == "answer to t-a"
-    assert ledger.find_cached_response(other.body_hash) is None  # failures are never served from cache
-    assert ledger.find_cached_response(hashlib.sha256(b"never seen").hexdigest()) is None
+    hit = ledger.find_cached_results([twin.body_hash])[twin.body_hash]
+    assert hit.request_id == "t-a" and hit.response["choices"][0]["message"]["content"] == "answer to t-a"
+    assert ledger.find_cached_results([other.body_hash]) == {}  # failures are never served from cache
+    assert ledger.find_cached_results([hashlib.sha256(b"never seen").hexdigest()]) == {}
 
 
 def test_cost_totals_sum_actual_and_standard_costs_per_session(ledger, queue, submit, outcomes):

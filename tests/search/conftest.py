@@ -69,7 +69,8 @@ def make_executor(
             refined = "plain"
         what, how = (refined, how) if refines_what else (what, refined)
         combined = f"{what}; {how}"
-        return {"critique": "needs more", "recommendation": "add detail", "refined": refined, "combined": combined}
+        return {"critique": "needs more", "recommendation": "add detail", ("what" if refines_what else "how"): refined,
+                "combined": combined}
 
     def answer_vision(call: VisionCall) -> dict:
         first, second = (Path(p).read_text() for p in call.image_paths)

@@ -2,7 +2,7 @@
 import pytest
 from pydantic import ValidationError
 
-from batch_pipeline.search import Comparison, Expansion, Refinement, strict_json_schema
+from batch_pipeline.search import Comparison, Expansion, RefineHow, Refinement, RefineWhat, strict_json_schema
 
 
 def objects_in(node):
@@ -16,7 +16,7 @@ def objects_in(node):
             yield from objects_in(value)
 
 
-@pytest.mark.parametrize("model", [Expansion, Refinement, Comparison])
+@pytest.mark.parametrize("model", [Expansion, Refinement, RefineWhat, RefineHow, Comparison])
 def test_every_object_in_a_response_schema_is_strict(model):
     schema = strict_json_schema(model)
     objects = list(objects_in(schema))

@@ -1,0 +1,152 @@
+"""Session records in the ledger: the search state after every step, candidates, rounds, costs.
+
+Mixed into `Ledger`; the search state itself is opaque JSON here (the ledger imports no search code).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from batch_pipeline.ledger.db import LedgerError, insert_rows
+
+
+class SessionRow(BaseModel):
+    session_id: str
+    user_prompt: str
+    config: dict[str, Any]
+    status: str
+    iteration: int
+    next_round: str | None
+    winner_id: str | None
+    error: str | None
+    deadline_at: float
+    created_at: float
+    updated_at: float
+
+
+class CandidateRow(BaseModel):
+    session_id: str
+    candidate_id: str
+    iteration: int
+    parent_id: str | None = None
+    what: str | None = None
+    how: str | None = None
+    combined: str | None = None
+    critique: str | None = None
+    image_path: str | None = None
+    failed: bool = False
+    score: float | None = None
+    rank: int | None = None
+    survived: bool | None = None
+    votes_won: int = 0
+    votes_lost: int = 0
+
+
+class RoundRow(BaseModel):
+    session_id: str
+    iteration: int
+    round: str
+    calls: int
+    succeeded: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+
+
+_SESSION_COLUMNS = ", ".join(SessionRow.model_fields)
+
+
+class SessionRecords:
+    """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
+
+    def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,
+                       deadline_at: float) -> bool:
+        """Record a new session; False (and no change) if it exists already."""
+        now = self.clock()
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM sessions WHERE session_id = ?", [session_id]).fetchone():
+                return False
+            con.execute(
+                "INSERT INTO sessions (session_id, user_prompt, config, status, state, iteration, next_round,"
+                " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, 'text', ?, ?, ?)",
+                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, deadline_at, now, now])
+        return True
+
+    def save_session(self, session_id: str, *, state_json: str, status: str, iteration: int, next_round: str | None,
+                     winner_id: str | None, candidates: list[CandidateRow], rounds: list[RoundRow],
+                     error: str | None = None) -> None:
+        """Replace a session's state and its flat records in one transaction (a step is all or nothing)."""
+        with self.transaction() as con:
+            con.execute("UPDATE sessions SET state = ?, status = ?, iteration = ?, next_round = ?, winner_id = ?,"
+                        " error = ?, updated_at = ? WHERE session_id = ?",
+                        [state_json, status, iteration, next_round, winner_id, error, self.clock(), session_id])
+            con.execute("DELETE FROM candidates WHERE session_id = ?", [session_id])
+            con.execute("DELETE FROM rounds WHERE session_id = ?", [session_id])
+            insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
+                         [tuple(c.model_dump().values()) for c in candidates])
+            insert_rows(con, "rounds", (*RoundRow.model_fields, "cost_usd", "standard_cost_usd"),
+                         [(*r.model_dump().values(), 0, 0) for r in rounds])
+            # Exact costs per round come from the results rows, not from the state's float sums.
+            con.execute(
+                "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
+                " SELECT q.round_key, sum(r.cost_usd) AS cost, sum(r.standard_cost_usd) AS standard"
+                " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY 1) c"
+                " WHERE rounds.session_id = ? AND c.round_key = 'i' || rounds.iteration || '-' || rounds.round",
+                [session_id, session_id])
+
+    def set_session_status(self, session_id: str, status: str, error: str | None = None) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ? WHERE session_id = ?",
+                        [status, error, self.clock(), session_id])
+
+    def session_state_json(self, session_id: str) -> str:
+        with self.connect() as con:
+            row = con.execute("SELECT state FROM sessions WHERE session_id = ?", [session_id]).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown session {session_id!r}")
+        return row[0]
+
+    def session(self, session_id: str) -> SessionRow | None:
+        with self.connect() as con:
+            row = con.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", [session_id]).fetchone()
+        return _session_from_row(row) if row else None
+
+    def sessions(self, status: str | None = None) -> list[SessionRow]:
+        sql, params = f"SELECT {_SESSION_COLUMNS} FROM sessions", []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        with self.connect() as con:
+            return [_session_from_row(r) for r in con.execute(sql + " ORDER BY created_at", params).fetchall()]
+
+    def session_rounds(self, session_id: str) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY iteration,"
+                              " CASE round WHEN 'text' THEN 0 WHEN 'image' THEN 1 ELSE 2 END", [session_id])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def session_candidates(self, session_id: str) -> list[CandidateRow]:
+        with self.connect() as con:
+            cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates WHERE session_id = ?"
+                              " ORDER BY iteration, rank NULLS LAST, candidate_id", [session_id])
+            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row))) for row in cur.fetchall()]
+
+    def session_costs(self, session_id: str) -> dict[str, dict[str, Decimal | int]]:
+        """Per tier: calls, tokens, actual and standard-tier cost of a session's requests."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT r.tier, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images), sum(r.cost_usd),"
+                " sum(r.standard_cost_usd) FROM results r JOIN requests q USING (request_id)"
+                " WHERE q.session_id = ? AND r.outcome = 'succeeded' GROUP BY 1 ORDER BY 1", [session_id]).fetchall()
+        return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),
+                       "cost_usd": Decimal(c or 0), "standard_cost_usd": Decimal(s or 0)}
+                for tier, n, i, o, im, c, s in rows}
+
+
+def _session_from_row(row: tuple) -> SessionRow:
+    data = dict(zip(SessionRow.model_fields, row))
+    return SessionRow(**data | {"config": orjson.loads(data["config"])})

@@ -1,0 +1,169 @@
+"""Round executor: a search round's Calls -> ledger requests on the chosen tier -> CallResults.
+
+Every call, whatever its tier, is a ledger request, so accounting, the response cache and
+resumption work the same on all tiers. `submit` is idempotent (custom ids are derived from the
+call keys), `pending` says whether the round is still waiting, `collect` reads its results.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.pricing import PriceCatalog
+from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRequest, build_request, make_custom_id
+from batch_pipeline.ledger import Ledger
+from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.providers.capabilities import providers_for
+from batch_pipeline.providers.sync_tiers import SyncTierRunner
+from batch_pipeline.providers.tier_policy import TierMode, TierPolicy
+from batch_pipeline.search.calls import Call, CallResult, ImageCall
+
+log = logging.getLogger(__name__)
+
+CACHE_TIER = "cache"  # results rows answered from the ledger: zero cost, standard price kept for savings
+CONTENT_POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
+
+
+class RoundExecutor:
+    def __init__(self, ledger: Ledger, sync_runner: SyncTierRunner, *, image_store: ImageStore, catalog: PriceCatalog,
+                 policy: TierPolicy, max_attempts: int = 3, rephrase_model: str = "gpt-5-mini",
+                 clock: Callable[[], float] = time.time):
+        self.ledger = ledger
+        self.sync = sync_runner
+        self.image_store = image_store
+        self.catalog = catalog
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.rephrase_model = rephrase_model
+        self.clock = clock
+        self.providers = providers_for(image_store)
+
+    # -- submit -----------------------------------------------------------------------------
+
+    def submit(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
+               round_key: str | None = None) -> list[str]:
+        """Queue a round's calls (once), answer what the cache can, run what is synchronous."""
+        if not calls:
+            return []
+        seconds_left = deadline_at - self.clock()
+        by_operation: dict[str, list[Call]] = {}
+        for call in calls:
+            by_operation.setdefault(call.operation, []).append(call)
+        requests: list[QueuedRequest] = []
+        for operation, group in by_operation.items():
+            choice = self.policy.choose(mode=mode, operation=operation, model=group[0].model, round_size=len(calls),
+                                        seconds_left=seconds_left, catalog=self.catalog)
+            requests += [self._request(session_id, call, choice.tier, choice.reason, round_key) for call in group]
+        new_ids = set(self.ledger.enqueue(requests))
+        self._answer_from_cache([r for r in requests if r.request_id in new_ids])
+        self.run_sync(session_id)
+        return [r.request_id for r in requests]
+
+    def _request(self, session_id: str, call: Call, tier: Tier, reason: str, round_key: str | None) -> QueuedRequest:
+        request: ChatRequest | ImageRequest = self.providers[call.kind].to_request(call)
+        return build_request(request, namespace="", operation=call.operation, session_id=session_id, tier=tier,
+                             tier_reason=reason, round_key=round_key, image_store=self.image_store)
+
+    def _answer_from_cache(self, requests: Sequence[QueuedRequest]) -> None:
+        """Identical bodies answered before cost nothing now (ensemble votes and siblings carry nonces,
+        so they never collide with each other and stay independent samples)."""
+        hits = self.ledger.find_cached_results([r.body_hash for r in requests])
+        cached = [(r, hits[r.body_hash]) for r in requests if r.body_hash in hits]
+        if not cached:
+            return
+        self.ledger.start_sync([r.request_id for r, _ in cached], CACHE_TIER,
+                               "cache: an identical request was answered before")
+        outcomes = [
+            RequestOutcome(request_id=r.request_id, outcome=Outcome.SUCCEEDED, status_code=200, response=hit.response,
+                           cost_usd=0, standard_cost_usd=hit.standard_cost_usd, price_version=hit.price_version)
+            for r, hit in cached
+        ]
+        self.ledger.record_sync_outcomes(outcomes, CACHE_TIER, max_attempts=self.max_attempts,
+                                         reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]))
+
+    def run_sync(self, session_id: str) -> None:
+        """Run every queued standard/flex request of the session (including fallbacks and retries)."""
+        for tier in (Tier.STANDARD, Tier.FLEX):
+            for _ in range(self.max_attempts):  # retryable failures come back queued: bounded by attempts
+                rows = self.ledger.queued_rows(tier=tier, session_id=session_id)
+                if not rows:
+                    break
+                self.sync.run([r.request_id for r in rows], tier, reason=f"{tier} call")
+
+    def apply_fallback(self, session_id: str, *, deadline_at: float) -> list[str]:
+        """Requests back from a failed/expired batch go to standard when another batch won't do."""
+        moved = []
+        seconds_left = deadline_at - self.clock()
+        for row in self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id):
+            attempts = self.ledger.request_row(row.request_id).attempts
+            if attempts == 0:
+                continue
+            choice = self.policy.fallback(attempts=attempts, max_attempts=self.max_attempts, seconds_left=seconds_left)
+            if choice is not None:
+                self.ledger.requeue([row.request_id], tier=choice.tier, reason=choice.reason)
+                moved.append(row.request_id)
+        if moved:
+            log.info("session %s: %d requests fall back to standard", session_id, len(moved))
+            self.run_sync(session_id)
+        return moved
+
+    # -- wait and collect ---------------------------------------------------------------------
+
+    def pending(self, calls: Sequence[Call]) -> int:
+        """How many of the round's requests have not reached a terminal state."""
+        states = self.ledger.request_states([self.request_id(c) for c in calls])
+        return sum(1 for c in calls if states.get(self.request_id(c)) not in TERMINAL_REQUEST_STATES)
+
+    def collect(self, calls: Sequence[Call]) -> dict[str, CallResult]:
+        ids = {self.request_id(c): c for c in calls}
+        finals = self.ledger.final_results(list(ids))
+        rows = {rid: self.ledger.request_row(rid) for rid in finals}
+        results = {}
+        for rid, call in ids.items():
+            outcome = finals.get(rid) or RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,
+                                                        error_message="no result recorded")
+            tier = rows[rid].tier if rid in rows else None
+            results[call.key] = self.providers[call.kind].to_result(call, outcome, tier)
+        return results
+
+    def retry_refused_images(self, session_id: str, calls: Sequence[Call], results: dict[str, CallResult]) -> dict[str, CallResult]:
+        """An image refused for content policy gets one rephrase and one retry (on standard: it is the
+        exception path, and waiting for two more batches would cost a whole round)."""
+        refused = [c for c in calls if isinstance(c, ImageCall) and not results[c.key].ok
+                   and any(code in (results[c.key].error or "") for code in CONTENT_POLICY_CODES)]
+        for call in refused:
+            rephrase = ChatRequest(key=f"{call.key}-rph", model=self.rephrase_model, max_completion_tokens=400,
+                                   messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the "
+                                              "scene and style but avoids anything a content policy could refuse. "
+                                              "Answer with the prompt only."},
+                                             {"role": "user", "content": call.prompt}])
+            retry_call = call.model_copy(update={"key": f"{call.key}-rt"})
+            text = self._run_now(session_id, rephrase, "rephrase")
+            if text is None:
+                continue
+            retry_call = retry_call.model_copy(update={"prompt": text})
+            self._run_now(session_id, self.providers["image"].to_request(retry_call), "image")
+            outcome = self.ledger.final_results([retry_call.key])
+            if retry_call.key in outcome:
+                results[call.key] = self.providers["image"].to_result(retry_call, outcome[retry_call.key], "standard")
+                results[call.key] = results[call.key].model_copy(update={"key": call.key})
+        return results
+
+    def _run_now(self, session_id: str, request: ChatRequest | ImageRequest, operation: str) -> str | None:
+        queued = build_request(request, namespace="", operation=operation, session_id=session_id, tier=Tier.STANDARD,
+                               tier_reason="content-policy rephrase and retry", image_store=self.image_store)
+        if self.ledger.enqueue([queued]):
+            self.sync.run([queued.request_id], Tier.STANDARD, "content-policy rephrase and retry")
+        final = self.ledger.final_results([queued.request_id]).get(queued.request_id)
+        if final is None or final.outcome != Outcome.SUCCEEDED:
+            return None
+        if request.endpoint == Endpoint.IMAGES:
+            return "ok"
+        return final.response["choices"][0]["message"]["content"].strip()
+
+    @staticmethod
+    def request_id(call: Call) -> str:
+        return make_custom_id("", call.key)

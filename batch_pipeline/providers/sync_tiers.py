@@ -1,0 +1,113 @@
+"""The synchronous tiers: standard and flex calls made now, recorded in the ledger like batch results.
+
+Flex (`service_tier="flex"`) is billed at batch rates but may answer 429 "resource unavailable";
+such calls are backed off a few times and then run on standard, and the ledger says so.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.pricing import PriceCatalog
+from batch_pipeline.batching.requests import resolve_image_refs
+from batch_pipeline.batching.results import RETRYABLE_STATUS, price_outcome, store_images
+from batch_pipeline.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+# Flex calls may queue for minutes before the model runs: OpenAI suggests ~15 minute timeouts.
+FLEX_TIMEOUT_S = 900.0
+
+
+class SyncTierRunner:
+    """Runs queued standard/flex requests with bounded concurrency and records each outcome."""
+
+    def __init__(self, client: openai.OpenAI, ledger: Ledger, *, image_store: ImageStore, catalog: PriceCatalog,
+                 max_attempts: int = 3, concurrency: int = 4, flex_attempts: int = 3,
+                 flex_backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+        self.client = client
+        self.ledger = ledger
+        self.image_store = image_store
+        self.catalog = catalog
+        self.max_attempts = max_attempts
+        self.concurrency = concurrency
+        self.flex_attempts = flex_attempts
+        self.flex_backoff_s = flex_backoff_s
+        self.sleep = sleep
+
+    def run(self, request_ids: Sequence[str], tier: Tier, reason: str) -> None:
+        if not request_ids:
+            return
+        if tier == Tier.BATCH:
+            raise ValueError("batch requests go through BatchJobManager, not the synchronous runner")
+        self.ledger.start_sync(request_ids, tier, reason)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            done = list(pool.map(lambda rid: self._run_one(rid, tier), request_ids))
+        for used_tier in (Tier.STANDARD, Tier.FLEX):
+            outcomes = [outcome for outcome, t, _why in done if t == used_tier]
+            why = next((w for _o, t, w in done if t == used_tier and w), None)
+            if outcomes:
+                self.ledger.record_sync_outcomes(outcomes, used_tier, max_attempts=self.max_attempts, reason=why)
+
+    def _run_one(self, request_id: str, tier: Tier) -> tuple[RequestOutcome, Tier, str | None]:
+        row = self.ledger.request_row(request_id)
+        body = resolve_image_refs(row.body, self.image_store)
+        used, why = tier, None
+        if tier == Tier.FLEX:
+            try:
+                outcome = self._flex_call(request_id, row.endpoint, body)
+            except RetryError:
+                # Flex capacity is not there: pay standard rather than miss the deadline.
+                used, why = Tier.STANDARD, "flex unavailable (429 after retries); fell back to standard"
+                outcome = self._call(request_id, row.endpoint, body, {})
+        else:
+            outcome = self._call(request_id, row.endpoint, body, {})
+        outcome = store_images(outcome, self.image_store)
+        outcome = price_outcome(outcome, endpoint=row.endpoint, model=row.model, tier=used, catalog=self.catalog,
+                                request_body=lambda: row.body)
+        return outcome, used, why
+
+    def _flex_call(self, request_id: str, endpoint: str, body: dict[str, Any]) -> RequestOutcome:
+        for attempt in Retrying(retry=retry_if_exception_type(_FlexUnavailable), stop=stop_after_attempt(self.flex_attempts),
+                                wait=wait_exponential(multiplier=self.flex_backoff_s, max=60), sleep=self.sleep):
+            with attempt:
+                outcome = self._call(request_id, endpoint, body, {"service_tier": "flex"}, timeout=FLEX_TIMEOUT_S)
+                if outcome.status_code == 429:
+                    raise _FlexUnavailable(outcome.error_message)
+                return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call(self, request_id: str, endpoint: str, body: dict[str, Any], extra: dict[str, Any],
+              timeout: float | None = None) -> RequestOutcome:
+        # Flex 429s are ours to handle (back off, then standard): the SDK must not retry them itself.
+        client = self.client.with_options(max_retries=0) if extra.get("service_tier") == "flex" else self.client
+        if timeout:
+            client = client.with_options(timeout=timeout)
+        try:
+            if endpoint == Endpoint.IMAGES:
+                response = client.images.generate(**body, **extra)
+            else:
+                response = client.chat.completions.create(**body, **extra)
+        except openai.APIStatusError as exc:
+            error = (exc.body or {}).get("error", exc.body) if isinstance(exc.body, dict) else {}
+            retryable = exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+            return RequestOutcome(request_id=request_id, status_code=exc.status_code,
+                                  outcome=Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
+                                  error_code=(error or {}).get("code"), error_message=(error or {}).get("message") or str(exc))
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            return RequestOutcome(request_id=request_id, outcome=Outcome.FAILED_RETRYABLE,
+                                  error_code=type(exc).__name__, error_message=str(exc))
+        return RequestOutcome(request_id=request_id, outcome=Outcome.SUCCEEDED, status_code=200,
+                              response=response.model_dump(mode="json", exclude_unset=True))
+
+
+class _FlexUnavailable(Exception):
+    pass

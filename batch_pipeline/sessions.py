@@ -1,0 +1,177 @@
+"""Beam-search sessions over the ledger: start one, advance it as far as results allow, run it to the end.
+
+`advance` is the resumable step both orchestrators use: it loads the persisted state, submits the
+next round (idempotently), and applies rounds whose results are all in. The synchronous `run`
+loop (CLI, tests) and the Dagster sensors call the same `advance`; nothing here imports Dagster.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from batch_pipeline.batching.jobs import TRANSIENT_ERRORS, BatchJobManager
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.ledger import Ledger
+from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
+from batch_pipeline.providers.executor import RoundExecutor
+from batch_pipeline.providers.tier_policy import TierMode
+from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
+
+log = logging.getLogger(__name__)
+
+
+class SessionConfig(BaseModel):
+    """What a user chooses when starting a session (the Dagster launchpad and the CLI take this)."""
+
+    prompt: str = Field(min_length=1, max_length=2000, description="the short user prompt to improve")
+    params: SearchParams
+    tier: TierMode = Field("batch", description="standard | flex | batch | hybrid (hybrid picks per round)")
+    deadline_hours: float = Field(24.0, gt=0, le=24, description="the session must finish within this many hours")
+    budget_usd: Decimal | None = Field(None, ge=0, description="optional spend limit (a warning when exceeded)")
+    session_id: str | None = Field(None, description="default: a new random id")
+
+    @model_validator(mode="after")
+    def _prompt_not_blank(self) -> "SessionConfig":
+        if not self.prompt.strip():
+            raise ValueError("prompt must not be blank")
+        return self
+
+
+class SessionProgress(BaseModel):
+    session_id: str
+    status: Literal["running", "waiting", "completed", "failed"]
+    iteration: int
+    next_round: str | None
+    pending_requests: int = 0
+    winner_id: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+class SessionService:
+    def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchJobManager, *,
+                 batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time):
+        self.ledger = ledger
+        self.executor = executor
+        self.manager = manager
+        self.batch_mode = batch_mode
+        self.clock = clock
+
+    def start(self, config: SessionConfig) -> str:
+        session_id = config.session_id or secrets.token_hex(4)
+        state = start_search(config.prompt, config.params, session_id)
+        self.ledger.create_session(session_id, config.prompt, config.model_dump(mode="json"), state.model_dump_json(),
+                                   deadline_at=self.clock() + config.deadline_hours * 3600)
+        return session_id
+
+    def state(self, session_id: str) -> SearchState:
+        return SearchState.model_validate_json(self.ledger.session_state_json(session_id))
+
+    def advance(self, session_id: str) -> SessionProgress:
+        """Apply every round whose results are in; stop at the first that waits for a batch."""
+        row = self.ledger.session(session_id)
+        if row is None:
+            raise KeyError(f"unknown session {session_id!r}")
+        state = self.state(session_id)
+        if row.status in ("completed", "failed"):
+            return self._progress(state, row.status, error=row.error)
+        mode: TierMode = row.config.get("tier", "batch")
+        while not state.done:
+            calls = plan_round(state)
+            results = {}
+            if calls:
+                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at,
+                                     round_key=f"i{state.iteration}-{state.next_round}")
+                self.executor.apply_fallback(session_id, deadline_at=row.deadline_at)
+                if self.batch_mode == "immediate":
+                    self.manager.submit_queued(session_id=session_id)
+                pending = self.executor.pending(calls)
+                if pending:
+                    return self._progress(state, "waiting", pending=pending)
+                results = self.executor.collect(calls)
+                if state.next_round == "image":
+                    results = self.executor.retry_refused_images(session_id, calls, results)
+            try:
+                state = apply_round(state, results)
+            except SearchFailed as exc:
+                self._save(exc.state, "failed", error=str(exc))
+                return self._progress(exc.state, "failed", error=str(exc))
+            self._save(state, "completed" if state.done else "running")
+        return self._progress(state, "completed")
+
+    def run(self, session_id: str, *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
+            sleep: Callable[[float], None] = time.sleep,
+            on_progress: Callable[[SessionProgress], None] | None = None) -> SessionProgress:
+        """Drive one session to the end in this process (the CLI and the tests; Dagster uses sensors)."""
+        policy = poll_policy or self.manager.poll_policy
+        deadline = self.clock() + timeout_s
+        polls = errors = 0
+        while True:
+            try:
+                progress = self.advance(session_id)
+                if progress.finished:
+                    return progress
+                self.manager.submit_queued(session_id=session_id)
+                self.manager.refresh()
+                if self.manager.ingest_ended():
+                    polls = 0  # something ended: the next round is ready now
+                    continue
+                errors = 0
+            except TRANSIENT_ERRORS as exc:
+                errors += 1
+                log.warning("session %s: transient error %s (%d in a row)", session_id, type(exc).__name__, errors)
+                progress = self._progress(self.state(session_id), "waiting")
+            if on_progress:
+                on_progress(progress)
+            if self.clock() >= deadline:
+                return progress
+            sleep(policy.delay(polls, key=session_id, consecutive_errors=errors))
+            polls += 1
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def _save(self, state: SearchState, status: str, error: str | None = None) -> None:
+        self.ledger.save_session(
+            state.session_id, state_json=state.model_dump_json(), status=status, iteration=state.iteration,
+            next_round=None if state.done else state.next_round, winner_id=state.winner_id,
+            candidates=candidate_rows(state), error=error,
+            rounds=[RoundRow(session_id=state.session_id, iteration=r.iteration, round=r.round, calls=r.calls,
+                             succeeded=r.succeeded, failed=r.failed, input_tokens=r.input_tokens,
+                             output_tokens=r.output_tokens) for r in state.rounds])
+
+    @staticmethod
+    def _progress(state: SearchState, status: str, *, pending: int = 0, error: str | None = None) -> SessionProgress:
+        return SessionProgress(session_id=state.session_id, status=status, iteration=state.iteration,
+                               next_round=None if state.done else state.next_round, pending_requests=pending,
+                               winner_id=state.winner_id, error=error)
+
+
+def candidate_rows(state: SearchState) -> list[CandidateRow]:
+    """Flat candidate records: each with its score and rank from the last iteration that ranked it."""
+    ranked: dict[str, tuple[float, int, bool]] = {}
+    for record in state.iterations:
+        for cid in record.pool:
+            ranked[cid] = (record.scores[cid].combined, record.ranks[cid], cid in record.survivors)
+    won = {c.id: 0 for c in state.candidates}
+    lost = dict(won)
+    for vote in state.votes:
+        loser = vote.b if vote.winner == vote.a else vote.a
+        won[vote.winner] = won.get(vote.winner, 0) + 1
+        lost[loser] = lost.get(loser, 0) + 1
+    rows = []
+    for c in state.candidates:
+        score, rank, survived = ranked.get(c.id, (None, None, None))
+        rows.append(CandidateRow(session_id=state.session_id, candidate_id=c.id, iteration=c.iteration,
+                                 parent_id=c.parent_id, what=c.what, how=c.how, combined=c.combined, critique=c.critique,
+                                 image_path=c.image_path, failed=c.failed, score=score, rank=rank, survived=survived,
+                                 votes_won=won[c.id], votes_lost=lost[c.id]))
+    return rows
