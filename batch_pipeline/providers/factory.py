@@ -47,12 +47,15 @@ def tier_policy_from(settings: Settings, **overrides) -> TierPolicy:
     )
 
 
-def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, clock: Callable[[], float] = time.time,
+def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, ledger: Ledger | None = None,
+                  image_store: ImageStore | None = None, clock: Callable[[], float] = time.time,
                   poll_policy: PollPolicy | None = None, policy_overrides: dict | None = None,
                   sleep: Callable[[float], None] = time.sleep) -> Runtime:
+    """Everything the pipeline needs, from settings; pass `client`, `ledger` or `image_store` to
+    supply your own (tests, Dagster resources)."""
     client = client or openai.OpenAI(**settings.openai_client_kwargs())
-    ledger = Ledger(settings.ledger_path, clock=clock)
-    image_store = ImageStore(settings.image_root)
+    ledger = ledger or Ledger(settings.ledger_path, clock=clock)
+    image_store = image_store or ImageStore(settings.image_root)
     catalog = PriceCatalog.load()
     manager = BatchJobManager(
         client, ledger, files_dir=settings.batch_files_dir, image_store=image_store, catalog=catalog,
