@@ -91,14 +91,16 @@ class RoundExecutor:
                 rows = self.ledger.queued_rows(tier=tier, session_id=session_id)
                 if not rows:
                     break
-                self.sync.run([r.request_id for r in rows], tier, reason=f"{tier} call")
+                self.sync.run([r.request_id for r in rows], tier)
 
     def apply_fallback(self, session_id: str, *, deadline_at: float) -> list[str]:
         """Requests back from a failed/expired batch go to standard when another batch won't do."""
         moved = []
         seconds_left = deadline_at - self.clock()
-        for row in self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id):
-            attempts = self.ledger.request_row(row.request_id).attempts
+        queued = self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id)
+        rows = self.ledger.request_rows([r.request_id for r in queued]) if queued else {}
+        for row in queued:
+            attempts = rows[row.request_id].attempts
             if attempts == 0:
                 continue
             choice = self.policy.fallback(attempts=attempts, max_attempts=self.max_attempts, seconds_left=seconds_left)
@@ -120,7 +122,7 @@ class RoundExecutor:
     def collect(self, calls: Sequence[Call]) -> dict[str, CallResult]:
         ids = {self.request_id(c): c for c in calls}
         finals = self.ledger.final_results(list(ids))
-        rows = {rid: self.ledger.request_row(rid) for rid in finals}
+        rows = self.ledger.request_rows(list(finals))
         results = {}
         for rid, call in ids.items():
             outcome = finals.get(rid) or RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,

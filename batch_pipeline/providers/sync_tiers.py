@@ -20,6 +20,7 @@ from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import resolve_image_refs
 from batch_pipeline.batching.results import RETRYABLE_STATUS, price_outcome, store_images
 from batch_pipeline.ledger import Ledger
+from batch_pipeline.ledger.ledger import RequestRow
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +44,23 @@ class SyncTierRunner:
         self.flex_backoff_s = flex_backoff_s
         self.sleep = sleep
 
-    def run(self, request_ids: Sequence[str], tier: Tier, reason: str) -> None:
+    def run(self, request_ids: Sequence[str], tier: Tier, reason: str | None = None) -> None:
         if not request_ids:
             return
         if tier == Tier.BATCH:
             raise ValueError("batch requests go through BatchJobManager, not the synchronous runner")
         self.ledger.start_sync(request_ids, tier, reason)
+        rows = self.ledger.request_rows(request_ids)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            done = list(pool.map(lambda rid: self._run_one(rid, tier), request_ids))
+            done = list(pool.map(lambda rid: self._run_one(rows[rid], tier), request_ids))
         for used_tier in (Tier.STANDARD, Tier.FLEX):
             outcomes = [outcome for outcome, t, _why in done if t == used_tier]
             why = next((w for _o, t, w in done if t == used_tier and w), None)
             if outcomes:
                 self.ledger.record_sync_outcomes(outcomes, used_tier, max_attempts=self.max_attempts, reason=why)
 
-    def _run_one(self, request_id: str, tier: Tier) -> tuple[RequestOutcome, Tier, str | None]:
-        row = self.ledger.request_row(request_id)
+    def _run_one(self, row: RequestRow, tier: Tier) -> tuple[RequestOutcome, Tier, str | None]:
+        request_id = row.request_id
         body = resolve_image_refs(row.body, self.image_store)
         used, why = tier, None
         if tier == Tier.FLEX:

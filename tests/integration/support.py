@@ -37,3 +37,14 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def runtime_for(base_url: str, home: Path, **env: str):
+    """A full Runtime (factory-built, as the CLI and Dagster build it) against a simulator."""
+    from batch_pipeline.providers.factory import build_runtime
+    from batch_pipeline.settings import load_settings
+
+    settings = load_settings({"BATCH_API_ENABLED": "true", "BATCH_API_MODE": "immediate", "OPENAI_API_KEY": "sk-test",
+                              "OPENAI_BASE_URL": base_url, "BATCH_PIPELINE_HOME": str(home), **env})
+    return build_runtime(settings, poll_policy=PollPolicy(initial_s=0.01, max_s=0.05),
+                         sleep=lambda s: time.sleep(min(s, 0.05)))
