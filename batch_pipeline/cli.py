@@ -1,7 +1,8 @@
-"""Command-line entry point: `batch-pipeline demo` and `batch-pipeline simulator`.
+"""Command-line entry point: `batch-pipeline demo | search | simulator`.
 
-The demo starts the bundled simulator, pushes a sample workload (chat, images, vision) through
-the batch core end to end and prints the ledger: states, batches, tokens and costs.
+`demo` pushes a sample workload (chat, images, vision) through the batch core and prints the
+ledger; `search` runs one beam-search session headless on a chosen tier and prints its winner,
+scores, rounds and costs. Both use the bundled simulator unless told to use the real API.
 """
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--requests", type=int, default=40, help="chat requests in the sample workload")
     demo.add_argument("--use-env", action="store_true",
                       help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
+    search = sub.add_parser("search", help="run one beam-search session headless and print its winner and costs")
+    search.add_argument("prompt", help='the short user prompt, e.g. "a lighthouse in a storm"')
+    search.add_argument("--tier", choices=["standard", "flex", "batch", "hybrid"], default="batch")
+    for name, default in (("N", 9), ("M", 3), ("K", 3), ("E", 3)):
+        search.add_argument(f"-{name}", type=int, default=default)
+    search.add_argument("--alpha", type=float, default=0.7)
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--deadline-hours", type=float, default=24.0)
+    search.add_argument("--home", type=Path, default=None, help="ledger and images (default: var/search)")
+    search.add_argument("--use-env", action="store_true",
+                        help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
     sim = sub.add_parser("simulator", help="run the OpenAI-compatible simulator in the foreground")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8800)
@@ -45,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from batch_pipeline.simulator.__main__ import main as simulator_main
 
         return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+    if args.command == "search":
+        from batch_pipeline.search_cli import run_search_command
+
+        return run_search_command(args)
     return run_demo(args)
 
 

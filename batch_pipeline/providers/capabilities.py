@@ -55,7 +55,7 @@ def _parsed_content(call: Call, outcome: RequestOutcome, tier: str | None) -> Ca
 class TextProvider:
     def to_request(self, call: TextCall) -> ChatRequest:
         return ChatRequest(key=call.key, model=call.model, messages=list(call.messages), temperature=call.temperature,
-                           max_completion_tokens=call.max_completion_tokens,
+                           max_completion_tokens=call.max_completion_tokens, seed=call.seed,
                            response_format=_json_schema_format(call.response_schema_name, call.response_schema))
 
     def to_result(self, call: TextCall, outcome: RequestOutcome, tier: str | None = None) -> CallResult:
@@ -70,7 +70,7 @@ class VisionProvider:
         parts: list[dict] = [{"type": "text", "text": call.text}]
         for path in call.image_paths:
             parts.append({"type": "image_url", "image_url": {"url": self.image_store.ref_for(path), "detail": call.detail}})
-        return ChatRequest(key=call.key, model=call.model, max_completion_tokens=call.max_completion_tokens,
+        return ChatRequest(key=call.key, model=call.model, max_completion_tokens=call.max_completion_tokens, seed=call.seed,
                            messages=[{"role": "system", "content": call.system}, {"role": "user", "content": parts}],
                            response_format=_json_schema_format(call.response_schema_name, call.response_schema))
 

@@ -30,6 +30,9 @@ class TextCall(BaseModel):
     response_schema: dict[str, Any]
     temperature: float
     max_completion_tokens: int
+    # Sent as the API's `seed` (best-effort reproducibility): sessions with different seeds sample
+    # different candidates, the same seed asks the same questions (and hits the response cache).
+    seed: int | None = None
 
 
 class ImageCall(BaseModel):
@@ -64,6 +67,7 @@ class VisionCall(BaseModel):
     response_schema_name: str
     response_schema: dict[str, Any]
     max_completion_tokens: int
+    seed: int | None = None
 
 
 Call = Annotated[TextCall | ImageCall | VisionCall, Field(discriminator="kind")]

@@ -139,6 +139,7 @@ def _text_calls(state: SearchState) -> list[Call]:
             response_schema=strict_json_schema(schema_model),
             temperature=params.temperature,
             max_completion_tokens=params.max_completion_tokens,
+            seed=params.seed,
         )
         for spec in new_candidates(state)
     ]
@@ -256,6 +257,7 @@ def _vision_calls(state: SearchState) -> list[Call]:
             response_schema_name=schema_name,
             response_schema=schema,
             max_completion_tokens=params.max_completion_tokens,
+            seed=params.seed,
         )
         for vote in planned_votes(state)
     ]

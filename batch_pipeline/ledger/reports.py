@@ -1,0 +1,218 @@
+"""Read-only queries over the ledger: the cost report, the sensors' view of work to do, asset checks.
+
+Sensors, checks and reports read here; `Ledger` writes. Every connection is opened read-only, kept
+for one method and closed in `finally`; opening gives up after `lock_timeout_s` (DuckDB lets no other
+process open the file, even read-only, while one writes) so a sensor tick stays short.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import orjson
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from batch_pipeline.ledger.ledger import _is_lock_error
+from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+
+_TERMINAL = tuple(str(s) for s in TERMINAL_REQUEST_STATES)
+_ENDED_REMOTE = ("completed", "failed", "expired", "cancelled")
+
+
+class LedgerBusy(RuntimeError):
+    """A writer held the ledger for longer than the reader was willing to wait."""
+
+
+@dataclass(frozen=True)
+class SessionRound:
+    """A running session and the requests of the round it waits for (its next, unapplied round)."""
+
+    session_id: str
+    iteration: int
+    next_round: str | None
+    requests: int  # requests of this round in the ledger (0: not queued yet)
+    pending: int  # of them, not in a terminal state
+    requeued_attempts: int  # highest attempt count among requests back in the queue after a failed try
+
+
+@dataclass(frozen=True)
+class WatchedBatch:
+    """A batch created remotely and not ingested yet: in flight, or ended and waiting for ingestion."""
+
+    batch_key: str
+    openai_batch_id: str
+    created_at: float
+    status: str | None  # as last recorded by an ingestion run; sensors learn newer ones from the API
+
+    @property
+    def ended(self) -> bool:
+        return self.status in _ENDED_REMOTE
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What the flush decision needs: the batch-tier queue and batches left half-sent by a crash."""
+
+    queued: int
+    oldest_queued_at: float | None
+    half_sent: tuple[str, ...]  # batch keys in phase intent or uploaded
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """Spend of one (day, model, tier, operation): what was paid and the standard price of the same usage."""
+
+    day: date
+    model: str
+    tier: str
+    operation: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    images: int
+    cost_usd: Decimal
+    standard_cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class BatchOverview:
+    batch_key: str
+    openai_batch_id: str | None
+    model: str
+    endpoint: str
+    phase: str
+    status: str | None
+    request_count: int
+    completed_count: int | None
+    failed_count: int | None
+    sessions: tuple[str, ...]
+    created_at: float
+
+
+class LedgerReader:
+    def __init__(self, path: Path | str, *, lock_timeout_s: float = 2.0):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        @retry(retry=retry_if_exception(_is_lock_error), stop=stop_after_delay(self.lock_timeout_s),
+               wait=wait_random_exponential(multiplier=0.02, max=0.25), reraise=True)
+        def open_() -> duckdb.DuckDBPyConnection:
+            return duckdb.connect(str(self.path), read_only=True)
+
+        try:
+            con = open_()
+        except duckdb.IOException as exc:
+            if _is_lock_error(exc):
+                raise LedgerBusy(f"ledger {self.path} stayed locked by a writer for {self.lock_timeout_s:g} s") from exc
+            raise
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # -- what the sensors read -----------------------------------------------------------------
+
+    def running_session_rounds(self) -> list[SessionRound]:
+        """Every running session with the state of its current round's requests (one query)."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT s.session_id, s.iteration, s.next_round, count(q.request_id),"
+                " count(q.request_id) FILTER (WHERE q.state NOT IN (SELECT unnest(?))),"
+                " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0)"
+                " FROM sessions s LEFT JOIN requests q ON q.session_id = s.session_id"
+                "  AND q.round_key = 'i' || s.iteration || '-' || s.next_round"
+                " WHERE s.status = 'running' GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
+                [list(_TERMINAL)]).fetchall()
+        return [SessionRound(*row) for row in rows]
+
+    def watched_batches(self) -> list[WatchedBatch]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT batch_key, openai_batch_id, created_at, status FROM batches"
+                " WHERE phase = 'created' ORDER BY created_at, batch_key").fetchall()
+        return [WatchedBatch(*row) for row in rows]
+
+    def queue_state(self) -> QueueState:
+        with self.connect() as con:
+            queued, oldest = con.execute(
+                "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'").fetchone()
+            half_sent = [r[0] for r in con.execute(
+                "SELECT batch_key FROM batches WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key").fetchall()]
+        return QueueState(queued=queued, oldest_queued_at=oldest, half_sent=tuple(half_sent))
+
+    # -- what the asset checks and asset metadata read ------------------------------------------
+
+    def round_request_states(self, session_id: str) -> dict[str, dict[str, int]]:
+        """round_key -> state -> count for one session's requests."""
+        with self.connect() as con:
+            rows = con.execute("SELECT coalesce(round_key, ''), state, count(*) FROM requests WHERE session_id = ?"
+                               " GROUP BY 1, 2 ORDER BY 1, 2", [session_id]).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for round_key, state, n in rows:
+            out.setdefault(round_key, {})[state] = n
+        return out
+
+    def round_tiers(self, session_id: str, round_key: str) -> list[tuple[str, str | None, str, int]]:
+        """(tier, tier reason, state, count) of one round's requests: why each ran where it ran."""
+        with self.connect() as con:
+            return con.execute("SELECT tier, tier_reason, state, count(*) FROM requests WHERE session_id = ?"
+                               " AND round_key = ? GROUP BY ALL ORDER BY 4 DESC, 1, 3",
+                               [session_id, round_key]).fetchall()
+
+    def live_duplicate_members(self) -> list[tuple[str, int]]:
+        """Custom ids that are members of more than one live batch: they would be paid for twice."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT m.request_id, count(*) FROM batch_members m JOIN batches b USING (batch_key)"
+                " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
+                " ORDER BY 1").fetchall()
+
+    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal]:
+        """(paid, standard price of the same usage) over every result row of a session."""
+        with self.connect() as con:
+            paid, standard = con.execute(
+                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0) FROM results r"
+                " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]).fetchone()
+        return Decimal(paid), Decimal(standard)
+
+    def session_budget(self, session_id: str) -> Decimal | None:
+        with self.connect() as con:
+            row = con.execute("SELECT config FROM sessions WHERE session_id = ?", [session_id]).fetchone()
+        if row is None:
+            return None
+        budget = orjson.loads(row[0]).get("budget_usd")
+        return None if budget is None else Decimal(str(budget))
+
+    def batch_overview(self, *, limit: int = 50) -> list[BatchOverview]:
+        """The newest batches with the sessions whose requests they carry (for asset metadata)."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT b.batch_key, b.openai_batch_id, b.model, b.endpoint, b.phase, b.status, b.request_count,"
+                " b.completed_count, b.failed_count, list(DISTINCT q.session_id ORDER BY q.session_id)"
+                "  FILTER (WHERE q.session_id IS NOT NULL), b.created_at"
+                " FROM batches b LEFT JOIN batch_members m USING (batch_key) LEFT JOIN requests q USING (request_id)"
+                " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?", [limit]).fetchall()
+        return [BatchOverview(*row[:9], tuple(row[9] or ()), row[10]) for row in rows]
+
+    # -- the cost report ------------------------------------------------------------------------
+
+    def cost_rows(self) -> list[CostRow]:
+        """Spend by UTC day, model, tier and operation over every result row (every attempt)."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT CAST(epoch_ms(CAST(floor(r.recorded_at * 1000) AS BIGINT)) AS DATE) AS day, q.model, r.tier,"
+                " q.operation, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images),"
+                " sum(r.cost_usd), sum(r.standard_cost_usd)"
+                " FROM results r JOIN requests q USING (request_id) GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
+        return [CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))
+                for day, model, tier, op, n, i, o, im, c, s in rows]

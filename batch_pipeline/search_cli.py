@@ -1,0 +1,94 @@
+"""`batch-pipeline search`: one beam-search session, headless, with a progress bar and a cost table.
+
+Builds the runtime through the provider factory (as Dagster does) against the bundled simulator,
+or against the API named by OPENAI_API_KEY / OPENAI_BASE_URL with --use-env.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.pricing import round_cents
+from batch_pipeline.providers.factory import Runtime, build_runtime
+from batch_pipeline.search import SearchParams
+from batch_pipeline.sessions import SessionConfig, SessionProgress
+from batch_pipeline.settings import SettingsError, load_settings
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    home = (args.home or Path("var/search")).resolve()
+    try:
+        config = SessionConfig(prompt=args.prompt, tier=args.tier, deadline_hours=args.deadline_hours,
+                               params=SearchParams(N=args.N, M=args.M, K=args.K, E=args.E, alpha=args.alpha, seed=args.seed))
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        print("invalid session: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        env = dict(os.environ)
+        if not args.use_env:
+            from batch_pipeline.simulator import Simulator, SimulatorConfig
+
+            simulator = Simulator(SimulatorConfig(
+                data_dir=home / "simulator", phase_seconds={"validating": 0.2, "in_progress": 0.5, "finalizing": 0.2}))
+            env |= {"OPENAI_BASE_URL": stack.enter_context(simulator.serve()), "OPENAI_API_KEY": "sk-simulator",
+                    "BATCH_API_ENABLED": "true", "BATCH_API_MODE": "immediate"}
+        env["BATCH_PIPELINE_HOME"] = str(home)
+        try:
+            runtime = build_runtime(load_settings(env), poll_policy=PollPolicy(initial_s=0.5, max_s=30))
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"session on tier {args.tier} against {env.get('OPENAI_BASE_URL') or 'the OpenAI API'}; ledger {home}")
+        session_id = runtime.sessions.start(config)
+        progress = run_with_progress(runtime, session_id, rounds=3 * config.params.K)
+        print_report(runtime, session_id, progress)
+    return 0 if progress.status == "completed" else 1
+
+
+def run_with_progress(runtime: Runtime, session_id: str, *, rounds: int) -> SessionProgress:
+    with tqdm(total=rounds, desc=f"session {session_id}", unit="round") as bar:
+        def show(progress: SessionProgress) -> None:
+            bar.n = len(runtime.sessions.state(session_id).rounds)
+            bar.set_postfix(iteration=progress.iteration, round=progress.next_round, waiting=progress.pending_requests)
+            bar.refresh()
+
+        progress = runtime.sessions.run(session_id, on_progress=show)
+        bar.n = len(runtime.sessions.state(session_id).rounds)
+        bar.refresh()
+    return progress
+
+
+def print_report(runtime: Runtime, session_id: str, progress: SessionProgress) -> None:
+    state = runtime.sessions.state(session_id)
+    if progress.status != "completed":
+        print(f"\nsession {session_id} {progress.status}: {progress.error or 'not finished'}")
+    if state.winner_id:
+        winner = state.candidate(state.winner_id)
+        print(f"\nwinner {winner.id} (lineage {' <- '.join(state.lineage)})\n  prompt: {winner.combined}\n"
+              f"  image:  {winner.image_path}")
+    print("\nbest score per iteration (final Bradley-Terry fit): "
+          + ", ".join(f"i{k}: {s:+.3f}" for k, s in enumerate(state.final_best_scores)))
+    print(f"\n{'round':<10} {'calls':>6} {'ok':>5} {'failed':>6} {'in tok':>9} {'out tok':>8}")
+    for r in state.rounds:
+        print(f"i{r.iteration}-{r.round:<7} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} {r.input_tokens:>9} {r.output_tokens:>8}")
+    print(f"{len(state.rounds)} rounds, {sum(r.calls for r in state.rounds)} calls")
+    costs = runtime.ledger.session_costs(session_id)
+    header = f"{'tier':<9} {'calls':>6} {'in tok':>9} {'out tok':>8} {'images':>6} {'actual $':>12} {'standard $':>12} {'saved $':>12}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for tier, c in costs.items():
+        saved = c["standard_cost_usd"] - c["cost_usd"]
+        print(f"{tier:<9} {c['calls']:>6} {c['input_tokens']:>9} {c['output_tokens']:>8} {c['images']:>6} "
+              f"{c['cost_usd']:>12.6f} {c['standard_cost_usd']:>12.6f} {saved:>12.6f}")
+    actual = sum((c["cost_usd"] for c in costs.values()), start=0)
+    standard = sum((c["standard_cost_usd"] for c in costs.values()), start=0)
+    print("-" * len(header))
+    print(f"total: ${round_cents(actual)} spent, ${round_cents(standard)} at standard prices, "
+          f"${round_cents(standard - actual)} saved (exact: {actual:.6f} / {standard:.6f})")
