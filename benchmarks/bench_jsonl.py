@@ -59,7 +59,11 @@ def main() -> None:
                         "id": f"chatcmpl-{i}", "object": "chat.completion", "created": 0, "model": "gpt-5-mini",
                         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 400}}],
                         "usage": {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140}}}}) + b"\n")
-        timed("parse + classify the output file", n, lambda: read_result_files([output], None))
+        outcomes = timed("parse + classify the output file", n, lambda: read_result_files([output], None))
+        ledger.mark_uploaded("bench", "file-bench")
+        ledger.mark_created("bench", "batch_bench")
+        timed("ingest outcomes into the ledger", n,
+              lambda: ledger.record_batch_outcome("bench", list(outcomes.values()), max_attempts=3))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:.0f} MB")
 
