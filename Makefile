@@ -25,6 +25,7 @@ simulator: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_jsonl.py
+	$(PY) benchmarks/bench_stream_memory.py
 
 clean:
 	rm -rf $(VENV) var
