@@ -94,6 +94,9 @@ class RemoteStatus(BaseModel):
 
 
 _BATCH_COLUMNS = ", ".join(BatchRecord.model_fields)
+# The results columns `_outcome_from_row` reads, in its order.
+_OUTCOME_COLUMNS = ("r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message, r.input_tokens,"
+                    " r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, r.price_version")
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -255,9 +258,7 @@ class Ledger(SessionRecords):
         """The terminal result of each finished request (the last attempt's row)."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message,"
-                " r.input_tokens, r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,"
-                " r.price_version FROM results r JOIN requests q USING (request_id)"
+                f"SELECT {_OUTCOME_COLUMNS} FROM results r JOIN requests q USING (request_id)"
                 " WHERE r.request_id IN (SELECT unnest(?)) AND r.attempt = q.attempts"
                 " AND q.state IN ('succeeded', 'failed', 'expired', 'cancelled')",
                 [list(request_ids)],
@@ -436,9 +437,8 @@ class Ledger(SessionRecords):
         """For each body hash, the first succeeded, paid-for answer to an identical body, if any."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT q.body_hash, r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message,"
-                " r.input_tokens, r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,"
-                " r.price_version FROM requests q JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
+                f"SELECT q.body_hash, {_OUTCOME_COLUMNS} FROM requests q"
+                " JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
                 " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != 'cache'"
                 " QUALIFY row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) = 1",
                 [list(body_hashes)]).fetchall()
