@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--home", type=Path, default=None, help="ledger and images (default: var/search)")
     search.add_argument("--use-env", action="store_true",
                         help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
+    api = sub.add_parser("api", help="the seed's HTTP API: POST /api/beam-search, GET /api/job/{id}, ...")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8700)
+    api.add_argument("--with-simulator", action="store_true",
+                     help="start the bundled simulator and point the API at it (no OpenAI key needed)")
     sim = sub.add_parser("simulator", help="run the OpenAI-compatible simulator in the foreground")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8800)
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from batch_pipeline.simulator.__main__ import main as simulator_main
 
         return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+    if args.command == "api":
+        return run_api(args)
     if args.command == "search":
         from batch_pipeline.search_cli import run_search_command
 
@@ -98,6 +105,33 @@ def run_demo(args: argparse.Namespace) -> int:
         if problems:
             print("ledger invariants violated:", *problems, sep="\n  ", file=sys.stderr)
             return 1
+    return 0
+
+
+def run_api(args: argparse.Namespace) -> int:
+    import os
+
+    from batch_pipeline.api import serve
+    from batch_pipeline.providers.factory import build_runtime
+
+    with ExitStack() as stack:
+        env = dict(os.environ)
+        if args.with_simulator:
+            from batch_pipeline.simulator import Simulator, SimulatorConfig
+
+            home = Path(env.get("BATCH_PIPELINE_HOME", "var"))
+            simulator = Simulator(SimulatorConfig(data_dir=home / "simulator",
+                                                  phase_seconds={"validating": 1, "in_progress": 3, "finalizing": 1}))
+            env |= {"OPENAI_BASE_URL": stack.enter_context(simulator.serve()), "OPENAI_API_KEY": "sk-simulator",
+                    "BATCH_API_ENABLED": env.get("BATCH_API_ENABLED", "true")}
+        try:
+            runtime = build_runtime(load_settings(env))
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"batch_pipeline API on http://{args.host}:{args.port}/api (calls go to "
+              f"{env.get('OPENAI_BASE_URL') or 'the OpenAI API'})")
+        serve(runtime, host=args.host, port=args.port)
     return 0
 
 

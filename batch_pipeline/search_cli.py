@@ -25,7 +25,7 @@ from batch_pipeline.settings import SettingsError, load_settings
 def run_search_command(args: argparse.Namespace) -> int:
     home = (args.home or Path("var/search")).resolve()
     try:
-        config = SessionConfig(prompt=args.prompt, tier=args.tier, deadline_hours=args.deadline_hours,
+        config = SessionConfig(prompt=args.prompt, tier=args.tier, deadline_hours=args.deadline_hours, driver="cli",
                                params=SearchParams(N=args.N, M=args.M, K=args.K, E=args.E, alpha=args.alpha, seed=args.seed))
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]

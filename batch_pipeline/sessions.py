@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from batch_pipeline.batching.jobs import TRANSIENT_ERRORS, BatchJobManager
-from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
 from batch_pipeline.providers.executor import RoundExecutor
@@ -24,6 +24,9 @@ from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
 
 log = logging.getLogger(__name__)
+
+
+FINISHED = ("completed", "failed", "cancelled")
 
 
 class SessionConfig(BaseModel):
@@ -35,6 +38,8 @@ class SessionConfig(BaseModel):
     deadline_hours: float = Field(24.0, gt=0, le=24, description="the session must finish within this many hours")
     budget_usd: Decimal | None = Field(None, ge=0, description="optional spend limit (a warning when exceeded)")
     session_id: str | None = Field(None, description="default: a new random id")
+    driver: Literal["dagster", "api", "cli"] = Field(
+        "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process")
 
     @model_validator(mode="after")
     def _prompt_not_blank(self) -> "SessionConfig":
@@ -45,7 +50,7 @@ class SessionConfig(BaseModel):
 
 class SessionProgress(BaseModel):
     session_id: str
-    status: Literal["running", "waiting", "completed", "failed"]
+    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
     iteration: int
     next_round: str | None
     pending_requests: int = 0
@@ -54,7 +59,7 @@ class SessionProgress(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed")
+        return self.status in FINISHED
 
 
 class SessionService:
@@ -82,7 +87,7 @@ class SessionService:
         if row is None:
             raise KeyError(f"unknown session {session_id!r}")
         state = self.state(session_id)
-        if row.status in ("completed", "failed"):
+        if row.status in FINISHED:
             return self._progress(state, row.status, error=row.error)
         mode: TierMode = row.config.get("tier", "batch")
         while not state.done:
@@ -107,6 +112,20 @@ class SessionService:
                 return self._progress(exc.state, "failed", error=str(exc))
             self._save(state, "completed" if state.done else "running")
         return self._progress(state, "completed")
+
+    def cancel(self, session_id: str, reason: str = "cancelled by the user") -> SessionProgress:
+        """Stop a session: queued requests end cancelled, batches only it uses are cancelled remotely
+        (their finished lines are still ingested and billed; shared batches run on for the others)."""
+        row = self.ledger.session(session_id)
+        if row is None:
+            raise KeyError(f"unknown session {session_id!r}")
+        if row.status not in FINISHED:
+            self.ledger.set_session_status(session_id, "cancelled", reason)
+            self.ledger.cancel_queued(session_id, reason)
+            for batch, exclusive in self.ledger.batches_of_session(session_id, in_flight=True):
+                if exclusive and batch.status not in ENDED_STATUSES:
+                    self.manager.cancel(batch.batch_key)
+        return self.advance(session_id)
 
     def run(self, session_id: str, *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
             sleep: Callable[[float], None] = time.sleep,

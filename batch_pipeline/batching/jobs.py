@@ -7,8 +7,10 @@ batch that exists instead of paying for a second one.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +41,17 @@ TRANSIENT_ERRORS = (*AMBIGUOUS_ERRORS, ResultFileError)
 
 class DownloadIncomplete(IOError):
     pass
+
+
+def _serialised(method):
+    """Run under the manager's lock: two threads sending the same planned batch could both create it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class BatchJobManager:
@@ -73,9 +86,13 @@ class BatchJobManager:
         self.sleep = sleep
         self.reconcile_lookback_s = reconcile_lookback_s
         self.download_attempts = download_attempts
+        # One process may drive several sessions from threads (the HTTP API); across processes the
+        # Dagster `ledger` pool serialises writers.
+        self._lock = threading.RLock()
 
     # -- submit -----------------------------------------------------------------------------
 
+    @_serialised
     def submit_queued(self, *, session_id: str | None = None) -> list[str]:
         """Finish half-sent batches, then plan and send batches for all queued batch-tier requests.
 
@@ -98,6 +115,7 @@ class BatchJobManager:
             self._send(key)
         return keys
 
+    @_serialised
     def resume(self) -> None:
         """Carry every batch that was planned but not confirmed created through to `created`."""
         for record in self.ledger.batches([BatchPhase.INTENT, BatchPhase.UPLOADED]):
@@ -164,6 +182,7 @@ class BatchJobManager:
 
     # -- poll ---------------------------------------------------------------------------------
 
+    @_serialised
     def refresh(self) -> list[BatchRecord]:
         """Poll every in-flight batch with one paginated list call (retrieve only the stragglers)."""
         inflight = [b for b in self.ledger.batches([BatchPhase.CREATED]) if b.status not in ENDED_STATUSES]
@@ -193,6 +212,7 @@ class BatchJobManager:
 
     # -- ingest -------------------------------------------------------------------------------
 
+    @_serialised
     def ingest_ended(self) -> list[str]:
         """Download, map and record every ended batch not ingested yet. Returns their keys."""
         done = []

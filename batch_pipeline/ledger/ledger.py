@@ -218,6 +218,32 @@ class Ledger(SessionRecords):
         with self.connect() as con:
             return dict(con.execute(sql + " GROUP BY state ORDER BY state", params).fetchall())
 
+    def cancel_queued(self, session_id: str, reason: str) -> list[str]:
+        """End a session's queued requests as cancelled (they were never sent, so nothing is billed)."""
+        with self.transaction() as con:
+            rows = con.execute("SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'",
+                               [session_id]).fetchall()
+            if not rows:
+                return []
+            ids = [rid for rid, _, _ in rows]
+            self._move_requests(con, {RequestState.CANCELLED: ids}, batch_key=None, reason=reason,
+                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in ids}, count_attempt=True)
+            self._insert_results(con, [(RequestOutcome(request_id=rid, outcome=Outcome.CANCELLED, error_message=reason),
+                                        attempts + 1, None, tier) for rid, attempts, tier in rows], self.clock())
+        return ids
+
+    def batches_of_session(self, session_id: str, *, in_flight: bool = False) -> list[tuple[BatchRecord, bool]]:
+        """Batches holding a session's requests (oldest first), and whether they hold only that session's."""
+        only_in_flight = "WHERE b.phase = 'created'" if in_flight else ""
+        with self.connect() as con:
+            rows = con.execute(
+                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)}, bool_and(q.session_id = ?) AS exclusive"
+                " FROM batches b JOIN batch_members m USING (batch_key) JOIN requests q USING (request_id)"
+                f" {only_in_flight}"
+                " GROUP BY ALL HAVING bool_or(q.session_id = ?) ORDER BY b.created_at, b.batch_key",
+                [session_id, session_id]).fetchall()
+        return [(_batch_from_row(row[:-1]), bool(row[-1])) for row in rows]
+
     def fail_queued(self, request_ids: Sequence[str], reason: str) -> None:
         """End queued requests that can never run (e.g. larger than any batch file allows)."""
         outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT, error_message=reason)

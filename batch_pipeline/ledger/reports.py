@@ -150,6 +150,13 @@ class LedgerReader:
                 "SELECT batch_key FROM batches WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key").fetchall()]
         return QueueState(queued=queued, oldest_queued_at=oldest, half_sent=tuple(half_sent))
 
+    def session_status(self, session_id: str) -> tuple[str, int, str | None, str | None] | None:
+        """(status, iteration, next round, winner id) of one session, or None if unknown."""
+        with self.connect() as con:
+            row = con.execute("SELECT status, iteration, next_round, winner_id FROM sessions WHERE session_id = ?",
+                              [session_id]).fetchone()
+        return tuple(row) if row else None
+
     # -- what the asset checks and asset metadata read ------------------------------------------
 
     def round_request_states(self, session_id: str) -> dict[str, dict[str, int]]:

@@ -1,0 +1,38 @@
+"""Serve an ASGI app with uvicorn on a background thread (the simulator, the HTTP API in tests).
+
+Binds 127.0.0.1 unless told otherwise; port 0 picks a free port, reported back to the caller.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+STARTUP_TIMEOUT_SECONDS = 10.0
+
+
+@contextmanager
+def serve_in_thread(app, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server",
+                    lifespan: str = "off", log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
+    """Yield "http://HOST:PORT" once the server accepts connections; stop it on exit."""
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan=lifespan,
+        # Open keep-alive connections from SDK clients must not hold up a stop for long.
+        timeout_graceful_shutdown=1,
+    ))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} failed to start on {host}:{port}")
+            time.sleep(0.01)
+        bound_port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT_SECONDS)
