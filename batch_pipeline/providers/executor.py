@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRequest, build_request, make_custom_id
 from batch_pipeline.ledger import Ledger
@@ -132,39 +132,36 @@ class RoundExecutor:
         return results
 
     def retry_refused_images(self, session_id: str, calls: Sequence[Call], results: dict[str, CallResult]) -> dict[str, CallResult]:
-        """An image refused for content policy gets one rephrase and one retry (on standard: it is the
-        exception path, and waiting for two more batches would cost a whole round)."""
-        refused = [c for c in calls if isinstance(c, ImageCall) and not results[c.key].ok
-                   and any(code in (results[c.key].error or "") for code in CONTENT_POLICY_CODES)]
-        for call in refused:
-            rephrase = ChatRequest(key=f"{call.key}-rph", model=self.rephrase_model, max_completion_tokens=400,
-                                   messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the "
-                                              "scene and style but avoids anything a content policy could refuse. "
-                                              "Answer with the prompt only."},
-                                             {"role": "user", "content": call.prompt}])
-            retry_call = call.model_copy(update={"key": f"{call.key}-rt"})
-            text = self._run_now(session_id, rephrase, "rephrase")
-            if text is None:
+        """An image refused for content policy gets one rephrase and one retry, on standard: it is the
+        exception path, and two more batches would cost a whole extra round. The candidate keeps its
+        prompt; the image is drawn from the rephrased one."""
+        for call in calls:
+            result = results[call.key]
+            if not isinstance(call, ImageCall) or result.ok or not any(c in (result.error or "") for c in CONTENT_POLICY_CODES):
                 continue
-            retry_call = retry_call.model_copy(update={"prompt": text})
-            self._run_now(session_id, self.providers["image"].to_request(retry_call), "image")
-            outcome = self.ledger.final_results([retry_call.key])
-            if retry_call.key in outcome:
-                results[call.key] = self.providers["image"].to_result(retry_call, outcome[retry_call.key], "standard")
-                results[call.key] = results[call.key].model_copy(update={"key": call.key})
+            rephrased = self._run_now(session_id, "rephrase", ChatRequest(
+                key=f"{call.key}-rph", model=self.rephrase_model, max_completion_tokens=400,
+                messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the scene and style "
+                           "but avoids anything a content policy could refuse. Answer with the prompt only."},
+                          {"role": "user", "content": call.prompt}]))
+            if rephrased is None:
+                continue
+            retry = call.model_copy(update={"key": f"{call.key}-rt",
+                                            "prompt": rephrased.response["choices"][0]["message"]["content"].strip()})
+            outcome = self._run_now(session_id, "image", self.providers["image"].to_request(retry))
+            if outcome is not None:
+                results[call.key] = self.providers["image"].to_result(retry, outcome, "standard").model_copy(
+                    update={"key": call.key})
         return results
 
-    def _run_now(self, session_id: str, request: ChatRequest | ImageRequest, operation: str) -> str | None:
+    def _run_now(self, session_id: str, operation: str, request: ChatRequest | ImageRequest) -> RequestOutcome | None:
+        """Run one request on standard now (once: a resumed step finds it in the ledger); its success or None."""
         queued = build_request(request, namespace="", operation=operation, session_id=session_id, tier=Tier.STANDARD,
                                tier_reason="content-policy rephrase and retry", image_store=self.image_store)
         if self.ledger.enqueue([queued]):
-            self.sync.run([queued.request_id], Tier.STANDARD, "content-policy rephrase and retry")
+            self.sync.run([queued.request_id], Tier.STANDARD)
         final = self.ledger.final_results([queued.request_id]).get(queued.request_id)
-        if final is None or final.outcome != Outcome.SUCCEEDED:
-            return None
-        if request.endpoint == Endpoint.IMAGES:
-            return "ok"
-        return final.response["choices"][0]["message"]["content"].strip()
+        return final if final is not None and final.outcome == Outcome.SUCCEEDED else None
 
     @staticmethod
     def request_id(call: Call) -> str:
