@@ -262,3 +262,12 @@ def test_many_requests_split_by_count_and_all_succeed(client, ledger, tmp_path):
     settle(manager)
     assert [b.request_count for b in ledger.batches()] == [40, 40, 40, 30]
     assert ledger.state_counts() == {"succeeded": 150}
+
+
+def test_failed_downloads_are_retried_and_nothing_is_ingested_twice(manager, ledger, sim):
+    sim.add_fault(FaultRule(kind="http_500", path=r"^/v1/files/[^/]+/content$", times=2))
+    ledger.enqueue(chat_requests(5))
+    settle(manager)
+    assert ledger.state_counts() == {"succeeded": 5}
+    with ledger.connect() as con:
+        assert con.execute("SELECT count(*) FROM results").fetchone() == (5,)
