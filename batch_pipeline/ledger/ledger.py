@@ -22,7 +22,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 
 from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.requests import QueuedRequest
-from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows
+from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows, is_lock_error
 from batch_pipeline.ledger.sessions import SessionRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
@@ -99,10 +99,6 @@ _OUTCOME_COLUMNS = ("r.request_id, r.outcome, r.status_code, r.response, r.error
                     " r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, r.price_version")
 
 
-def _is_lock_error(exc: BaseException) -> bool:
-    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
-
-
 class Ledger(SessionRecords):
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
         self.path = Path(path)
@@ -116,7 +112,7 @@ class Ledger(SessionRecords):
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         @retry(
-            retry=retry_if_exception(_is_lock_error),
+            retry=retry_if_exception(is_lock_error),
             stop=stop_after_delay(self.lock_timeout_s),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,

@@ -17,7 +17,7 @@ import duckdb
 import orjson
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batch_pipeline.ledger.ledger import _is_lock_error
+from batch_pipeline.ledger.db import is_lock_error
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 
 _TERMINAL = tuple(str(s) for s in TERMINAL_REQUEST_STATES)
@@ -104,7 +104,7 @@ class LedgerReader:
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        @retry(retry=retry_if_exception(_is_lock_error), stop=stop_after_delay(self.lock_timeout_s),
+        @retry(retry=retry_if_exception(is_lock_error), stop=stop_after_delay(self.lock_timeout_s),
                wait=wait_random_exponential(multiplier=0.02, max=0.25), reraise=True)
         def open_() -> duckdb.DuckDBPyConnection:
             return duckdb.connect(str(self.path), read_only=True)
@@ -112,7 +112,7 @@ class LedgerReader:
         try:
             con = open_()
         except duckdb.IOException as exc:
-            if _is_lock_error(exc):
+            if is_lock_error(exc):
                 raise LedgerBusy(f"ledger {self.path} stayed locked by a writer for {self.lock_timeout_s:g} s") from exc
             raise
         try:
@@ -123,7 +123,9 @@ class LedgerReader:
     # -- what the sensors read -----------------------------------------------------------------
 
     def running_session_rounds(self) -> list[SessionRound]:
-        """Every running session with the state of its current round's requests (one query)."""
+        """Every running session Dagster drives, with the state of its current round's requests (one query).
+
+        Sessions started by the CLI or the HTTP API (`config.driver`) are advanced by those processes."""
         with self.connect() as con:
             rows = con.execute(
                 "SELECT s.session_id, s.iteration, s.next_round, count(q.request_id),"
@@ -131,7 +133,8 @@ class LedgerReader:
                 " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0)"
                 " FROM sessions s LEFT JOIN requests q ON q.session_id = s.session_id"
                 "  AND q.round_key = 'i' || s.iteration || '-' || s.next_round"
-                " WHERE s.status = 'running' GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
+                " WHERE s.status = 'running' AND coalesce(s.config->>'driver', 'dagster') = 'dagster'"
+                " GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
                 [list(_TERMINAL)]).fetchall()
         return [SessionRound(*row) for row in rows]
 
@@ -156,6 +159,13 @@ class LedgerReader:
             row = con.execute("SELECT status, iteration, next_round, winner_id FROM sessions WHERE session_id = ?",
                               [session_id]).fetchone()
         return tuple(row) if row else None
+
+    def candidate_prompt(self, session_id: str, candidate_id: str) -> str | None:
+        """The combined image prompt of one candidate (e.g. a session's winner)."""
+        with self.connect() as con:
+            row = con.execute("SELECT combined FROM candidates WHERE session_id = ? AND candidate_id = ?",
+                              [session_id, candidate_id]).fetchone()
+        return row[0] if row else None
 
     # -- what the asset checks and asset metadata read ------------------------------------------
 
