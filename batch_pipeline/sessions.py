@@ -13,7 +13,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from batch_pipeline.batching.jobs import TRANSIENT_ERRORS, BatchJobManager
 from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
@@ -41,11 +41,12 @@ class SessionConfig(BaseModel):
     driver: Literal["dagster", "api", "cli"] = Field(
         "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process")
 
-    @model_validator(mode="after")
-    def _prompt_not_blank(self) -> "SessionConfig":
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be blank")
-        return self
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("must not be blank")
+        return prompt
 
 
 class SessionProgress(BaseModel):
