@@ -1,0 +1,142 @@
+"""The cost report: ledger result rows -> spend by day, model, tier and operation, with savings versus standard.
+
+Framework-free (the `cost_report` asset and tests call it): a markdown table to the cent, a CSV with the
+exact Decimal amounts and a PNG chart per day, written under BATCH_PIPELINE_HOME/reports/.
+"""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from batch_pipeline.batching.pricing import round_cents
+from batch_pipeline.ledger.reports import CostRow, LedgerReader
+
+CSV_COLUMNS = ("day", "model", "tier", "operation", "calls", "input_tokens", "output_tokens", "images",
+               "cost_usd", "standard_cost_usd", "saved_usd", "saved_share")
+
+
+def saved(row: CostRow) -> Decimal:
+    return row.standard_cost_usd - row.cost_usd
+
+
+def saved_share(paid: Decimal, standard: Decimal) -> Decimal | None:
+    """Savings as a share of the standard price (exact); None when nothing would have been paid."""
+    return (standard - paid) / standard if standard else None
+
+
+def money(amount: Decimal) -> str:
+    """Dollars to the cent; an amount that is not zero but rounds to it says so rather than `$0.00`."""
+    if amount and round_cents(amount) == 0:
+        return "<$0.01" if amount > 0 else ">-$0.01"
+    return f"${round_cents(amount):,.2f}"
+
+
+def percent(share: Decimal | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    csv: Path
+    chart: Path
+
+
+@dataclass(frozen=True)
+class CostReport:
+    rows: list[CostRow]
+
+    @property
+    def paid(self) -> Decimal:
+        return sum((r.cost_usd for r in self.rows), Decimal(0))
+
+    @property
+    def standard(self) -> Decimal:
+        return sum((r.standard_cost_usd for r in self.rows), Decimal(0))
+
+    def by_tier(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """tier -> (paid, standard price of the same usage)."""
+        totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        for r in self.rows:
+            totals[r.tier][0] += r.cost_usd
+            totals[r.tier][1] += r.standard_cost_usd
+        return {tier: (p, s) for tier, (p, s) in sorted(totals.items())}
+
+    def by_day(self) -> dict[str, tuple[Decimal, Decimal]]:
+        totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        for r in self.rows:
+            totals[r.day.isoformat()][0] += r.cost_usd
+            totals[r.day.isoformat()][1] += r.standard_cost_usd
+        return {day: (p, s) for day, (p, s) in sorted(totals.items())}
+
+    def to_markdown(self) -> str:
+        if not self.rows:
+            return "_No results recorded yet._"
+        lines = ["| day | model | tier | operation | calls | input tok | output tok | images | spent | standard price"
+                 " | saved | saved % |", "|" + "---|" * 12]
+        for r in self.rows:
+            lines.append(f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
+                         f" | {r.output_tokens:,} | {r.images:,} | {money(r.cost_usd)} | {money(r.standard_cost_usd)}"
+                         f" | {money(saved(r))} | {percent(saved_share(r.cost_usd, r.standard_cost_usd))} |")
+        lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{money(self.paid)}**"
+                     f" | {money(self.standard)} | **{money(self.standard - self.paid)}**"
+                     f" | {percent(saved_share(self.paid, self.standard))} |")
+        return "\n".join(lines)
+
+    def write_csv(self, path: Path) -> Path:
+        """Exact amounts (the ledger's 12 decimal places), one line per (day, model, tier, operation)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(CSV_COLUMNS)
+            for r in self.rows:
+                share = saved_share(r.cost_usd, r.standard_cost_usd)
+                writer.writerow([r.day.isoformat(), r.model, r.tier, r.operation, r.calls, r.input_tokens,
+                                 r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, saved(r),
+                                 "" if share is None else share.normalize()])
+        return path
+
+    def write_chart(self, path: Path) -> Path:
+        """Per day: what was paid next to what the same usage costs on the standard tier."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        days = list(self.by_day().items())[-14:]  # two weeks fit the width
+        width, height, left, bottom, top = 900, 420, 90, 70, 70
+        img = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(img)
+        font, small = ImageFont.load_default(16), ImageFont.load_default(12)
+        draw.text((left, 20), "Spend per day: paid vs. standard-tier price of the same usage", fill="black", font=font)
+        peak = max((s for _, (_p, s) in days), default=Decimal(0)) or Decimal(1)
+        plot_h = height - top - bottom
+        draw.line([(left, top), (left, height - bottom), (width - 20, height - bottom)], fill="black")
+        for tick in range(5):
+            value = peak * tick / 4
+            y = height - bottom - plot_h * tick / 4
+            draw.line([(left - 5, y), (left, y)], fill="black")
+            draw.text((8, y - 7), f"${value:.4f}" if peak < 1 else f"${value:,.2f}", fill="black", font=small)
+        slot = (width - left - 40) / max(1, len(days))
+        bar = min(60, slot / 3)
+        for i, (day, (paid, standard)) in enumerate(days):
+            x = left + 20 + i * slot
+            for j, (amount, colour) in enumerate(((paid, "#2b6cb0"), (standard, "#cbd5e0"))):
+                h = float(plot_h * amount / peak)
+                draw.rectangle([x + j * bar, height - bottom - h, x + (j + 1) * bar - 2, height - bottom], fill=colour)
+            draw.text((x, height - bottom + 8), day, fill="black", font=small)
+            share = saved_share(paid, standard)
+            draw.text((x, height - bottom + 26), f"saved {percent(share)}", fill="#2f855a", font=small)
+        draw.rectangle([width - 260, 48, width - 246, 60], fill="#2b6cb0")
+        draw.text((width - 240, 46), "paid", fill="black", font=small)
+        draw.rectangle([width - 180, 48, width - 166, 60], fill="#cbd5e0")
+        draw.text((width - 160, 46), "standard price", fill="black", font=small)
+        img.save(path, format="PNG")
+        return path
+
+    def write(self, directory: Path, stem: str = "cost_report") -> ReportFiles:
+        return ReportFiles(csv=self.write_csv(directory / f"{stem}.csv"), chart=self.write_chart(directory / f"{stem}.png"))
+
+
+def build_cost_report(reader: LedgerReader) -> CostReport:
+    return CostReport(rows=reader.cost_rows() if reader.exists() else [])

@@ -1,0 +1,79 @@
+"""Starting a session from the launchpad: typed config -> core `SessionConfig` -> ledger row + dynamic partition.
+
+The first step of the data flow; from here `session_driver_sensor` (sensors.py) takes the session forward.
+"""
+
+from decimal import Decimal
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field, ValidationError
+
+from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
+from batch_pipeline.search import SearchParams
+from batch_pipeline.sessions import SessionConfig
+
+# One partition per session: each step re-materialises the session's partition, so its latest
+# materialisation is the session's current state (see ARCHITECTURE.md, "Dagster layer").
+SESSIONS = dg.DynamicPartitionsDefinition(name="sessions")
+
+
+class LaunchSessionConfig(dg.Config):
+    """What the launchpad asks for. Types only here: the core `SessionConfig` owns the rules, and
+    `start_session` reports its verdict naming the field."""
+
+    prompt: str = Field(description="the short prompt to improve, e.g. 'a lighthouse in a storm'")
+    N: int = Field(default=4, description="beam width: new candidates per iteration (2..16)")
+    M: int = Field(default=2, description="survivors per iteration: at most N/2 and a divisor of N")
+    K: int = Field(default=2, description="iterations, counting iteration 0 (1..10)")
+    E: int = Field(default=2, description="votes per pairwise comparison (1..5)")
+    alpha: float = Field(default=0.7, description="weight of alignment against aesthetics (0..1)")
+    seed: int = Field(default=0, description="the only source of randomness")
+    tier: Literal["standard", "flex", "batch", "hybrid"] = Field(
+        default="batch", description="batch: half price, hours; standard/flex: now; hybrid: cheapest that meets the deadline")
+    deadline_hours: float = Field(default=24.0, description="the session must finish within this many hours (<= 24)")
+    budget_usd: float | None = Field(default=None, description="optional spend limit; exceeding it is a warning")
+    session_id: str | None = Field(default=None, description="letters, digits, '-' or '_'; default: a random id")
+
+
+def session_config_from(config: LaunchSessionConfig) -> SessionConfig:
+    """The core config, or `dg.Failure` whose description names each offending field."""
+    params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed}
+    try:
+        return SessionConfig(
+            prompt=config.prompt, params=SearchParams(**params), tier=config.tier,
+            deadline_hours=config.deadline_hours, session_id=config.session_id,
+            # Through str: a float like 0.1 must become Decimal("0.1"), not its binary approximation.
+            budget_usd=None if config.budget_usd is None else Decimal(str(config.budget_usd)))
+    except ValidationError as exc:
+        problems = [f"{_field_of(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        raise dg.Failure(description="invalid session config: " + "; ".join(problems),
+                         metadata={"fields": ", ".join(p.split(":")[0] for p in problems)}) from None
+
+
+def _field_of(error: dict) -> str:
+    """The launchpad field an error is about (`params` is the core's grouping, not a launchpad field)."""
+    return ".".join(str(p) for p in error["loc"] if p != "params") or "config"
+
+
+@dg.op(pool=LEDGER_POOL, description="Validate the launch config, record the session in the ledger and add its partition.")
+def start_session(context: dg.OpExecutionContext, config: LaunchSessionConfig, openai: OpenAIResource,
+                  ledger: LedgerResource, image_store: ImageStoreResource) -> None:
+    # Returns nothing: the session id goes into metadata, so no IO manager pickles anything.
+    session_config = session_config_from(config)
+    runtime = runtime_from(openai, ledger, image_store)
+    try:
+        session_id = runtime.sessions.start(session_config)
+    except ValueError as exc:  # e.g. a session id the search's keys cannot carry
+        raise dg.Failure(description=f"session_id: {exc}") from None
+    # The driver sensor adds missing partitions too, so a crash right here loses nothing.
+    context.instance.add_dynamic_partitions(SESSIONS.name, [session_id])
+    context.add_output_metadata({"session_id": session_id, "tier": session_config.tier,
+                                 "params": dg.MetadataValue.json(session_config.params.model_dump())})
+    context.log.info(f"session {session_id} started; session_driver_sensor requests its first step")
+
+
+@dg.job(description="Start a beam-search session from the launchpad; sensors then drive it step by step.",
+        tags={"batch_pipeline/kind": "launch"})
+def launch_session() -> None:
+    start_session()

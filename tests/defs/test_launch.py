@@ -1,0 +1,52 @@
+"""Launching a session from typed config: a ledger row and a partition, or a refusal naming the field."""
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from batch_pipeline.ledger.reports import LedgerReader
+from tests.defs.support import launch
+
+
+def failure_description(result: dg.ExecuteInJobResult) -> str:
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return event.step_failure_data.user_failure_data.description
+
+
+def test_launch_records_the_session_and_adds_its_partition(instance, resources):
+    result = launch(instance, resources, "s1", prompt="a fox in the snow", tier="hybrid", budget_usd=0.5)
+    assert result.success
+    assert instance.get_dynamic_partitions("sessions") == ["s1"]
+    reader = LedgerReader(resources["ledger"].database)
+    assert reader.session_status("s1") == ("running", 0, "text", None)
+    assert reader.session_budget("s1") == pytest.approx(0.5)
+    (materialization_free_output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert materialization_free_output.step_output_data.metadata["session_id"].value == "s1"
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"N": 4, "M": 3}, "M"),
+    ({"prompt": "   "}, "prompt"),
+    ({"deadline_hours": 30}, "deadline_hours"),
+    ({"N": 40}, "N"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"budget_usd": -1}, "budget_usd"),
+])
+def test_invalid_config_is_refused_naming_the_field(instance, resources, config, field):
+    result = launch(instance, resources, "s1", **config)
+    assert not result.success
+    description = failure_description(result)
+    assert description.startswith("invalid session config: ") and f"{field}:" in description
+    assert instance.get_dynamic_partitions("sessions") == []
+    assert not LedgerReader(resources["ledger"].database).exists(), "refused before anything was written"
+
+
+def test_a_session_id_the_keys_cannot_carry_is_refused_naming_it(instance, resources):
+    result = launch(instance, resources, "bad id!")
+    assert not result.success
+    assert failure_description(result).startswith("session_id: ")
+
+
+def test_an_unknown_tier_is_refused_by_the_launchpad_naming_it(instance, resources):
+    with pytest.raises(dg.DagsterInvalidConfigError, match="tier"):
+        launch(instance, resources, "s1", tier="overnight")
