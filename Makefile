@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# The simulator, the Dagster webserver (http://127.0.0.1:3000) and daemon, and one demo session.
+# Ctrl-C stops everything. DEMO_ARGS="--exit-when-done --no-webserver" waits for the winner and exits.
 demo: $(STAMP)
-	$(PY) -m batch_pipeline.cli demo
+	$(PY) -m batch_pipeline.dagster_demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -26,6 +28,7 @@ simulator: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_jsonl.py
 	$(PY) benchmarks/bench_stream_memory.py
+	$(PY) benchmarks/bench_sensor_tick.py
 
 clean:
 	rm -rf $(VENV) var
