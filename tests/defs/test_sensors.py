@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import dagster as dg
@@ -17,6 +15,7 @@ from batch_pipeline.defs.sensors import batch_sensor, flush_sensor, session_driv
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.simulator import FaultRule
+from tests.lock_holder import hold_lock
 from tests.defs.support import file_digest, flush, ingest, launch, record_prior_run, step
 
 API_CALLS: list[tuple[str, str]] = []
@@ -113,9 +112,8 @@ def test_driver_requests_a_retry_step_when_a_batch_expired_and_its_requests_are_
 def test_driver_skips_a_tick_while_a_writer_holds_the_ledger(instance, resources):
     assert launch(instance, resources, "s1").success
     path = resources["ledger"].ledger().path
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "4"], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(path, 4)
     try:
-        assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
         result = tick(session_driver_sensor, instance, resources)
         assert isinstance(result, dg.SkipReason) and "ledger busy" in result.skip_message
@@ -123,16 +121,6 @@ def test_driver_skips_a_tick_while_a_writer_holds_the_ledger(instance, resources
     finally:
         holder.wait(timeout=10)
     assert keys(tick(session_driver_sensor, instance, resources)) == ["s1:i0:text:queue:a0"]
-
-
-HOLDER = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])
-con.execute("SELECT count(*) FROM requests").fetchone()
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-con.close()
-"""
 
 
 # -- flush_sensor -----------------------------------------------------------------------------------

@@ -1,31 +1,13 @@
 """DuckDB allows one writer process: the ledger waits (bounded) for another process's lock."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import duckdb
 import pytest
 
 from batch_pipeline.ledger import Ledger, RequestState
-
-HOLDER = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])
-con.execute("SELECT count(*) FROM requests").fetchone()
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-con.close()
-"""
-
-
-def hold_lock(path: Path, seconds: float) -> subprocess.Popen:
-    """Another process with a write connection open on the ledger file for `seconds`."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+from tests.lock_holder import hold_lock
 
 
 def test_second_process_waits_for_the_lock_then_proceeds(ledger_path, ledger, make_request):
