@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import openai
@@ -189,15 +189,8 @@ class BatchJobManager:
         if not inflight:
             return []
         wanted = {b.openai_batch_id: b for b in inflight}
-        oldest = min(b.created_at for b in inflight) - self.reconcile_lookback_s
-        seen: dict[str, Batch] = {}
-        for remote in self.client.batches.list(limit=100):
-            if remote.id in wanted:
-                seen[remote.id] = remote
-            if len(seen) == len(wanted) or remote.created_at < oldest:
-                break
-        for missing in wanted.keys() - seen.keys():
-            seen[missing] = self.client.batches.retrieve(missing)
+        seen = find_batches(self.client, wanted,
+                            created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
         self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
         return [self.ledger.batch(b.batch_key) for b in inflight]
 
@@ -314,6 +307,26 @@ class BatchJobManager:
             self.sleep(max(0.0, min(self.poll_policy.delay(polls, key=session_id or "", consecutive_errors=errors),
                                     deadline - self.clock())))
             polls += 1
+
+
+def find_batches(client: openai.OpenAI, wanted: Iterable[str], *, created_after: float, also: Iterable[str] = (),
+                 max_retrieves: int | None = None) -> dict[str, Batch]:
+    """Remote batches by id, for many batches at the cost of a few calls.
+
+    One paginated `batches.list` walk, newest first, that stops once every `wanted` id was seen or the
+    walk passes `created_after`; batches in `also` are kept when the walk passes them. Wanted batches
+    the walk missed are retrieved one by one (at most `max_retrieves`; the rest are left out).
+    """
+    wanted, keep = set(wanted), set(wanted) | set(also)
+    seen: dict[str, Batch] = {}
+    for remote in client.batches.list(limit=100):
+        if remote.id in keep:
+            seen[remote.id] = remote
+        if wanted <= seen.keys() or remote.created_at < created_after:
+            break
+    for batch_id in sorted(wanted - seen.keys())[:max_retrieves]:
+        seen[batch_id] = client.batches.retrieve(batch_id)
+    return seen
 
 
 def _remote_status(batch_key: str, remote: Batch) -> RemoteStatus:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 import dagster as dg
 import openai as openai_sdk
 
+from batch_pipeline.batching.jobs import find_batches
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.defs.batch_assets import flush_batches_job, ingest_batches_job
 from batch_pipeline.defs.decisions import (
@@ -139,22 +140,13 @@ def flush_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) ->
 def poll_remote(client: openai_sdk.OpenAI, due: list[WatchedBatch], watched: Iterable[WatchedBatch]) -> dict[str, str]:
     """Remote status of every due batch (and of any other watched batch the walk passes), by batch id.
 
-    One paginated `batches.list` walk, newest first, stopping once every due batch has been seen; a due
-    batch not found before the walk passes its creation time is fetched alone (at most
-    MAX_RETRIEVES_PER_TICK a tick). 1,000 batches cost 10 list pages, not 1,000 calls.
+    1,000 batches cost 10 list pages, not 1,000 calls; at most MAX_RETRIEVES_PER_TICK stragglers the
+    list walk missed are fetched one by one, the rest wait a tick.
     """
-    wanted = {b.openai_batch_id for b in due}
-    watched_ids = {b.openai_batch_id for b in watched}
-    oldest = min(b.created_at for b in due) - LIST_SLACK_S
-    seen: dict[str, str] = {}
-    for remote in client.batches.list(limit=100):
-        if remote.id in watched_ids:
-            seen[remote.id] = remote.status
-        if wanted <= seen.keys() or remote.created_at < oldest:
-            break
-    for batch_id in sorted(wanted - seen.keys())[:MAX_RETRIEVES_PER_TICK]:
-        seen[batch_id] = client.batches.retrieve(batch_id).status
-    return seen
+    found = find_batches(client, [b.openai_batch_id for b in due], also=[b.openai_batch_id for b in watched],
+                         created_after=min(b.created_at for b in due) - LIST_SLACK_S,
+                         max_retrieves=MAX_RETRIEVES_PER_TICK)
+    return {batch_id: remote.status for batch_id, remote in found.items()}
 
 
 @dg.sensor(
