@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,9 @@ from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader
 
 REPO = Path(__file__).resolve().parents[2]
 SESSIONS = ("e2e-a", "e2e-b")
+# A key no file may contain afterwards: not the ledger, Dagster's storage (run config, metadata, event
+# logs), compute logs, reports or process logs.
+API_KEY = "sk-e2e-" + secrets.token_hex(12)
 
 
 def wait_for(what: str, predicate, timeout_s: float, logs: Path, interval_s: float = 1.0):
@@ -70,7 +74,8 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
                                         log=(logs / "simulator.log").open("ab"), cwd=REPO)
         procs.append(sim)
         env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=2,
-                          extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4"})
+                          extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4",
+                                 "OPENAI_API_KEY": API_KEY})
         prepare_instance(paths)
         daemon = start_daemon(paths, env, log=(logs / "daemon-1.log").open("ab"))
         procs.append(daemon)
@@ -147,6 +152,12 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
         assert {r["operation"] for r in batched} == {"expand", "refine", "image", "compare"}
         assert all(Decimal(r["saved_share"]) == Decimal("0.5") for r in batched)
         assert all(Decimal(r["cost_usd"]) * 2 == Decimal(r["standard_cost_usd"]) for r in batched)
+
+        # The key came from the environment and went nowhere else.
+        stop(sim)
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert len(written) > 20
+        assert [p for p in written if API_KEY.encode() in p.read_bytes()] == []
     finally:
         for proc in reversed(procs):
             stop(proc)
