@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # Deferred mode: the queue is flushed into a batch when either threshold is reached.
     batch_flush_max_requests: int = Field(default=1000, ge=1)
     batch_flush_max_age_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    # How long a batch create may go unanswered; the same batch is not created again for 30 s more.
+    batch_create_timeout_seconds: float = Field(default=60.0, gt=0, le=600, allow_inf_nan=False)
     # How often Dagster evaluates the sensors; fixed when the code location loads (the demo uses a few seconds).
     batch_sensor_interval_seconds: int = Field(default=30, ge=1)
     # Assembly may split below the API's file limits (e.g. for a smaller enqueued-token queue), never above.

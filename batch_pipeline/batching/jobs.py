@@ -33,6 +33,14 @@ from batch_pipeline.ledger.states import BatchPhase
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "bp_batch_key"
+# A create request that got no answer may still land on the server after the client gave up (or died).
+# It is given its timeout plus this margin to show up in the list before the same batch is created again.
+CREATE_SETTLE_MARGIN_S = 30.0
+
+
+def create_settle_s(create_timeout_s: float) -> float:
+    """How long after a create was sent it may still land: no second create for the batch before then."""
+    return create_timeout_s + CREATE_SETTLE_MARGIN_S
 # Errors after which we cannot know whether the server acted: look before trying again.
 AMBIGUOUS_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                     openai.RateLimitError, openai.ConflictError)
@@ -70,11 +78,14 @@ class BatchJobManager:
         sleep: Callable[[float], None] = time.sleep,
         reconcile_lookback_s: float = 2 * BATCH_WINDOW_SECONDS,
         download_attempts: int = 4,
+        create_timeout_s: float = 60.0,
     ):
         self.client = client
         # The SDK retries POSTs without an idempotency key; a retried create after a timeout or
-        # 5xx can bill a second batch. Creates go out once and are reconciled by us instead.
-        self.create_client = client.with_options(max_retries=0)
+        # 5xx can bill a second batch. Creates go out once and are reconciled by us instead; a short
+        # timeout bounds how long an unanswered create may still land (see `_create`).
+        self.create_client = client.with_options(max_retries=0, timeout=create_timeout_s)
+        self.create_settle_s = create_settle_s(create_timeout_s)
         self.ledger = ledger
         self.files_dir = Path(files_dir)
         self.image_store = image_store
@@ -140,6 +151,13 @@ class BatchJobManager:
         if (remote := self.find_remote(record)) is not None:
             self._attach(record, remote)
             return
+        if record.create_sent_at is not None and self.clock() - record.create_sent_at < self.create_settle_s:
+            # An earlier create (of a process that died, or that timed out) may still land: creating
+            # again now could bill the batch twice. The next submit looks again.
+            log.info("batch %s: a create sent %.0f s ago may still land; not sending another yet",
+                     record.batch_key, self.clock() - record.create_sent_at)
+            return
+        self.ledger.mark_create_sent(record.batch_key)
         try:
             remote = self.create_client.batches.create(
                 input_file_id=record.input_file_id,
@@ -154,7 +172,14 @@ class BatchJobManager:
                 log.warning("batch %s: create answered %s but the batch exists; re-attached", record.batch_key, type(exc).__name__)
                 self._attach(record, remote)
                 return
-            log.warning("batch %s: create failed (%s); will retry on the next submit", record.batch_key, exc)
+            if isinstance(exc, openai.InternalServerError) and exc.status_code == 500:
+                # The server itself answered and the batch is not there: it will not appear later.
+                self.ledger.mark_create_sent(record.batch_key, answered=True)
+                log.warning("batch %s: create failed (%s); will retry on the next submit", record.batch_key, exc)
+            else:
+                # No answer, or a gateway's: the create may still land, so wait before creating again.
+                log.warning("batch %s: create unanswered (%s); looking again after %.0f s",
+                            record.batch_key, type(exc).__name__, self.create_settle_s)
             return
         except openai.APIStatusError as exc:
             # A definite rejection (4xx): this file will never become a batch.

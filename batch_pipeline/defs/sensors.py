@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import dagster as dg
 import openai as openai_sdk
 
-from batch_pipeline.batching.jobs import find_batches
+from batch_pipeline.batching.jobs import create_settle_s, find_batches
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.defs.batch_assets import flush_batches_job, ingest_batches_job
 from batch_pipeline.defs.decisions import (
@@ -120,14 +120,15 @@ def flush_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) ->
         return dg.SkipReason("no ledger yet")
     snapshot_at = time.time()
     try:
-        queue = reader.queue_state()
+        queue = reader.queue_state(settled_before=snapshot_at - create_settle_s(settings.batch_create_timeout_seconds))
     except LedgerBusy as exc:
         return _busy(context, exc)
     due = flush_due(queue, mode=settings.batch_api_mode, max_requests=settings.batch_flush_max_requests,
                     max_age_s=settings.batch_flush_max_age_seconds, now=snapshot_at)
     if due is None:
+        settling = f"; {queue.settling} half-sent batch(es) wait for a late create to land" if queue.settling else ""
         return dg.SkipReason(f"{queue.queued} batch-tier request(s) queued; no flush due "
-                             f"(mode {settings.batch_api_mode})")
+                             f"(mode {settings.batch_api_mode}){settling}")
     if runs_in_progress(context.instance, flush_batches_job.name):
         return dg.SkipReason("a flush run is already queued or running")
     attempt = next_attempt(due.base_key, prior_runs(context.instance, context.sensor_name), snapshot_at=snapshot_at)

@@ -44,6 +44,7 @@ class BatchRecord(BaseModel):
     est_prompt_tokens: int
     input_file_id: str | None
     openai_batch_id: str | None
+    create_sent_at: float | None
     output_file_id: str | None
     error_file_id: str | None
     completed_count: int | None
@@ -355,6 +356,15 @@ class Ledger(SessionRecords):
     def mark_uploaded(self, batch_key: str, input_file_id: str) -> None:
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.UPLOADED, input_file_id=input_file_id)
+
+    def mark_create_sent(self, batch_key: str, *, answered: bool = False) -> None:
+        """A create request for this uploaded batch is about to go out: it may land even if unanswered.
+
+        `answered=True` clears the mark: the server answered that it created nothing, so nothing can land late.
+        """
+        with self.transaction() as con:
+            con.execute("UPDATE batches SET create_sent_at = ?, updated_at = ? WHERE batch_key = ? AND phase = ?",
+                        [None if answered else self.clock(), self.clock(), batch_key, str(BatchPhase.UPLOADED)])
 
     def mark_created(self, batch_key: str, openai_batch_id: str, input_file_id: str | None = None) -> None:
         """Second half of the two-phase submit; the remote status follows via `record_remote_status`."""

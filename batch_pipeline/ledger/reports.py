@@ -60,7 +60,8 @@ class QueueState:
 
     queued: int
     oldest_queued_at: float | None
-    half_sent: tuple[str, ...]  # batch keys in phase intent or uploaded
+    half_sent: tuple[str, ...]  # batch keys in phase intent or uploaded, ready to be resumed
+    settling: int = 0  # half-sent batches whose last create may still land: not resumed yet
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,18 @@ class LedgerReader:
                 " WHERE phase = 'created' ORDER BY created_at, batch_key").fetchall()
         return [WatchedBatch(*row) for row in rows]
 
-    def queue_state(self) -> QueueState:
+    def queue_state(self, *, settled_before: float = float("inf")) -> QueueState:
+        """The batch-tier queue, and the half-sent batches; those whose create went out at or after
+        `settled_before` are only counted, as resuming them could not create them yet."""
         with self.connect() as con:
             queued, oldest = con.execute(
                 "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'").fetchone()
-            half_sent = [r[0] for r in con.execute(
-                "SELECT batch_key FROM batches WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key").fetchall()]
-        return QueueState(queued=queued, oldest_queued_at=oldest, half_sent=tuple(half_sent))
+            half_sent = con.execute(
+                "SELECT batch_key, coalesce(create_sent_at < ?, true) FROM batches"
+                " WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key", [settled_before]).fetchall()
+        return QueueState(queued=queued, oldest_queued_at=oldest,
+                          half_sent=tuple(key for key, settled in half_sent if settled),
+                          settling=sum(1 for _key, settled in half_sent if not settled))
 
     def session_status(self, session_id: str) -> tuple[str, int, str | None, str | None] | None:
         """(status, iteration, next round, winner id) of one session, or None if unknown."""

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS batches (
     est_prompt_tokens BIGINT NOT NULL,
     input_file_id     VARCHAR,
     openai_batch_id   VARCHAR UNIQUE,
+    create_sent_at    DOUBLE,                -- when a create request last went out (it may land late)
     output_file_id    VARCHAR,
     error_file_id     VARCHAR,
     completed_count   INTEGER,
@@ -52,6 +53,9 @@ CREATE TABLE IF NOT EXISTS batches (
     updated_at        DOUBLE NOT NULL,
     ended_at          DOUBLE
 );
+
+-- Ledgers made before create_sent_at existed.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS create_sent_at DOUBLE;
 
 CREATE TABLE IF NOT EXISTS batch_members (
     batch_key  VARCHAR NOT NULL,

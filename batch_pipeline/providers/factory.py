@@ -62,7 +62,7 @@ def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, le
         limits=SplitLimits(max_requests=settings.batch_max_requests_per_file, max_bytes=settings.batch_max_file_bytes),
         max_attempts=settings.batch_max_attempts,
         poll_policy=poll_policy or PollPolicy(initial_s=settings.batch_poll_interval_ms / 1000),
-        clock=clock, sleep=sleep)
+        create_timeout_s=settings.batch_create_timeout_seconds, clock=clock, sleep=sleep)
     sync_runner = SyncTierRunner(client, ledger, image_store=image_store, catalog=catalog,
                                  max_attempts=settings.batch_max_attempts, sleep=sleep)
     executor = RoundExecutor(ledger, sync_runner, image_store=image_store, catalog=catalog,

@@ -12,6 +12,7 @@ import pytest
 from batch_pipeline.defs.decisions import BatchCursor
 from batch_pipeline.defs.resources import OpenAIResource, runtime_from
 from batch_pipeline.defs.sensors import batch_sensor, flush_sensor, session_driver_sensor
+from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.simulator import FaultRule
@@ -162,6 +163,27 @@ def test_flush_does_nothing_in_immediate_mode_but_finishes_half_sent_batches(ins
     assert key.startswith("flush:resume-")
     flush(instance, resources)
     assert ledger.batch("bpb_crashed").phase == "created"
+
+
+def test_flush_resumes_a_batch_whose_create_went_unanswered_only_once_it_could_no_longer_land(
+        instance, resources, monkeypatch):
+    assert launch(instance, resources, "s1").success
+    step(instance, resources, "s1")
+    monkeypatch.setenv("BATCH_API_MODE", "immediate")
+    monkeypatch.setenv("BATCH_CREATE_TIMEOUT_SECONDS", "1")  # it may land up to 1 + 30 s after it was sent
+    # A worker uploaded the file, sent the create and died before any answer.
+    path = resources["ledger"].ledger().path
+    ledger = Ledger(path)
+    rows = ledger.queued_rows()
+    ledger.create_batch_intent("bpb_died", rows[0].endpoint, rows[0].model, rows)
+    ledger.mark_uploaded("bpb_died", "file-uploaded")
+    ledger.mark_create_sent("bpb_died")
+    waiting = tick(flush_sensor, instance, resources)
+    assert isinstance(waiting, dg.SkipReason) and "1 half-sent batch(es) wait for a late create" in waiting.skip_message
+
+    Ledger(path, clock=lambda: time.time() - 32).mark_create_sent("bpb_died")  # as if sent 32 s ago
+    (key,) = keys(tick(flush_sensor, instance, resources))
+    assert key.startswith("flush:resume-")
 
 
 # -- batch_sensor -----------------------------------------------------------------------------------

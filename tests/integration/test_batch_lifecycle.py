@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from decimal import Decimal
 
 import orjson
@@ -13,10 +14,12 @@ import pytest
 from batch_pipeline.batching.limits import SplitLimits
 from batch_pipeline.batching.models import Outcome
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
+from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from batch_pipeline.simulator import FaultRule, Simulator, SimulatorConfig
 
-from tests.integration.support import chat_requests, make_manager
+from tests.conftest import ManualClock
+from tests.integration.support import chat_requests, make_manager, wait_until
 
 
 def settle(manager, timeout_s: float = 30) -> None:
@@ -146,6 +149,43 @@ def test_5xx_after_create_leaves_exactly_one_batch(manager, ledger, sim, client)
     (batch,) = ledger.batches()
     assert batch.phase == BatchPhase.INGESTED
     assert ledger.state_counts() == {"succeeded": 5}
+
+
+def test_a_create_that_times_out_and_lands_late_is_attached_not_sent_again(sim, client, tmp_path, image_store):
+    clock = ManualClock(time.time())
+    ledger = Ledger(tmp_path / "late.duckdb", clock=clock)
+    manager = make_manager(client, ledger, tmp_path, image_store, clock=clock, create_timeout_s=0.3)
+    # The server holds the create for 1.5 s and then creates the batch, after the client gave up.
+    sim.add_fault(FaultRule(kind="slow", path=r"^/v1/batches$", method="POST", times=1, params={"seconds": 1.5}))
+    ledger.enqueue(chat_requests(3))
+    manager.submit_queued()
+    assert ledger.batches()[0].phase == BatchPhase.UPLOADED and ledger.batches()[0].create_sent_at == clock.now
+    manager.submit_queued()  # at once: the first create may still land, so no second one goes out
+    wait_until(lambda: len(list(client.batches.list())) == 1, timeout=5)
+    manager.submit_queued()  # it landed: found by its key and attached
+    assert ledger.batches()[0].phase == BatchPhase.CREATED
+    settle(manager)
+    assert len(list(client.batches.list())) == 1
+    assert ledger.state_counts() == {"succeeded": 3}
+
+
+def test_an_unanswered_create_that_never_lands_is_sent_again_only_after_it_could_have(sim, client, tmp_path,
+                                                                                       image_store):
+    clock = ManualClock(time.time())
+    ledger = Ledger(tmp_path / "lost.duckdb", clock=clock)
+    manager = make_manager(client, ledger, tmp_path, image_store, clock=clock, create_timeout_s=5)
+    working = manager.create_client
+    # The network drops the create before it reaches the server (nothing listens on port 9).
+    manager.create_client = working.with_options(base_url="http://127.0.0.1:9/v1")
+    ledger.enqueue(chat_requests(3))
+    manager.submit_queued()
+    manager.create_client = working
+    clock.advance(manager.create_settle_s - 1)
+    manager.submit_queued()
+    assert ledger.batches()[0].phase == BatchPhase.UPLOADED and list(client.batches.list()) == []
+    clock.advance(1)
+    manager.submit_queued()
+    assert ledger.batches()[0].phase == BatchPhase.CREATED and len(list(client.batches.list())) == 1
 
 
 def test_create_failing_without_creating_is_retried_on_the_next_submit(manager, ledger, sim, client):
