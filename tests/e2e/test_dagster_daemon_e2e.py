@@ -8,156 +8,99 @@ from __future__ import annotations
 import csv
 import os
 import secrets
-import shutil
 import signal
-import subprocess
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
-import openai
 import pytest
 
-from batch_pipeline.dagster_demo import (
-    DemoPaths,
-    dagster_env,
-    free_port,
-    launch_job,
-    launch_session,
-    prepare_instance,
-    start_daemon,
-    start_simulator,
-    stop,
-)
-from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader
+from batch_pipeline.dagster_demo import dagster_env, launch_job, launch_session, stop
+from batch_pipeline.ledger.reports import LedgerReader
+from tests.e2e.support import assert_nothing_lost_or_sent_twice, latest_materialization, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 SESSIONS = ("e2e-a", "e2e-b")
 # A key no file may contain afterwards: not the ledger, Dagster's storage (run config, metadata, event
 # logs), compute logs, reports or process logs.
 API_KEY = "sk-e2e-" + secrets.token_hex(12)
 
 
-def wait_for(what: str, predicate, timeout_s: float, logs: Path, interval_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except LedgerBusy:
-            pass
-        time.sleep(interval_s)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(logs.glob("*.log")))
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n{tails}")
-
-
-def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
-    return records[0].asset_materialization if records else None
-
-
 @pytest.mark.slow
-def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_half_price(tmp_path):
-    paths = DemoPaths.under(REPO, dagster_home=tmp_path / "dagster_home", pipeline_home=tmp_path / "home")
-    paths.dagster_home.mkdir()
-    paths.pipeline_home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", paths.dagster_home / "dagster.yaml")  # the real instance config
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen] = []
+def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_half_price(tmp_path, processes):
+    paths, logs = processes.paths, processes.logs
+    sim, base_url = processes.simulator(tmp_path / "simulator")
+    env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=2,
+                      extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4",
+                             "OPENAI_API_KEY": API_KEY})
+    daemon = processes.daemon(env, "daemon-1")
+    for sid, prompt in zip(SESSIONS, ("a lighthouse in a storm", "a koi pond in autumn")):
+        launch_session(paths, env, sid, prompt=prompt, N=4, M=2, K=2, E=2, tier="batch")
+
+    reader = LedgerReader(paths.ledger_path, lock_timeout_s=1.0)
+
+    def batches_in_flight():
+        return reader.exists() and [b for b in reader.watched_batches() if not b.ended]
+
+    wait_for("a batch in flight", batches_in_flight, 120, logs, interval_s=0.5)
+    statuses_at_kill = [reader.session_status(sid) for sid in SESSIONS]
+    os.kill(daemon.pid, signal.SIGKILL)  # the daemon alone, as a crash would; its children are left as they are
+    daemon.wait(timeout=10)
+    killed_at = time.time()
+    assert all(s is not None and s[0] == "running" for s in statuses_at_kill), "killed mid-session"
+    time.sleep(3)
+    processes.daemon(env, "daemon-2")
+
+    wait_for("both sessions to complete",
+             lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS), 330, logs)
+
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     try:
-        sim, base_url = start_simulator(tmp_path / "simulator", free_port(), phase_seconds="0.5,1.5,0.5",
-                                        log=(logs / "simulator.log").open("ab"), cwd=REPO)
-        procs.append(sim)
-        env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=2,
-                          extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4",
-                                 "OPENAI_API_KEY": API_KEY})
-        prepare_instance(paths)
-        daemon = start_daemon(paths, env, log=(logs / "daemon-1.log").open("ab"))
-        procs.append(daemon)
-        for sid, prompt in zip(SESSIONS, ("a lighthouse in a storm", "a koi pond in autumn")):
-            launch_session(paths, env, sid, prompt=prompt, N=4, M=2, K=2, E=2, tier="batch")
+        def ranked():
+            found = {sid: latest_materialization(instance, "ranked_results", sid) for sid in SESSIONS}
+            return found if all(m and "winner" in m.metadata for m in found.values()) else None
 
-        reader = LedgerReader(paths.ledger_path, lock_timeout_s=1.0)
-
-        def batches_in_flight():
-            return reader.exists() and [b for b in reader.watched_batches() if not b.ended]
-
-        wait_for("a batch in flight", batches_in_flight, 120, logs, interval_s=0.5)
-        statuses_at_kill = [reader.session_status(sid) for sid in SESSIONS]
-        os.kill(daemon.pid, signal.SIGKILL)  # the daemon alone, as a crash would; its children are left as they are
-        daemon.wait(timeout=10)
-        killed_at = time.time()
-        assert all(s is not None and s[0] == "running" for s in statuses_at_kill), "killed mid-session"
-        time.sleep(3)
-        procs.append(start_daemon(paths, env, log=(logs / "daemon-2.log").open("ab")))
-
-        wait_for("both sessions to complete",
-                 lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS), 330, logs)
-
-        instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
-        try:
-            def ranked():
-                found = {sid: latest_materialization(instance, "ranked_results", sid) for sid in SESSIONS}
-                return found if all(m and "winner" in m.metadata for m in found.values()) else None
-
-            ranked_results = wait_for("ranked_results of both sessions", ranked, 90, logs)
-            report_run = launch_job(paths, env, "cost_report_job")
-            wait_for("the cost report run", lambda: (run := instance.get_run_by_id(report_run)) and run.is_finished,
-                     120, logs)
-            assert instance.get_run_by_id(report_run).status == dg.DagsterRunStatus.SUCCESS
-            report = latest_materialization(instance, "cost_report")
-            runs = wait_for("every run to finish",
-                            lambda: (rs := instance.get_run_records()) and all(r.dagster_run.is_finished for r in rs) and rs,
-                            60, logs)
-        finally:
-            instance.dispose()
-        # The restarted daemon carried the sessions on, and no run was lost or failed on the way.
-        assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "ingest_batches_job"
-                   for r in runs)
-        assert {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        for p in procs[1:]:
-            stop(p)
-
-        # Both finished with a ranked, illustrated result.
-        for sid in SESSIONS:
-            meta = ranked_results[sid].metadata
-            assert meta["status"].value == "completed"
-            assert meta["ranking"].value.count("](data:image/png;base64,") == 6
-            assert reader.session_status(sid)[3] == meta["winner"].value
-
-        # Deferred batching made the two sessions share batches.
-        batches = reader.batch_overview(limit=1000)
-        assert any(set(b.sessions) == set(SESSIONS) for b in batches)
-
-        # Nothing lost, nothing sent twice: every request ended, the ledger's invariants hold, and the
-        # simulator holds exactly the batches the ledger recorded, each key once.
-        ledger = Ledger(paths.ledger_path)
-        assert ledger.check_invariants() == []
-        assert set(ledger.state_counts()) == {"succeeded"}
-        client = openai.OpenAI(api_key="sk-test", base_url=base_url)
-        remote = list(client.batches.list(limit=100))
-        recorded = [b for b in ledger.batches() if b.openai_batch_id]
-        assert len(remote) == len(recorded) == len(batches)
-        assert sorted(r.metadata["bp_batch_key"] for r in remote) == sorted(b.batch_key for b in recorded)
-
-        # The cost report: every batched row at exactly half the standard price.
-        assert report.metadata["batch_saved_share"].value == "50.0%"
-        with open(report.metadata["csv"].value, newline="") as fh:
-            batched = [r for r in csv.DictReader(fh) if r["tier"] == "batch"]
-        assert {r["operation"] for r in batched} == {"expand", "refine", "image", "compare"}
-        assert all(Decimal(r["saved_share"]) == Decimal("0.5") for r in batched)
-        assert all(Decimal(r["cost_usd"]) * 2 == Decimal(r["standard_cost_usd"]) for r in batched)
-
-        # The key came from the environment and went nowhere else.
-        stop(sim)
-        written = [p for p in tmp_path.rglob("*") if p.is_file()]
-        assert len(written) > 20
-        assert [p for p in written if API_KEY.encode() in p.read_bytes()] == []
+        ranked_results = wait_for("ranked_results of both sessions", ranked, 90, logs)
+        report_run = launch_job(paths, env, "cost_report_job")
+        wait_for("the cost report run", lambda: (run := instance.get_run_by_id(report_run)) and run.is_finished,
+                 120, logs)
+        assert instance.get_run_by_id(report_run).status == dg.DagsterRunStatus.SUCCESS
+        report = latest_materialization(instance, "cost_report")
+        runs = wait_for("every run to finish",
+                        lambda: (rs := instance.get_run_records()) and all(r.dagster_run.is_finished for r in rs) and rs,
+                        60, logs)
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        instance.dispose()
+    # The restarted daemon carried the sessions on, and no run was lost or failed on the way.
+    assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "ingest_batches_job"
+               for r in runs)
+    assert {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    for daemon in processes.started[1:]:
+        stop(daemon)
+
+    # Both finished with a ranked, illustrated result.
+    for sid in SESSIONS:
+        meta = ranked_results[sid].metadata
+        assert meta["status"].value == "completed"
+        assert meta["ranking"].value.count("](data:image/png;base64,") == 6
+        assert reader.session_status(sid)[3] == meta["winner"].value
+
+    # Deferred batching made the two sessions share batches.
+    batches = reader.batch_overview(limit=1000)
+    assert any(set(b.sessions) == set(SESSIONS) for b in batches)
+
+    # Nothing lost, nothing sent twice.
+    assert len(assert_nothing_lost_or_sent_twice(paths.ledger_path, base_url)) == len(batches)
+
+    # The cost report: every batched row at exactly half the standard price.
+    assert report.metadata["batch_saved_share"].value == "50.0%"
+    with open(report.metadata["csv"].value, newline="") as fh:
+        batched = [r for r in csv.DictReader(fh) if r["tier"] == "batch"]
+    assert {r["operation"] for r in batched} == {"expand", "refine", "image", "compare"}
+    assert all(Decimal(r["saved_share"]) == Decimal("0.5") for r in batched)
+    assert all(Decimal(r["cost_usd"]) * 2 == Decimal(r["standard_cost_usd"]) for r in batched)
+
+    # The key came from the environment and went nowhere else.
+    stop(sim)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 20
+    assert [p for p in written if API_KEY.encode() in p.read_bytes()] == []

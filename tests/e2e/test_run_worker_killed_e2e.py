@@ -1,0 +1,79 @@
+"""End to end: a run worker SIGKILLed while its batch create is on the wire costs time, not a second batch.
+
+The simulator holds the first `POST /v1/batches` for a few seconds and then creates the batch anyway,
+as the real API may after a client has gone. The flush run's worker is killed in that window, so the
+ledger says `uploaded` (create sent, no answer) while the batch is about to exist remotely. The code
+server reports the run failed; the flush sensor resumes the half-sent batch only once the lost create
+could no longer land (its timeout plus a margin), and the resumed flush finds the batch by its key in
+the remote list instead of creating another. (Resuming at once created a second batch: this test found it.)
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import dagster as dg
+import httpx2
+import pytest
+
+from batch_pipeline.dagster_demo import dagster_env, launch_session
+from batch_pipeline.ledger.reports import LedgerReader
+from tests.e2e.support import assert_nothing_lost_or_sent_twice, latest_materialization, wait_for
+
+CREATE_HOLD_S = 8
+
+
+def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker's pid, from the engine event Dagster writes when it starts the process."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if match := re.search(r"Started process for run \(pid: (\d+)\)", entry.message or ""):
+            return int(match.group(1))
+    return None
+
+
+@pytest.mark.slow
+def test_a_run_worker_killed_during_batch_create_leads_to_one_batch_and_a_finished_session(tmp_path, processes):
+    paths, logs = processes.paths, processes.logs
+    _sim, base_url = processes.simulator(tmp_path / "simulator")
+    admin = base_url.removesuffix("/v1") + "/_admin/faults"
+    httpx2.post(admin, json={"kind": "slow", "path": "^/v1/batches$", "method": "POST", "times": 1,
+                             "params": {"seconds": CREATE_HOLD_S}}).raise_for_status()
+    env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=2,
+                      # The resumed flush may create the batch again 5 + 30 s after the lost create.
+                      extra={"BATCH_FLUSH_MAX_AGE_SECONDS": "2", "BATCH_CREATE_TIMEOUT_SECONDS": "5"})
+    processes.daemon(env)
+    launch_session(paths, env, "killed-worker", prompt="a lighthouse in a storm", N=4, M=2, K=2, E=2, tier="batch")
+
+    reader = LedgerReader(paths.ledger_path, lock_timeout_s=1.0)
+    instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
+    try:
+        def creating():
+            """(flush run id, batch key) once a flush has uploaded its file and is creating the batch."""
+            uploaded = reader.exists() and [b for b in reader.batch_overview() if b.phase == "uploaded"]
+            runs = instance.get_runs(dg.RunsFilter(job_name="flush_batches_job",
+                                                   statuses=[dg.DagsterRunStatus.STARTED]))
+            return uploaded and runs and (runs[0].run_id, uploaded[0].batch_key)
+
+        run_id, batch_key = wait_for("a flush creating its batch", creating, 120, logs, interval_s=0.2)
+        pid = wait_for("the flush run's worker pid", lambda: run_worker_pid(instance, run_id), 10, logs, 0.2)
+        os.kill(pid, signal.SIGKILL)
+
+        killed = wait_for("the killed run to be reported failed",
+                          lambda: (run := instance.get_run_by_id(run_id)) and run.is_finished and run, 60, logs)
+        assert killed.status == dg.DagsterRunStatus.FAILURE
+        assert reader.batch_overview()[0].phase == "uploaded", "the worker died before recording the batch id"
+
+        wait_for("the session to complete",
+                 lambda: (reader.session_status("killed-worker") or ("",))[0] == "completed", 300, logs)
+        wait_for("its ranked result",
+                 lambda: (m := latest_materialization(instance, "ranked_results", "killed-worker"))
+                 and "winner" in m.metadata, 90, logs)
+        resumed = [r for r in instance.get_runs(dg.RunsFilter(job_name="flush_batches_job"))
+                   if r.tags.get("dagster/run_key", "").startswith("flush:resume-")]
+        assert resumed and all(r.status == dg.DagsterRunStatus.SUCCESS for r in resumed)
+    finally:
+        instance.dispose()
+
+    remote = assert_nothing_lost_or_sent_twice(paths.ledger_path, base_url)
+    assert [r.metadata["bp_batch_key"] for r in remote].count(batch_key) == 1
