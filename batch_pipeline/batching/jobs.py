@@ -24,7 +24,7 @@ from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
 from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
-from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
+from batch_pipeline.batching.polling import ACTIVE_STATUSES, ENDED_STATUSES, PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
@@ -214,10 +214,32 @@ class BatchJobManager:
         if not inflight:
             return []
         wanted = {b.openai_batch_id: b for b in inflight}
-        seen = find_batches(self.client, wanted,
+        passed: list[Batch] = []
+        seen = find_batches(self.client, wanted, passed=passed,
                             created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
+        self._cancel_duplicates(passed)
         self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
         return [self.ledger.batch(b.batch_key) for b in inflight]
+
+    def _cancel_duplicates(self, remote_batches: list[Batch]) -> None:
+        """Cancel any active remote batch that carries the key of a batch recorded under another id.
+
+        The safety net under the settle rule in `_create`: a create processed later than its timeout plus
+        the margin would have made a second batch. Cancelled while it validates, it costs (almost) nothing.
+        Batches tagged with keys this ledger does not know belong to someone else and are left alone.
+        """
+        tagged = {b.id: (b.metadata or {}).get(METADATA_KEY) for b in remote_batches
+                  if b.status in ACTIVE_STATUSES and b.status != "cancelling"}
+        keys = {key for key in tagged.values() if key}
+        recorded = self.ledger.recorded_batch_ids(keys) if keys else {}
+        for batch_id, key in tagged.items():
+            if key in recorded and recorded[key] not in (None, batch_id):
+                log.error("batch %s: remote batch %s carries its key but %s is the one recorded (a create that "
+                          "landed late); cancelling the duplicate", key, batch_id, recorded[key])
+                try:
+                    self.client.batches.cancel(batch_id)
+                except openai.ConflictError:
+                    log.warning("duplicate batch %s finished before it could be cancelled", batch_id)
 
     def cancel(self, batch_key: str) -> None:
         record = self.ledger.batch(batch_key)
@@ -335,16 +357,19 @@ class BatchJobManager:
 
 
 def find_batches(client: openai.OpenAI, wanted: Iterable[str], *, created_after: float, also: Iterable[str] = (),
-                 max_retrieves: int | None = None) -> dict[str, Batch]:
+                 max_retrieves: int | None = None, passed: list[Batch] | None = None) -> dict[str, Batch]:
     """Remote batches by id, for many batches at the cost of a few calls.
 
     One paginated `batches.list` walk, newest first, that stops once every `wanted` id was seen or the
-    walk passes `created_after`; batches in `also` are kept when the walk passes them. Wanted batches
-    the walk missed are retrieved one by one (at most `max_retrieves`; the rest are left out).
+    walk passes `created_after`; batches in `also` are kept when the walk passes them, and every batch
+    it passes is appended to `passed` if given. Wanted batches the walk missed are retrieved one by one
+    (at most `max_retrieves`; the rest are left out).
     """
     wanted, keep = set(wanted), set(wanted) | set(also)
     seen: dict[str, Batch] = {}
     for remote in client.batches.list(limit=100):
+        if passed is not None:
+            passed.append(remote)
         if remote.id in keep:
             seen[remote.id] = remote
         if wanted <= seen.keys() or remote.created_at < created_after:

@@ -343,6 +343,12 @@ class Ledger(SessionRecords):
         with self.connect() as con:
             return [_batch_from_row(r) for r in con.execute(sql + " ORDER BY created_at, batch_key", params).fetchall()]
 
+    def recorded_batch_ids(self, batch_keys: Iterable[str]) -> dict[str, str | None]:
+        """The OpenAI batch id recorded for each of these keys that the ledger knows (None: not created yet)."""
+        with self.connect() as con:
+            return dict(con.execute("SELECT batch_key, openai_batch_id FROM batches WHERE batch_key IN (SELECT unnest(?))",
+                                    [list(batch_keys)]).fetchall())
+
     def inflight_tokens_by_model(self) -> dict[str, int]:
         """Estimated prompt tokens each model has enqueued remotely (or about to be)."""
         with self.connect() as con:

@@ -188,6 +188,29 @@ def test_an_unanswered_create_that_never_lands_is_sent_again_only_after_it_could
     assert ledger.batches()[0].phase == BatchPhase.CREATED and len(list(client.batches.list())) == 1
 
 
+def test_a_duplicate_that_landed_anyway_is_cancelled_and_a_stranger_left_alone(ledger, tmp_path):
+    import openai
+
+    # Everything stays in flight while we look.
+    sim = Simulator(SimulatorConfig(data_dir=tmp_path / "sim-dup", phase_seconds={"validating": 3600}))
+    with sim.serve() as url:
+        client = openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0)
+        manager = make_manager(client, ledger, tmp_path)
+        ledger.enqueue(chat_requests(3))
+        (key,) = manager.submit_queued()
+        recorded = ledger.batch(key)
+        # A create processed later than its settle time made a second batch under the same key; another
+        # deployment sharing the account tagged one with a key this ledger does not know.
+        duplicate, stranger = (client.batches.create(input_file_id=recorded.input_file_id, endpoint=recorded.endpoint,
+                                                     completion_window="24h", metadata={"bp_batch_key": tag})
+                               for tag in (key, "bpb_not_ours"))
+        manager.refresh()
+        statuses = {b.id: b.status for b in client.batches.list()}
+    assert statuses[duplicate.id] in ("cancelling", "cancelled")
+    assert statuses[recorded.openai_batch_id] == statuses[stranger.id] == "validating"
+    assert ledger.batch(key).openai_batch_id == recorded.openai_batch_id
+
+
 def test_create_failing_without_creating_is_retried_on_the_next_submit(manager, ledger, sim, client):
     sim.add_fault(FaultRule(kind="http_500", path=r"^/v1/batches$", method="POST", times=1))
     ledger.enqueue(chat_requests(3))
