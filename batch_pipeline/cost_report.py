@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -60,18 +61,18 @@ class CostReport:
 
     def by_tier(self) -> dict[str, tuple[Decimal, Decimal]]:
         """tier -> (paid, standard price of the same usage)."""
-        totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-        for r in self.rows:
-            totals[r.tier][0] += r.cost_usd
-            totals[r.tier][1] += r.standard_cost_usd
-        return {tier: (p, s) for tier, (p, s) in sorted(totals.items())}
+        return self._totals(lambda r: r.tier)
 
     def by_day(self) -> dict[str, tuple[Decimal, Decimal]]:
+        return self._totals(lambda r: r.day.isoformat())
+
+    def _totals(self, key: Callable[[CostRow], str]) -> dict[str, tuple[Decimal, Decimal]]:
+        """(paid, standard price) per key, in key order."""
         totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
         for r in self.rows:
-            totals[r.day.isoformat()][0] += r.cost_usd
-            totals[r.day.isoformat()][1] += r.standard_cost_usd
-        return {day: (p, s) for day, (p, s) in sorted(totals.items())}
+            totals[key(r)][0] += r.cost_usd
+            totals[key(r)][1] += r.standard_cost_usd
+        return {k: (p, s) for k, (p, s) in sorted(totals.items())}
 
     def to_markdown(self) -> str:
         if not self.rows:

@@ -23,11 +23,10 @@ from typing import IO
 import dagster as dg
 
 from batch_pipeline.cost_report import percent, saved_share
+from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python
 
 
@@ -153,7 +152,7 @@ def wait_for_runs_to_finish(paths: DemoPaths, *, timeout_s: float) -> bool:
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS), limit=1):
+            if not runs_in_progress(instance, limit=1):
                 return True
             time.sleep(1)
         return False

@@ -38,9 +38,9 @@ def _batch_metadata(overview: list[BatchOverview]) -> dict[str, object]:
 def submitted_batches(context: dg.AssetExecutionContext, openai: OpenAIResource, ledger: LedgerResource,
                       image_store: ImageStoreResource) -> dg.MaterializeResult:
     runtime = runtime_from(openai, ledger, image_store)
-    keys = runtime.manager.submit_queued()
+    keys = set(runtime.manager.submit_queued())
     overview = ledger.reader(lock_timeout_s=10.0).batch_overview()
-    planned = [b for b in overview if b.batch_key in set(keys)]
+    planned = [b for b in overview if b.batch_key in keys]
     context.log.info(f"flushed {sum(b.request_count for b in planned)} requests into {len(keys)} batch(es)")
     return dg.MaterializeResult(metadata={
         "batches_planned": len(keys),

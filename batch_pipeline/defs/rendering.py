@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.image_store import REF_PREFIX, ImageStore
 from batch_pipeline.batching.polling import progress
 from batch_pipeline.ledger.reports import BatchOverview
 from batch_pipeline.ledger.sessions import CandidateRow
@@ -44,7 +44,7 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
         return None
     path = Path(image_path)
     try:
-        candidate = store.path(f"bp-image:{path.name}")
+        candidate = store.path(f"{REF_PREFIX}{path.name}")
         if candidate.exists():
             path = candidate
     except ValueError:

@@ -6,6 +6,7 @@ due and returns RunRequests whose run keys make a repeated tick harmless and a f
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import dagster as dg
 import openai as openai_sdk
@@ -15,7 +16,6 @@ from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.defs.batch_assets import flush_batches_job, ingest_batches_job
 from batch_pipeline.defs.decisions import (
     BatchCursor,
-    PriorRun,
     due_for_poll,
     ended_batches,
     flush_due,
@@ -26,49 +26,38 @@ from batch_pipeline.defs.decisions import (
 )
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.resources import LedgerResource, OpenAIResource
+from batch_pipeline.defs.run_history import PARTITION_TAG, prior_runs, runs_in_progress
 from batch_pipeline.defs.session_assets import session_step_job
-from batch_pipeline.ledger.reports import LedgerBusy, WatchedBatch
+from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader, WatchedBatch
 from batch_pipeline.settings import load_settings
 
-RUN_KEY_TAG = "dagster/run_key"
-SENSOR_NAME_TAG = "dagster/sensor_name"
-PARTITION_TAG = "dagster/partition"
-IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 # Per tick, batches missing from the list are fetched one by one; past this many they wait a tick,
 # so a tick stays short however many batches fell out of the list window.
 MAX_RETRIEVES_PER_TICK = 50
 # How far past the oldest due batch the list walk goes before giving up on finding it there.
 LIST_SLACK_S = 3600
-
+T = TypeVar("T")
 
 # Dagster fixes a sensor's interval when the code location loads; an invalid value fails the load naming it.
 INTERVAL_S = load_settings().batch_sensor_interval_seconds
 
 
-def prior_runs(instance: dg.DagsterInstance, sensor_name: str) -> Callable[[str], PriorRun | None]:
-    """Look up the latest run this sensor launched under a run key (Dagster stores the key as a tag)."""
-    def lookup(run_key: str) -> PriorRun | None:
-        records = instance.get_run_records(
-            dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}), limit=1)
-        if not records:
-            return None
-        record = records[0]
-        if record.dagster_run.is_finished:
-            return PriorRun("finished", record.end_time,
-                            succeeded=record.dagster_run.status == dg.DagsterRunStatus.SUCCESS)
-        return PriorRun("in_progress")
-    return lookup
+def read_ledger(context: dg.SensorEvaluationContext, ledger: LedgerResource,
+                read: Callable[[LedgerReader, float], T]) -> tuple[T, float] | dg.SkipReason:
+    """One read-only look at the ledger and the time it was taken, or why this tick skips.
 
-
-def runs_in_progress(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS)))
-
-
-def _busy(context: dg.SensorEvaluationContext, exc: LedgerBusy) -> dg.SkipReason:
-    # The cursor is not returned, so it does not move: the next tick repeats this one.
-    context.log.info(f"skipping this tick: {exc}")
-    return dg.SkipReason(f"ledger busy: {exc}")
+    A writer holding the file for longer than the reader's short wait skips the tick; the cursor is not
+    returned then, so it does not move and the next tick repeats this one.
+    """
+    reader = ledger.reader()
+    if not reader.exists():
+        return dg.SkipReason("no ledger yet: launch a session with the launch_session job")
+    snapshot_at = time.time()
+    try:
+        return read(reader, snapshot_at), snapshot_at
+    except LedgerBusy as exc:
+        context.log.info(f"skipping this tick: {exc}")
+        return dg.SkipReason(f"ledger busy: {exc}")
 
 
 @dg.sensor(
@@ -77,14 +66,10 @@ def _busy(context: dg.SensorEvaluationContext, exc: LedgerBusy) -> dg.SkipReason
     description="Requests the next step of every running session whose current round is ready: not queued "
                 "yet, all answered, or back from a failed batch. Reads the ledger read-only.")
 def session_driver_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
-    reader = ledger.reader()
-    if not reader.exists():
-        return dg.SkipReason("no ledger yet: launch a session with the launch_session job")
-    snapshot_at = time.time()
-    try:
-        rounds = reader.running_session_rounds()
-    except LedgerBusy as exc:
-        return _busy(context, exc)
+    snapshot = read_ledger(context, ledger, lambda reader, _at: reader.running_session_rounds())
+    if isinstance(snapshot, dg.SkipReason):
+        return snapshot
+    rounds, snapshot_at = snapshot
     known = set(context.instance.get_dynamic_partitions(SESSIONS.name))
     stepping = {run.tags.get(PARTITION_TAG) for run in runs_in_progress(context.instance, session_step_job.name)}
     lookup = prior_runs(context.instance, context.sensor_name)
@@ -115,14 +100,11 @@ def session_driver_sensor(context: dg.SensorEvaluationContext, ledger: LedgerRes
                 "finishes batches a crash left half-sent.")
 def flush_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
     settings = load_settings()
-    reader = ledger.reader()
-    if not reader.exists():
-        return dg.SkipReason("no ledger yet")
-    snapshot_at = time.time()
-    try:
-        queue = reader.queue_state(settled_before=snapshot_at - create_settle_s(settings.batch_create_timeout_seconds))
-    except LedgerBusy as exc:
-        return _busy(context, exc)
+    settle_s = create_settle_s(settings.batch_create_timeout_seconds)
+    snapshot = read_ledger(context, ledger, lambda reader, at: reader.queue_state(settled_before=at - settle_s))
+    if isinstance(snapshot, dg.SkipReason):
+        return snapshot
+    queue, snapshot_at = snapshot
     due = flush_due(queue, mode=settings.batch_api_mode, max_requests=settings.batch_flush_max_requests,
                     max_age_s=settings.batch_flush_max_age_seconds, now=snapshot_at)
     if due is None:
@@ -159,14 +141,10 @@ def batch_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
                  openai: OpenAIResource) -> dg.SensorResult | dg.SkipReason:
     settings = load_settings()
     policy = PollPolicy(initial_s=settings.batch_poll_interval_ms / 1000)
-    reader = ledger.reader()
-    if not reader.exists():
-        return dg.SkipReason("no ledger yet")
-    snapshot_at = time.time()
-    try:
-        watched = reader.watched_batches()
-    except LedgerBusy as exc:
-        return _busy(context, exc)
+    snapshot = read_ledger(context, ledger, lambda reader, _at: reader.watched_batches())
+    if isinstance(snapshot, dg.SkipReason):
+        return snapshot
+    watched, snapshot_at = snapshot
     cursor = BatchCursor.from_json(context.cursor)
     cursor.prune(watched)
     due = due_for_poll(watched, cursor, policy, snapshot_at)

@@ -368,9 +368,10 @@ class Ledger(SessionRecords):
 
         `answered=True` clears the mark: the server answered that it created nothing, so nothing can land late.
         """
+        now = self.clock()
         with self.transaction() as con:
             con.execute("UPDATE batches SET create_sent_at = ?, updated_at = ? WHERE batch_key = ? AND phase = ?",
-                        [None if answered else self.clock(), self.clock(), batch_key, str(BatchPhase.UPLOADED)])
+                        [None if answered else now, now, batch_key, str(BatchPhase.UPLOADED)])
 
     def mark_created(self, batch_key: str, openai_batch_id: str, input_file_id: str | None = None) -> None:
         """Second half of the two-phase submit; the remote status follows via `record_remote_status`."""

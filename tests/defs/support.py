@@ -9,6 +9,7 @@ import dagster as dg
 from batch_pipeline.defs.batch_assets import batch_results, submitted_batches
 from batch_pipeline.defs.checks import ALL_CHECKS, batch_results_invariants_check
 from batch_pipeline.defs.launch import launch_session
+from batch_pipeline.defs.run_history import PARTITION_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
 from batch_pipeline.defs.session_assets import generated_prompts, image_candidates, queued_requests, ranked_results
 
 STEP_ASSETS = [queued_requests, generated_prompts, image_candidates, ranked_results]
@@ -73,9 +74,9 @@ def record_prior_run(instance: dg.DagsterInstance, job_name: str, run_key: str, 
     """A run the daemon would have launched for `run_key`: failed, or still waiting to start."""
     from batch_pipeline.definitions import defs
 
-    tags = {"dagster/run_key": run_key, "dagster/sensor_name": sensor_name}
+    tags = {RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}
     if partition:
-        tags["dagster/partition"] = partition
+        tags[PARTITION_TAG] = partition
     run = instance.create_run_for_job(job_def=defs.resolve_job_def(job_name), tags=tags,
                                       status=dg.DagsterRunStatus.NOT_STARTED)
     if failed:
