@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
-from batch_pipeline.batching.jobs import TRANSIENT_ERRORS
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.batching.polling import progress as batch_progress
-from batch_pipeline.providers.factory import Runtime
+from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import FINISHED, SessionConfig
 
@@ -45,11 +46,12 @@ class BeamSearchRequest(BaseModel):
 
 
 class SessionWorker:
-    """Advances every running API session, then polls and ingests batches, until stopped."""
+    """Drives the sessions started here (`driver="api"`) with the one session driver, until stopped."""
 
     def __init__(self, runtime: Runtime, interval_s: float = 1.0):
         self.runtime = runtime
         self.interval_s = interval_s
+        self.driver = Driver(runtime, owner="api")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="session-worker", daemon=True)
 
@@ -60,25 +62,18 @@ class SessionWorker:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def tick(self) -> None:
-        sessions, manager = self.runtime.sessions, self.runtime.manager
-        for row in self.runtime.ledger.sessions(status="running"):
-            if row.config.get("driver") == "api":
-                sessions.advance(row.session_id)
-        manager.submit_queued()
-        manager.refresh()
-        if manager.ingest_ended():
-            self.tick()  # a round's results are in: apply them now rather than after a sleep
+    def tick(self) -> Tick:
+        return self.driver.tick()
 
     def _loop(self) -> None:
+        # The driver's loop, with this worker's interval as the poll delay and its stop event as the sleep.
+        policy = PollPolicy(initial_s=self.interval_s, multiplier=1.0, max_s=max(self.interval_s, 30.0), jitter=0.0)
         while not self._stop.is_set():
             try:
-                self.tick()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("session worker: transient %s; will retry", type(exc).__name__)
-            except Exception:  # keep serving: one bad session must not stop the others
+                self.driver.run(lambda _tick: self._stop.is_set(), poll_policy=policy, sleep=self._stop.wait)
+            except Exception:  # keep serving: a bug in one tick must not stop the worker for good
                 log.exception("session worker tick failed")
-            self._stop.wait(self.interval_s)
+                self._stop.wait(self.interval_s)
 
 
 def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: float = 1.0) -> Starlette:

@@ -17,12 +17,14 @@ import openai
 from tqdm import tqdm
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.jobs import BatchJobManager
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import round_cents
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
+from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger import Ledger
+from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.settings import SettingsError, load_settings
+from batch_pipeline.vocabulary import Tier
 
 SUBJECTS = ["a lighthouse in a storm", "a fox in a snowy forest", "a city market at dusk", "a koi pond in autumn"]
 
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--deadline-hours", type=float, default=24.0)
     search.add_argument("--home", type=Path, default=None, help="ledger and images (default: var/search)")
+    resume = search.add_mutually_exclusive_group()
+    resume.add_argument("--new", action="store_true",
+                        help="start a fresh session even if an unfinished one with the same settings exists "
+                             "(default: resume it)")
+    resume.add_argument("--session-id", default=None,
+                        help="start or resume the session with this id (default: resume the unfinished session "
+                             "with the same settings, else a new random id)")
     search.add_argument("--use-env", action="store_true",
                         help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
     api = sub.add_parser("api", help="the seed's HTTP API: POST /api/beam-search, GET /api/job/{id}, ...")
@@ -92,14 +101,13 @@ def run_demo(args: argparse.Namespace) -> int:
             where = f"the bundled simulator at {base_url}"
         print(f"batch_pipeline demo: {where}; ledger in {home}")
 
-        ledger = Ledger(home / "ledger.duckdb")
-        images = ImageStore(home / "images")
-        manager = BatchJobManager(client, ledger, files_dir=home / "batch_files", image_store=images,
-                                  poll_policy=PollPolicy(initial_s=0.5, max_s=5), max_attempts=settings.batch_max_attempts)
+        settings = settings.model_copy(update={"batch_pipeline_home": home, "batch_api_mode": "immediate"})
+        runtime = build_runtime(settings, client=client, poll_policy=PollPolicy(initial_s=0.5, max_s=5))
+        ledger, images = runtime.ledger, runtime.image_store
 
-        run_stage("text and images", manager, ledger, sample_text_and_images(args.requests, images))
+        run_stage("text and images", runtime, sample_text_and_images(args.requests, images))
         refs = image_refs(ledger)
-        run_stage("vision comparisons", manager, ledger, sample_comparisons(refs, images))
+        run_stage("vision comparisons", runtime, sample_comparisons(refs, images))
         print_summary(ledger)
         problems = ledger.check_invariants()
         if problems:
@@ -112,7 +120,7 @@ def run_api(args: argparse.Namespace) -> int:
     import os
 
     from batch_pipeline.api import serve
-    from batch_pipeline.providers.factory import build_runtime
+    from batch_pipeline.runtime import build_runtime
 
     with ExitStack() as stack:
         env = dict(os.environ)
@@ -172,19 +180,28 @@ def sample_comparisons(refs: list[str], images: ImageStore) -> list:
     return out
 
 
-def run_stage(name: str, manager: BatchJobManager, ledger: Ledger, requests: list) -> None:
+def run_stage(name: str, runtime: Runtime, requests: list) -> None:
+    """Queue a stage's requests and drive the batch core (no sessions: the whole ledger) until they settle."""
+    ledger = runtime.ledger
+
     def finished(counts: dict[str, int]) -> int:
         return sum(v for k, v in counts.items() if k not in {"queued", "submitted", "running"})
+
+    def settled(_tick: Tick) -> bool:
+        counts = ledger.state_counts(tier=Tier.BATCH)
+        return not counts.get("queued") and not counts.get("submitted")
 
     already_done = finished(ledger.state_counts())
     ledger.enqueue(requests)
     with tqdm(total=len(requests), desc=name, unit="req") as bar:
-        def on_tick(counts: dict[str, int]) -> None:
+        def on_tick(_tick: Tick) -> None:
+            counts = ledger.state_counts()
             bar.n = finished(counts) - already_done
             bar.set_postfix({k: v for k, v in counts.items() if k in {"queued", "submitted"}})
             bar.refresh()
 
-        if not manager.run_until_settled(timeout_s=600, on_tick=on_tick):
+        Driver(runtime, owner="core").run(settled, timeout_s=600, on_tick=on_tick)
+        if not settled(Tick()):
             raise SystemExit(f"{name}: not settled within 10 minutes")
 
 

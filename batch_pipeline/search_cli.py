@@ -1,7 +1,8 @@
 """`batch-pipeline search`: one beam-search session, headless, with a progress bar and a cost table.
 
-Builds the runtime through the provider factory (as Dagster does) against the bundled simulator,
-or against the API named by OPENAI_API_KEY / OPENAI_BASE_URL with --use-env.
+Builds the runtime (`runtime.build_runtime`, as Dagster does) against the bundled simulator, or against
+the API named by OPENAI_API_KEY / OPENAI_BASE_URL with --use-env, and drives the session with the one
+session driver. Running the same command again resumes an unfinished session with the same settings.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from tqdm import tqdm
 
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import round_cents
-from batch_pipeline.providers.factory import Runtime, build_runtime
+from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.search import SearchParams
-from batch_pipeline.sessions import SessionConfig, SessionProgress
+from batch_pipeline.driver import Driver, Tick
+from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
 from batch_pipeline.settings import SettingsError, load_settings
 
 
@@ -26,6 +28,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     home = (args.home or Path("var/search")).resolve()
     try:
         config = SessionConfig(prompt=args.prompt, tier=args.tier, deadline_hours=args.deadline_hours, driver="cli",
+                               session_id=args.session_id,
                                params=SearchParams(N=args.N, M=args.M, K=args.K, E=args.E, alpha=args.alpha, seed=args.seed))
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
@@ -46,21 +49,34 @@ def run_search_command(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        print(f"session on tier {args.tier} against {env.get('OPENAI_BASE_URL') or 'the OpenAI API'}; ledger {home}")
-        session_id = runtime.sessions.start(config)
+        try:
+            session_id, resumed = runtime.sessions.resume_or_start(config, new=args.new)
+        except SessionConflict as exc:
+            print(f"{exc}: pass the same settings to resume it, or another --session-id", file=sys.stderr)
+            return 2
+        verb = "resuming unfinished session" if resumed else "new session"
+        print(f"{verb} {session_id} on tier {args.tier} against {env.get('OPENAI_BASE_URL') or 'the OpenAI API'}; "
+              f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
         progress = run_with_progress(runtime, session_id, rounds=3 * config.params.K)
         print_report(runtime, session_id, progress)
     return 0 if progress.status == "completed" else 1
 
 
 def run_with_progress(runtime: Runtime, session_id: str, *, rounds: int) -> SessionProgress:
-    with tqdm(total=rounds, desc=f"session {session_id}", unit="round") as bar:
-        def show(progress: SessionProgress) -> None:
+    """Drive the session with the one session driver, showing a bar of rounds applied."""
+    with tqdm(total=rounds, desc=f"session {session_id}", unit="round",
+              initial=len(runtime.sessions.state(session_id).rounds)) as bar:
+        def show(tick: Tick) -> None:
             bar.n = len(runtime.sessions.state(session_id).rounds)
-            bar.set_postfix(iteration=progress.iteration, round=progress.next_round, waiting=progress.pending_requests)
+            progress = tick.progress.get(session_id)
+            if progress is not None:
+                bar.set_postfix(iteration=progress.iteration, round=progress.next_round,
+                                waiting=progress.pending_requests)
+            elif tick.error:
+                bar.set_postfix_str(tick.error[:60])
             bar.refresh()
 
-        progress = runtime.sessions.run(session_id, on_progress=show)
+        progress = Driver(runtime, owner="cli", session_ids=[session_id]).run_session(session_id, on_tick=show)
         bar.n = len(runtime.sessions.state(session_id).rounds)
         bar.refresh()
     return progress

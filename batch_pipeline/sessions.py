@@ -1,11 +1,12 @@
-"""Beam-search sessions over the ledger: start one, advance it as far as results allow, run it to the end.
+"""Beam-search sessions over the ledger: start (or resume) one, advance it as far as results allow, cancel it.
 
-`advance` is the resumable step both orchestrators use: it loads the persisted state, submits the
-next round (idempotently), and applies rounds whose results are all in. The synchronous `run`
-loop (CLI, tests) and the Dagster sensors call the same `advance`; nothing here imports Dagster.
+`advance` is the resumable step every driver uses: it loads the persisted state, submits the next
+round (idempotently), and applies rounds whose results are all in. `driver.py` loops over it for the
+CLI, the HTTP API and tests; the Dagster runs call it too. Nothing here imports Dagster.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -13,15 +14,17 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, Field, field_validator
 
-from batch_pipeline.batching.jobs import TRANSIENT_ERRORS, BatchJobManager
-from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
+from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
 from batch_pipeline.providers.executor import RoundExecutor
 from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
+from batch_pipeline.vocabulary import ENDED_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,19 @@ class SessionProgress(BaseModel):
         return self.status in FINISHED
 
 
+class SessionConflict(ValueError):
+    """A session id that exists already with other settings: starting it again would not be idempotent."""
+
+
+def config_fingerprint(config: SessionConfig) -> str:
+    """What makes two launches "the same command": everything the user chose but the session id."""
+    chosen = config.model_dump(mode="json", exclude={"session_id"})
+    return hashlib.sha256(orjson.dumps(chosen, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 class SessionService:
+    """Start, advance and cancel sessions over the ledger; the drivers (`driver.py`, Dagster) call these."""
+
     def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchJobManager, *,
                  batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time):
         self.ledger = ledger
@@ -73,17 +88,41 @@ class SessionService:
         self.clock = clock
 
     def start(self, config: SessionConfig) -> str:
+        """Record a new session. Idempotent for an explicit `session_id`: the same launch again returns the
+        same session (never a second one); the same id with other settings is a `SessionConflict`."""
         session_id = config.session_id or secrets.token_hex(4)
+        fingerprint = config_fingerprint(config)
         state = start_search(config.prompt, config.params, session_id)
-        self.ledger.create_session(session_id, config.prompt, config.model_dump(mode="json"), state.model_dump_json(),
-                                   deadline_at=self.clock() + config.deadline_hours * 3600)
+        created = self.ledger.create_session(session_id, config.prompt,
+                                             config.model_dump(mode="json") | {"fingerprint": fingerprint},
+                                             state.model_dump_json(), deadline_at=self.clock() + config.deadline_hours * 3600)
+        if not created:
+            existing = self.ledger.session(session_id)
+            if existing is not None and existing.config.get("fingerprint") != fingerprint:
+                raise SessionConflict(f"session {session_id!r} exists with other settings")
         return session_id
+
+    def resume_or_start(self, config: SessionConfig, *, new: bool = False) -> tuple[str, bool]:
+        """The session to drive for this launch, and whether it is resumed: a named session (config.session_id),
+        else the unfinished session launched with the same settings by the same driver, else a new one."""
+        if config.session_id is not None:
+            existing = self.ledger.session(config.session_id)
+            return self.start(config), existing is not None
+        if not new:
+            fingerprint = config_fingerprint(config)
+            for row in reversed(self.ledger.sessions(status="running")):
+                if row.config.get("fingerprint") == fingerprint and row.config.get("driver") == config.driver:
+                    return row.session_id, True
+        return self.start(config), False
 
     def state(self, session_id: str) -> SearchState:
         return SearchState.model_validate_json(self.ledger.session_state_json(session_id))
 
     def advance(self, session_id: str) -> SessionProgress:
-        """Apply every round whose results are in; stop at the first that waits for a batch."""
+        """Apply every round whose results are in; stop at the first that waits for a batch.
+
+        Every write is conditional on the session still running: a cancel that lands meanwhile wins.
+        """
         row = self.ledger.session(session_id)
         if row is None:
             raise KeyError(f"unknown session {session_id!r}")
@@ -97,6 +136,7 @@ class SessionService:
             if calls:
                 self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at,
                                      round_key=f"i{state.iteration}-{state.next_round}")
+                failpoint("round-queued")
                 self.executor.apply_fallback(session_id, deadline_at=row.deadline_at)
                 if self.batch_mode == "immediate":
                     self.manager.submit_queued(session_id=session_id)
@@ -109,64 +149,47 @@ class SessionService:
             try:
                 state = apply_round(state, results)
             except SearchFailed as exc:
-                self._save(exc.state, "failed", error=str(exc))
+                if not self._save(exc.state, "failed", error=str(exc)):
+                    return self._ended(session_id)
                 return self._progress(exc.state, "failed", error=str(exc))
-            self._save(state, "completed" if state.done else "running")
+            if not self._save(state, "completed" if state.done else "running"):
+                return self._ended(session_id)
         return self._progress(state, "completed")
 
     def cancel(self, session_id: str, reason: str = "cancelled by the user") -> SessionProgress:
-        """Stop a session: queued requests end cancelled, batches only it uses are cancelled remotely
-        (their finished lines are still ingested and billed; shared batches run on for the others)."""
-        row = self.ledger.session(session_id)
-        if row is None:
+        """Stop a session: one ledger transaction marks it cancelled and ends its queued requests; batches
+        only it uses are then cancelled remotely (their finished lines are still ingested and billed, the
+        rest end cancelled, never re-queued; shared batches run on for the others). Idempotent: cancelling
+        an ended session changes nothing and answers its state."""
+        if self.ledger.session(session_id) is None:
             raise KeyError(f"unknown session {session_id!r}")
-        if row.status not in FINISHED:
-            self.ledger.set_session_status(session_id, "cancelled", reason)
-            self.ledger.cancel_queued(session_id, reason)
-            for batch, exclusive in self.ledger.batches_of_session(session_id, in_flight=True):
-                if exclusive and batch.status not in ENDED_STATUSES:
-                    self.manager.cancel(batch.batch_key)
-        return self.advance(session_id)
+        _cancelled, batches = self.ledger.cancel_session(session_id, reason)
+        for batch in batches:
+            if batch.openai_batch_id is not None:
+                self.manager.cancel(batch.batch_key)
+        return self._ended(session_id)
 
-    def run(self, session_id: str, *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
-            sleep: Callable[[float], None] = time.sleep,
-            on_progress: Callable[[SessionProgress], None] | None = None) -> SessionProgress:
-        """Drive one session to the end in this process (the CLI and the tests; Dagster uses sensors)."""
-        policy = poll_policy or self.manager.poll_policy
-        deadline = self.clock() + timeout_s
-        polls = errors = 0
-        while True:
-            try:
-                progress = self.advance(session_id)
-                if progress.finished:
-                    return progress
-                self.manager.submit_queued(session_id=session_id)
-                self.manager.refresh()
-                if self.manager.ingest_ended():
-                    polls = 0  # something ended: the next round is ready now
-                    continue
-                errors = 0
-            except TRANSIENT_ERRORS as exc:
-                errors += 1
-                log.warning("session %s: transient error %s (%d in a row)", session_id, type(exc).__name__, errors)
-                progress = self._progress(self.state(session_id), "waiting")
-            if on_progress:
-                on_progress(progress)
-            if self.clock() >= deadline:
-                return progress
-            sleep(policy.delay(polls, key=session_id, consecutive_errors=errors))
-            polls += 1
+    def fail(self, session_id: str, error: str) -> None:
+        """End a running session `failed` with the reason (e.g. the API refused our key)."""
+        if self.ledger.end_session(session_id, "failed", error):
+            for batch, exclusive in self.ledger.batches_of_session(session_id, in_flight=True):
+                if exclusive and batch.openai_batch_id is not None and batch.status not in ENDED_STATUSES:
+                    self.manager.cancel(batch.batch_key)
 
     # -- persistence --------------------------------------------------------------------------
 
-    def _save(self, state: SearchState, status: str, error: str | None = None) -> None:
-        self.ledger.save_session(
+    def _save(self, state: SearchState, status: str, error: str | None = None) -> bool:
+        return self.ledger.save_session(
             state.session_id, state_json=state.model_dump_json(), status=status, iteration=state.iteration,
             next_round=None if state.done else state.next_round, winner_id=state.winner_id,
             candidates=candidate_rows(state), error=error,
             rounds=[RoundRow(session_id=state.session_id, iteration=r.iteration, round=r.round, calls=r.calls,
                              succeeded=r.succeeded, failed=r.failed, input_tokens=r.input_tokens,
                              output_tokens=r.output_tokens) for r in state.rounds])
+
+    def _ended(self, session_id: str) -> SessionProgress:
+        row = self.ledger.session(session_id)
+        return self._progress(self.state(session_id), row.status, error=row.error)
 
     @staticmethod
     def _progress(state: SearchState, status: str, *, pending: int = 0, error: str | None = None) -> SessionProgress:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openai
 from openai.types import Batch
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.image_store import ImageStore
@@ -27,6 +27,8 @@ from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.polling import ACTIVE_STATUSES, ENDED_STATUSES, PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
+from batch_pipeline.failpoints import failpoint
+from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
 from batch_pipeline.ledger.states import BatchPhase
 
@@ -44,11 +46,9 @@ def create_settle_s(create_timeout_s: float) -> float:
 # Errors after which we cannot know whether the server acted: look before trying again.
 AMBIGUOUS_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                     openai.RateLimitError, openai.ConflictError)
-TRANSIENT_ERRORS = (*AMBIGUOUS_ERRORS, ResultFileError)
-
-
-class DownloadIncomplete(IOError):
-    pass
+# Our side of a batch once its create has been settled one way or the other: a remote batch carrying
+# its key under another id is a duplicate (before that, it is the batch itself, found by `find_remote`).
+_SETTLED_PHASES = frozenset({BatchPhase.CREATED, BatchPhase.INGESTED, BatchPhase.ABANDONED})
 
 
 def _serialised(method):
@@ -79,6 +79,7 @@ class BatchJobManager:
         reconcile_lookback_s: float = 2 * BATCH_WINDOW_SECONDS,
         download_attempts: int = 4,
         create_timeout_s: float = 60.0,
+        max_ingest_errors: int = 3,
     ):
         self.client = client
         # The SDK retries POSTs without an idempotency key; a retried create after a timeout or
@@ -97,6 +98,7 @@ class BatchJobManager:
         self.sleep = sleep
         self.reconcile_lookback_s = reconcile_lookback_s
         self.download_attempts = download_attempts
+        self.max_ingest_errors = max_ingest_errors
         # One process may drive several sessions from threads (the HTTP API); across processes the
         # Dagster `ledger` pool serialises writers.
         self._lock = threading.RLock()
@@ -104,13 +106,15 @@ class BatchJobManager:
     # -- submit -----------------------------------------------------------------------------
 
     @_serialised
-    def submit_queued(self, *, session_id: str | None = None) -> list[str]:
-        """Finish half-sent batches, then plan and send batches for all queued batch-tier requests.
+    def submit_queued(self, *, session_id: str | None = None, session_ids: Iterable[str] | None = None) -> list[str]:
+        """Finish half-sent batches, then plan and send batches for the queued batch-tier requests
+        (all of them, or those of `session_id` / `session_ids`: what the calling driver owns).
 
         Returns the keys of the batches planned in this call (sent, or left to be retried).
         """
-        self.resume()
-        plan = plan_batches(self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id), self.limits,
+        scope = [session_id] if session_id is not None else (list(session_ids) if session_ids is not None else None)
+        self.resume(session_ids=scope)
+        plan = plan_batches(self.ledger.queued_rows(tier=Tier.BATCH, session_ids=scope), self.limits,
                             self.ledger.inflight_tokens_by_model())
         if plan.oversized:
             self.ledger.fail_queued([r.request_id for r in plan.oversized],
@@ -120,16 +124,21 @@ class BatchJobManager:
         keys = []
         for planned in plan.batches:
             key = f"bpb_{uuid.uuid4().hex}"
-            self.ledger.create_batch_intent(key, planned.endpoint, planned.model, planned.members)
-            keys.append(key)
+            if self.ledger.create_batch_intent(key, planned.endpoint, planned.model, planned.members) is not None:
+                keys.append(key)
         for key in keys:
             self._send(key)
         return keys
 
     @_serialised
-    def resume(self) -> None:
-        """Carry every batch that was planned but not confirmed created through to `created`."""
-        for record in self.ledger.batches([BatchPhase.INTENT, BatchPhase.UPLOADED]):
+    def resume(self, *, session_ids: Iterable[str] | None = None) -> None:
+        """Carry every batch that was planned but not confirmed created through to `created` (or, when
+        every session it serves has ended, abandon it: a cancelled session's batch is never sent)."""
+        for record in self.ledger.batches([BatchPhase.INTENT, BatchPhase.UPLOADED], session_ids=session_ids):
+            if self.ledger.batch_serves_no_running_session(record.batch_key):
+                self.ledger.abandon_batch(record.batch_key, "every session it serves has ended",
+                                          max_attempts=self.max_attempts)
+                continue
             self._send(record.batch_key)
 
     def _send(self, key: str) -> None:
@@ -157,7 +166,8 @@ class BatchJobManager:
             log.info("batch %s: a create sent %.0f s ago may still land; not sending another yet",
                      record.batch_key, self.clock() - record.create_sent_at)
             return
-        self.ledger.mark_create_sent(record.batch_key)
+        first_create = record.create_sent_at is None
+        self.ledger.mark_create_sent(record.batch_key, sweep_window_s=BATCH_WINDOW_SECONDS)
         try:
             remote = self.create_client.batches.create(
                 input_file_id=record.input_file_id,
@@ -186,11 +196,14 @@ class BatchJobManager:
             self.ledger.abandon_batch(record.batch_key, f"create rejected: {exc.status_code} {exc.message}",
                                       max_attempts=self.max_attempts)
             return
+        if first_create:
+            self.ledger.create_answered(record.batch_key)  # no earlier create can land late: no sweep needed
         self._attach(record, remote)
 
     def _attach(self, record: BatchRecord, remote: Batch) -> None:
         self.ledger.mark_created(record.batch_key, remote.id, input_file_id=remote.input_file_id)
         self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
+        failpoint("batch-created")
 
     def find_remote(self, record: BatchRecord) -> Batch | None:
         """The remote batch tagged with this record's key, searching back from the newest.
@@ -208,38 +221,47 @@ class BatchJobManager:
     # -- poll ---------------------------------------------------------------------------------
 
     @_serialised
-    def refresh(self) -> list[BatchRecord]:
-        """Poll every in-flight batch with one paginated list call (retrieve only the stragglers)."""
-        inflight = [b for b in self.ledger.batches([BatchPhase.CREATED]) if b.status not in ENDED_STATUSES]
-        if not inflight:
-            return []
-        wanted = {b.openai_batch_id: b for b in inflight}
-        passed: list[Batch] = []
-        seen = find_batches(self.client, wanted, passed=passed,
-                            created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
-        self._cancel_duplicates(passed)
-        self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
+    def refresh(self, *, session_ids: Iterable[str] | None = None) -> list[BatchRecord]:
+        """Poll the in-flight batches (of `session_ids`, or all) with one paginated list call (retrieve only
+        the stragglers), then sweep for creates that landed late."""
+        inflight = [b for b in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids)
+                    if b.status not in ENDED_STATUSES]
+        if inflight:
+            wanted = {b.openai_batch_id: b for b in inflight}
+            seen = find_batches(self.client, wanted,
+                                created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
+            self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
+        self.sweep_duplicates()
         return [self.ledger.batch(b.batch_key) for b in inflight]
 
-    def _cancel_duplicates(self, remote_batches: list[Batch]) -> None:
-        """Cancel any active remote batch that carries the key of a batch recorded under another id.
+    def sweep_duplicates(self) -> list[str]:
+        """Find batches created under one of our keys but not recorded (a create that landed after we gave up
+        on it), for the API's 24 h window after any unanswered create, whatever else is in flight.
 
-        The safety net under the settle rule in `_create`: a create processed later than its timeout plus
-        the margin would have made a second batch. Cancelled while it validates, it costs (almost) nothing.
-        Batches tagged with keys this ledger does not know belong to someone else and are left alone.
+        Each is recorded as a duplicate batch (polled, ingested and costed like any other: it is paid for,
+        so its answers are used) and cancelled while it still runs. Returns the duplicates found now.
         """
-        tagged = {b.id: (b.metadata or {}).get(METADATA_KEY) for b in remote_batches
-                  if b.status in ACTIVE_STATUSES and b.status != "cancelling"}
-        keys = {key for key in tagged.values() if key}
-        recorded = self.ledger.recorded_batch_ids(keys) if keys else {}
-        for batch_id, key in tagged.items():
-            if key in recorded and recorded[key] not in (None, batch_id):
-                log.error("batch %s: remote batch %s carries its key but %s is the one recorded (a create that "
-                          "landed late); cancelling the duplicate", key, batch_id, recorded[key])
-                try:
-                    self.client.batches.cancel(batch_id)
-                except openai.ConflictError:
-                    log.warning("duplicate batch %s finished before it could be cancelled", batch_id)
+        keys = self.ledger.sweep_keys()
+        if not keys:
+            return []
+        found = []
+        oldest = min(sent for _bid, sent in keys.values()) - CREATE_SETTLE_MARGIN_S
+        for remote in self.client.batches.list(limit=100):
+            key = (remote.metadata or {}).get(METADATA_KEY)
+            if key in keys and remote.id != keys[key][0] and self.ledger.batch(key).phase in _SETTLED_PHASES:
+                duplicate = self.ledger.record_duplicate(key, remote.id, remote.status)
+                if duplicate is not None:
+                    found.append(duplicate.batch_key)
+                    log.error("batch %s: remote batch %s carries its key but is not the one recorded (a create that "
+                              "landed late); recorded as duplicate %s", key, remote.id, duplicate.batch_key)
+                    if remote.status in ACTIVE_STATUSES and remote.status != "cancelling":
+                        try:
+                            self.client.batches.cancel(remote.id)
+                        except openai.ConflictError:
+                            log.warning("duplicate batch %s finished before it could be cancelled", remote.id)
+            if remote.created_at < oldest:
+                break
+        return found
 
     def cancel(self, batch_key: str) -> None:
         record = self.ledger.batch(batch_key)
@@ -253,17 +275,37 @@ class BatchJobManager:
     # -- ingest -------------------------------------------------------------------------------
 
     @_serialised
-    def ingest_ended(self) -> list[str]:
-        """Download, map and record every ended batch not ingested yet. Returns their keys."""
+    def ingest_ended(self, *, session_ids: Iterable[str] | None = None) -> list[str]:
+        """Download, map and record every ended batch not ingested yet (of `session_ids`, or all).
+
+        Each batch on its own: a batch whose results cannot be read is ended with the reason when the
+        failure is permanent (`errors.is_permanent_ingest_error`) or repeats `max_ingest_errors` times, and
+        a transient error leaves it for the next call; neither stops the other batches. Returns the keys
+        ingested now.
+        """
         done = []
-        for record in self.ledger.batches([BatchPhase.CREATED]):
+        for record in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids):
             if record.status not in ENDED_STATUSES:
                 continue
-            # Read the final state once more: file ids are only trustworthy after the batch ended.
-            remote = self.client.batches.retrieve(record.openai_batch_id)
-            self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
-            if self.ingest(self.ledger.batch(record.batch_key)):
-                done.append(record.batch_key)
+            try:
+                # Read the final state once more: file ids are only trustworthy after the batch ended.
+                remote = self.client.batches.retrieve(record.openai_batch_id)
+                self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
+                if self.ingest(self.ledger.batch(record.batch_key)):
+                    done.append(record.batch_key)
+            except Exception as exc:
+                unreadable = isinstance(exc, (ResultFileError, DownloadIncomplete))  # may heal: counted
+                if not unreadable and not is_permanent_ingest_error(exc):
+                    if not is_transient(exc):
+                        raise
+                    log.warning("batch %s: ingestion failed (%s: %s); trying again later", record.batch_key,
+                                type(exc).__name__, exc)
+                    continue
+                ended = self.ledger.fail_ingest(record.batch_key, f"{type(exc).__name__}: {exc}",
+                                                permanent=not unreadable,
+                                                max_errors=self.max_ingest_errors, max_attempts=self.max_attempts)
+                log.error("batch %s: results unreadable (%s: %s)%s", record.batch_key, type(exc).__name__, exc,
+                          "; ended, its requests go back to the queue" if ended else "; will try again")
         return done
 
     def ingest(self, record: BatchRecord) -> bool:
@@ -285,9 +327,13 @@ class BatchJobManager:
                           request_body=lambda rid=o.request_id: self.ledger.request_body(rid))
             for o in outcomes.values()
         ]
-        ingested = self.ledger.record_batch_outcome(
-            record.batch_key, priced, max_attempts=self.max_attempts,
-            missing_reason=f"batch {record.status} without a result line for this request")
+        failpoint("ingest-downloaded")
+        if record.duplicate_of is not None:
+            ingested = self.ledger.record_duplicate_outcome(record.batch_key, priced, max_attempts=self.max_attempts)
+        else:
+            ingested = self.ledger.record_batch_outcome(
+                record.batch_key, priced, max_attempts=self.max_attempts,
+                missing_reason=f"batch {record.status} without a result line for this request")
         for path in [*paths, self.files_dir / f"{record.batch_key}.jsonl"]:
             path.unlink(missing_ok=True)
         return ingested
@@ -307,7 +353,7 @@ class BatchJobManager:
     def download(self, file_id: str, dest: Path) -> Path:
         """Stream a file to disk, check it is whole, retry if not (large downloads break mid-stream)."""
 
-        @retry(retry=retry_if_exception_type((*TRANSIENT_ERRORS, DownloadIncomplete)),
+        @retry(retry=retry_if_exception(is_transient),
                stop=stop_after_attempt(self.download_attempts), wait=wait_random_exponential(multiplier=0.2, max=5),
                reraise=True)
         def attempt() -> Path:
@@ -323,37 +369,6 @@ class BatchJobManager:
             return dest
 
         return attempt()
-
-    # -- wait ---------------------------------------------------------------------------------
-
-    def run_until_settled(self, *, session_id: str | None = None, timeout_s: float = BATCH_WINDOW_SECONDS,
-                          on_tick: Callable[[dict[str, int]], None] | None = None) -> bool:
-        """Submit, poll, ingest and resubmit until no batch-tier request is queued or submitted.
-
-        The synchronous driver (CLI, tests); Dagster drives the same methods from a sensor. A
-        transient error is logged and backed off; only the deadline ends the wait.
-        """
-        deadline = self.clock() + timeout_s
-        polls = errors = 0
-        while True:
-            try:
-                self.submit_queued(session_id=session_id)
-                self.refresh()
-                self.ingest_ended()
-                errors = 0
-            except TRANSIENT_ERRORS as exc:
-                errors += 1
-                log.warning("poll failed (%s, %d in a row); backing off", type(exc).__name__, errors)
-            counts = self.ledger.state_counts(session_id=session_id, tier=Tier.BATCH)
-            if on_tick:
-                on_tick(counts)
-            if not counts.get("queued") and not counts.get("submitted"):
-                return True
-            if self.clock() >= deadline:
-                return False
-            self.sleep(max(0.0, min(self.poll_policy.delay(polls, key=session_id or "", consecutive_errors=errors),
-                                    deadline - self.clock())))
-            polls += 1
 
 
 def find_batches(client: openai.OpenAI, wanted: Iterable[str], *, created_after: float, also: Iterable[str] = (),

@@ -1,37 +1,14 @@
-"""Records that cross module boundaries in the batch core.
-
-Request and batch state machines are written down here once, as data; the ledger enforces them.
-"""
+"""Records that cross module boundaries in the batch core (the vocabulary itself is in `vocabulary.py`)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
 
+from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
-class Tier(StrEnum):
-    """How a call is executed and paid: the same call costs half on flex and batch."""
-
-    STANDARD = "standard"
-    FLEX = "flex"
-    BATCH = "batch"
-
-
-class Endpoint(StrEnum):
-    CHAT = "/v1/chat/completions"
-    IMAGES = "/v1/images/generations"
-
-
-class Outcome(StrEnum):
-    """How one attempt of a request ended, read from a batch's output and error files."""
-
-    SUCCEEDED = "succeeded"
-    FAILED_RETRYABLE = "failed_retryable"    # 429/5xx/timeouts: worth another attempt
-    FAILED_PERMANENT = "failed_permanent"    # 4xx: the same body would fail again
-    EXPIRED = "expired"                      # never ran: the 24 h window closed
-    CANCELLED = "cancelled"                  # never ran: the batch was cancelled
+__all__ = ["Endpoint", "Outcome", "Tier", "RequestOutcome"]
 
 
 class RequestOutcome(BaseModel):

@@ -10,9 +10,7 @@ import random
 
 from pydantic import BaseModel, Field
 
-# What polling can do about each remote status.
-ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
-ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES  # noqa: F401  (re-exported for callers)
 
 
 class PollPolicy(BaseModel):

@@ -108,6 +108,32 @@ def price_outcome(outcome: RequestOutcome, *, endpoint: str, model: str, tier: T
     return outcome.model_copy(update=update)
 
 
+# An answer lost in flight is billed as if it had used this many output tokens when its request sets no cap.
+LOST_ANSWER_OUTPUT_TOKENS = 1000
+
+
+def estimate_lost(request_id: str, *, endpoint: str, model: str, tier: Tier, body: dict[str, Any],
+                  est_prompt_tokens: int, catalog: PriceCatalog, reason: str) -> RequestOutcome:
+    """A call whose answer was lost (its process died while waiting): it may have been billed, so it is
+    recorded as a retryable failure costed at an upper estimate from the request (prompt estimate plus
+    the output cap, or the images asked for); `price_version` says `estimate:` so reports can tell."""
+    if endpoint == Endpoint.IMAGES:
+        usage = TokenUsage.from_image_request(int(body.get("n") or 1), body.get("quality", "auto"),
+                                              body.get("size", "1024x1024"))
+    else:
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or LOST_ANSWER_OUTPUT_TOKENS
+        usage = TokenUsage(input_tokens=est_prompt_tokens, output_tokens=int(cap))
+    outcome = RequestOutcome(request_id=request_id, outcome=Outcome.FAILED_RETRYABLE, error_code="lost_in_flight",
+                             error_message=reason, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                             images=usage.images)
+    try:
+        cost = catalog.cost_breakdown(model, tier, usage)
+    except UnknownPriceError:
+        return outcome.model_copy(update={"price_version": f"estimate:unpriced:{model}"})
+    return outcome.model_copy(update={"cost_usd": cost.actual, "standard_cost_usd": cost.standard,
+                                      "price_version": f"estimate:{catalog.version}"})
+
+
 def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict[str, RequestOutcome]:
     """Classify every line of the output and error files, keyed by custom_id.
 

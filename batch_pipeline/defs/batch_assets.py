@@ -13,8 +13,14 @@ from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.defs.session_assets import queued_requests
 from batch_pipeline.ledger.reports import BatchOverview
+from batch_pipeline.runtime import Runtime
 
 GROUP = "batches"
+
+
+def dagster_sessions(runtime: Runtime) -> list[str]:
+    """The sessions Dagster drives: a flush or an ingestion here touches no CLI or API session's requests."""
+    return [row.session_id for row in runtime.ledger.sessions() if row.config.get("driver", "dagster") == "dagster"]
 
 
 def _batch_metadata(overview: list[BatchOverview]) -> dict[str, object]:
@@ -38,7 +44,7 @@ def _batch_metadata(overview: list[BatchOverview]) -> dict[str, object]:
 def submitted_batches(context: dg.AssetExecutionContext, openai: OpenAIResource, ledger: LedgerResource,
                       image_store: ImageStoreResource) -> dg.MaterializeResult:
     runtime = runtime_from(openai, ledger, image_store)
-    keys = set(runtime.manager.submit_queued())
+    keys = set(runtime.manager.submit_queued(session_ids=dagster_sessions(runtime)))
     overview = ledger.reader(lock_timeout_s=10.0).batch_overview()
     planned = [b for b in overview if b.batch_key in keys]
     context.log.info(f"flushed {sum(b.request_count for b in planned)} requests into {len(keys)} batch(es)")
@@ -61,8 +67,9 @@ def submitted_batches(context: dg.AssetExecutionContext, openai: OpenAIResource,
 def batch_results(context: dg.AssetExecutionContext, openai: OpenAIResource, ledger: LedgerResource,
                   image_store: ImageStoreResource) -> dg.MaterializeResult:
     runtime = runtime_from(openai, ledger, image_store)
-    runtime.manager.refresh()
-    ingested = runtime.manager.ingest_ended()
+    owned = dagster_sessions(runtime)
+    runtime.manager.refresh(session_ids=owned)
+    ingested = runtime.manager.ingest_ended(session_ids=owned)
     outcomes: Counter[str] = Counter()
     for record in (runtime.ledger.batch(key) for key in ingested):
         outcomes["completed lines"] += record.completed_count or 0

@@ -13,7 +13,7 @@ from pydantic import Field
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reports import LedgerReader
-from batch_pipeline.providers.factory import Runtime, build_runtime
+from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.settings import Settings, load_settings
 
 # Every asset that writes the ledger runs in this pool; dagster_home/dagster.yaml limits it to one

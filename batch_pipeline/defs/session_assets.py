@@ -27,6 +27,8 @@ def queued_requests(context: dg.AssetExecutionContext, openai: OpenAIResource, l
                     image_store: ImageStoreResource) -> dg.MaterializeResult:
     session_id = context.partition_key
     runtime = runtime_from(openai, ledger, image_store)
+    # Calls a killed run worker left `running` go back to the queue (the same primitives as driver.py).
+    runtime.executor.sync.recover_lost(session_ids=[session_id])
     step = runtime.sessions.advance(session_id)
     reader = ledger.reader(lock_timeout_s=10.0)
     counts = runtime.ledger.state_counts(session_id=session_id)

@@ -6,6 +6,8 @@ time while another process holds DuckDB's single-writer lock.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +22,7 @@ import orjson
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
+from batch_pipeline.batching.models import RequestOutcome
 from batch_pipeline.batching.requests import QueuedRequest
 from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows, is_lock_error
 from batch_pipeline.ledger.sessions import SessionRecords
@@ -31,6 +33,9 @@ from batch_pipeline.ledger.states import (
     BatchPhase,
     RequestState,
 )
+from batch_pipeline.vocabulary import ENDED_STATUSES, Outcome, Tier
+
+log = logging.getLogger(__name__)
 
 
 class BatchRecord(BaseModel):
@@ -54,6 +59,9 @@ class BatchRecord(BaseModel):
     created_at: float
     updated_at: float
     ended_at: float | None
+    sweep_until: float | None = None
+    ingest_errors: int | None = 0
+    duplicate_of: str | None = None
 
 
 class QueuedRow(BaseModel):
@@ -105,6 +113,7 @@ class Ledger(SessionRecords):
         self.path = Path(path)
         self.clock = clock
         self.lock_timeout_s = lock_timeout_s
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.transaction() as con:
             con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
@@ -124,7 +133,30 @@ class Ledger(SessionRecords):
         return open_()
 
     @contextmanager
+    def unit(self) -> Iterator[None]:
+        """One connection for a unit of work (a tick's step, flush or ingestion) in this thread.
+
+        Opening a DuckDB connection costs ~25 ms, a query on an open one well under 1 ms; inside a unit
+        every ledger call of this thread reuses one connection, and the file lock is held only as long
+        as the unit takes (other processes wait for it with their bounded retry).
+        """
+        if getattr(self._local, "con", None) is not None:
+            yield
+            return
+        con = self._open(False)
+        self._local.con = con
+        try:
+            yield
+        finally:
+            self._local.con = None
+            con.close()
+
+    @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        pinned = getattr(self._local, "con", None)
+        if pinned is not None:
+            yield pinned
+            return
         con = self._open(read_only)
         try:
             yield con
@@ -133,13 +165,22 @@ class Ledger(SessionRecords):
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self.connect() as con:
+        """A write transaction. Writers of one process take turns (`_writer_lock`): two threads updating
+        the same row at once would otherwise fail with DuckDB's "Conflict on update"; other processes
+        are kept out by DuckDB's own file lock."""
+        with _writer_lock(self.path), self.unit(), self.connect() as con:
+            if getattr(self._local, "in_transaction", False):
+                yield con  # joins the caller's transaction: all of it commits or none
+                return
             con.begin()
+            self._local.in_transaction = True
             try:
                 yield con
             except BaseException:
                 con.rollback()
                 raise
+            finally:
+                self._local.in_transaction = False
             con.commit()
 
     # -- requests ----------------------------------------------------------------------------
@@ -166,7 +207,9 @@ class Ledger(SessionRecords):
             for r in requests:
                 if r.request_id in known and known[r.request_id] != r.body_hash:
                     raise LedgerError(f"request {r.request_id!r} is already queued with a different body")
-            new = [r for r in requests if r.request_id not in known]
+            ended = _ended_sessions(con, {r.session_id for r in requests if r.session_id})
+            # A session cancelled (or ended) meanwhile asks for nothing more: its next round is never queued.
+            new = [r for r in requests if r.request_id not in known and r.session_id not in ended]
             if new:
                 insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
                     (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
@@ -177,21 +220,38 @@ class Ledger(SessionRecords):
                              [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new])
         return [r.request_id for r in new]
 
-    def queued_rows(self, *, tier: Tier = Tier.BATCH, session_id: str | None = None) -> list[QueuedRow]:
-        """Queued requests of a tier, oldest first (FIFO keeps waiting times fair)."""
+    def queued_rows(self, *, tier: Tier = Tier.BATCH, session_id: str | None = None,
+                    session_ids: Iterable[str] | None = None) -> list[QueuedRow]:
+        """Queued requests of a tier, oldest first (FIFO keeps waiting times fair).
+
+        `session_ids` limits them to the sessions a driver owns. Requests of a session that is no longer
+        running are never returned: a cancelled session's queue is never sent.
+        """
         sql = ("SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens FROM requests"
-               " WHERE state = 'queued' AND tier = ?")
+               " WHERE state = 'queued' AND tier = ?"
+               f" AND {_NOT_OF_AN_ENDED_SESSION}")
         params: list[Any] = [str(tier)]
         if session_id is not None:
             sql += " AND session_id = ?"
             params.append(session_id)
+        if session_ids is not None:
+            sql += " AND session_id IN (SELECT unnest(?))"
+            params.append(list(session_ids))
         with self.connect() as con:
             rows = con.execute(sql + " ORDER BY created_at, request_id", params).fetchall()
         return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4]) for r in rows]
 
-    def oldest_queued_at(self, *, tier: Tier = Tier.BATCH) -> float | None:
+    def queue_summary(self, *, tier: Tier = Tier.BATCH, session_ids: Iterable[str] | None = None) -> tuple[int, float | None]:
+        """How many requests of a tier wait in the queue (of these sessions), and since when the oldest."""
+        sql = ("SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = ?"
+               f" AND {_NOT_OF_AN_ENDED_SESSION}")
+        params: list[Any] = [str(tier)]
+        if session_ids is not None:
+            sql += " AND session_id IN (SELECT unnest(?))"
+            params.append(list(session_ids))
         with self.connect() as con:
-            return con.execute("SELECT min(created_at) FROM requests WHERE state='queued' AND tier=?", [str(tier)]).fetchone()[0]
+            count, oldest = con.execute(sql, params).fetchone()
+        return int(count), oldest
 
     def request_states(self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None) -> dict[str, RequestState]:
         sql, params = "SELECT request_id, state FROM requests", []
@@ -215,23 +275,39 @@ class Ledger(SessionRecords):
         with self.connect() as con:
             return dict(con.execute(sql + " GROUP BY state ORDER BY state", params).fetchall())
 
-    def cancel_queued(self, session_id: str, reason: str) -> list[str]:
-        """End a session's queued requests as cancelled (they were never sent, so nothing is billed)."""
+    def cancel_session(self, session_id: str, reason: str) -> tuple[bool, list[BatchRecord]]:
+        """Cancel a running session in one transaction: its status, and its queued requests end cancelled.
+
+        Returns whether this call cancelled it (False: it had already ended; nothing changed) and the
+        batches still being sent or in flight that hold only its requests (to cancel remotely). Every later
+        write of the session's state is conditional on `running`, so a step in progress cannot undo this.
+        """
         with self.transaction() as con:
-            rows = con.execute("SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'",
-                               [session_id]).fetchall()
-            if not rows:
-                return []
-            ids = [rid for rid, _, _ in rows]
-            self._move_requests(con, {RequestState.CANCELLED: ids}, batch_key=None, reason=reason,
-                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in ids}, count_attempt=True)
-            self._insert_results(con, [(RequestOutcome(request_id=rid, outcome=Outcome.CANCELLED, error_message=reason),
-                                        attempts + 1, None, tier) for rid, attempts, tier in rows], self.clock())
+            changed = con.execute("UPDATE sessions SET status = 'cancelled', error = ?, updated_at = ?"
+                                  " WHERE session_id = ? AND status = 'running' RETURNING session_id",
+                                  [reason, self.clock(), session_id]).fetchall()
+            if not changed:
+                return False, []
+            self._cancel_queued(con, session_id, reason)
+        return True, [b for b, exclusive in self.batches_of_session(session_id, in_flight=True)
+                      if exclusive and b.status not in ENDED_STATUSES]
+
+    def _cancel_queued(self, con: duckdb.DuckDBPyConnection, session_id: str, reason: str) -> list[str]:
+        """End a session's queued requests as cancelled (they were never sent, so nothing is billed)."""
+        rows = con.execute("SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'",
+                           [session_id]).fetchall()
+        if not rows:
+            return []
+        ids = [rid for rid, _, _ in rows]
+        self._move_requests(con, {RequestState.CANCELLED: ids}, batch_key=None, reason=reason,
+                            expect_from={RequestState.QUEUED}, errors={rid: reason for rid in ids}, count_attempt=True)
+        self._insert_results(con, [(RequestOutcome(request_id=rid, outcome=Outcome.CANCELLED, error_message=reason),
+                                    attempts + 1, None, tier) for rid, attempts, tier in rows], self.clock())
         return ids
 
     def batches_of_session(self, session_id: str, *, in_flight: bool = False) -> list[tuple[BatchRecord, bool]]:
         """Batches holding a session's requests (oldest first), and whether they hold only that session's."""
-        only_in_flight = "WHERE b.phase = 'created'" if in_flight else ""
+        only_in_flight = "WHERE b.phase IN ('intent', 'uploaded', 'created')" if in_flight else ""
         with self.connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)}, bool_and(q.session_id = ?) AS exclusive"
@@ -271,11 +347,7 @@ class Ledger(SessionRecords):
         with self.connect() as con:
             rows = con.execute(f"SELECT {', '.join(RequestRow.model_fields)} FROM requests"
                                " WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]).fetchall()
-        out = {}
-        for row in rows:
-            data = dict(zip(RequestRow.model_fields, row))
-            out[data["request_id"]] = RequestRow(**data | {"body": orjson.loads(data["body"])})
-        return out
+        return {row[0]: _request_from_row(row) for row in rows}
 
     def final_results(self, request_ids: Sequence[str]) -> dict[str, RequestOutcome]:
         """The terminal result of each finished request (the last attempt's row)."""
@@ -290,7 +362,8 @@ class Ledger(SessionRecords):
 
     # -- batches -----------------------------------------------------------------------------
 
-    def create_batch_intent(self, batch_key: str, endpoint: str, model: str, members: Sequence[QueuedRow]) -> BatchRecord:
+    def create_batch_intent(self, batch_key: str, endpoint: str, model: str,
+                            members: Sequence[QueuedRow]) -> BatchRecord | None:
         """Persist a batch before anything is sent: its members move queued -> submitted.
 
         This is the first half of the two-phase submit; a crash after it is recovered by
@@ -299,8 +372,13 @@ class Ledger(SessionRecords):
         if not members:
             raise LedgerError("a batch needs at least one request")
         now = self.clock()
-        ids = [m.request_id for m in members]
         with self.transaction() as con:
+            # A cancel between planning and here took some members: the batch holds only the others.
+            cancelled = set(self.request_states_in(con, [m.request_id for m in members], RequestState.CANCELLED))
+            members = [m for m in members if m.request_id not in cancelled]
+            if not members:
+                return None
+            ids = [m.request_id for m in members]
             con.execute(
                 "INSERT INTO batches (batch_key, endpoint, model, phase, request_count, input_bytes, est_prompt_tokens,"
                 " created_at, updated_at) VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
@@ -311,7 +389,12 @@ class Ledger(SessionRecords):
                          [(batch_key, rid, i) for i, rid in enumerate(ids, 1)])
             self._move_requests(con, {RequestState.SUBMITTED: ids}, batch_key=batch_key, reason="batch intent",
                                 expect_from={RequestState.QUEUED}, count_attempt=True)
-        return self.batch(batch_key)
+            return self.batch(batch_key)
+
+    @staticmethod
+    def request_states_in(con: duckdb.DuckDBPyConnection, request_ids: Sequence[str], state: RequestState) -> list[str]:
+        return [rid for (rid,) in con.execute("SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?))"
+                                              " AND state = ?", [list(request_ids), str(state)]).fetchall()]
 
     def iter_batch_bodies(self, batch_key: str, chunk: int = 2_000) -> Iterator[tuple[int, str, str, str]]:
         """(line_no, custom_id, endpoint, body JSON) of a batch in line order, fetched in chunks."""
@@ -335,19 +418,28 @@ class Ledger(SessionRecords):
             raise LedgerError(f"unknown batch {batch_key!r}")
         return _batch_from_row(row)
 
-    def batches(self, phases: Iterable[BatchPhase] | None = None) -> list[BatchRecord]:
-        sql, params = f"SELECT {_BATCH_COLUMNS} FROM batches", []
+    def batches(self, phases: Iterable[BatchPhase] | None = None, *,
+                session_ids: Iterable[str] | None = None) -> list[BatchRecord]:
+        """Batches (in these phases), oldest first; with `session_ids`, those holding any of their requests."""
+        sql, params = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE true", []
         if phases is not None:
-            sql += " WHERE phase IN (SELECT unnest(?))"
+            sql += " AND phase IN (SELECT unnest(?))"
             params.append([str(p) for p in phases])
+        if session_ids is not None:
+            sql += (" AND batch_key IN (SELECT m.batch_key FROM batch_members m JOIN requests q USING (request_id)"
+                    " WHERE q.session_id IN (SELECT unnest(?)))")
+            params.append(list(session_ids))
         with self.connect() as con:
             return [_batch_from_row(r) for r in con.execute(sql + " ORDER BY created_at, batch_key", params).fetchall()]
 
-    def recorded_batch_ids(self, batch_keys: Iterable[str]) -> dict[str, str | None]:
-        """The OpenAI batch id recorded for each of these keys that the ledger knows (None: not created yet)."""
+    def batch_serves_no_running_session(self, batch_key: str) -> bool:
+        """Every request still submitted in this batch belongs to a session that has ended (cancelled)."""
         with self.connect() as con:
-            return dict(con.execute("SELECT batch_key, openai_batch_id FROM batches WHERE batch_key IN (SELECT unnest(?))",
-                                    [list(batch_keys)]).fetchall())
+            row = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
+                " FROM requests q LEFT JOIN sessions s USING (session_id) WHERE q.batch_key = ? AND q.state = 'submitted'",
+                [batch_key]).fetchone()
+        return row[0] > 0 and row[0] == row[1]
 
     def inflight_tokens_by_model(self) -> dict[str, int]:
         """Estimated prompt tokens each model has enqueued remotely (or about to be)."""
@@ -363,7 +455,7 @@ class Ledger(SessionRecords):
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.UPLOADED, input_file_id=input_file_id)
 
-    def mark_create_sent(self, batch_key: str, *, answered: bool = False) -> None:
+    def mark_create_sent(self, batch_key: str, *, answered: bool = False, sweep_window_s: float = 24 * 3600) -> None:
         """A create request for this uploaded batch is about to go out: it may land even if unanswered.
 
         `answered=True` clears the mark: the server answered that it created nothing, so nothing can land late.
@@ -372,6 +464,17 @@ class Ledger(SessionRecords):
         with self.transaction() as con:
             con.execute("UPDATE batches SET create_sent_at = ?, updated_at = ? WHERE batch_key = ? AND phase = ?",
                         [None if answered else now, now, batch_key, str(BatchPhase.UPLOADED)])
+            if not answered:
+                # Until it is answered, this create may land at any time in the API's window: sweep for it.
+                con.execute("UPDATE batches SET sweep_until = ? WHERE batch_key = ?", [now + sweep_window_s, batch_key])
+
+    def create_answered(self, batch_key: str) -> None:
+        """The only create sent for this batch got its answer: nothing can land late, no sweep is needed.
+
+        Callers must not call it when an earlier create went unanswered: that one may still land.
+        """
+        with self.transaction() as con:
+            con.execute("UPDATE batches SET sweep_until = NULL WHERE batch_key = ?", [batch_key])
 
     def mark_created(self, batch_key: str, openai_batch_id: str, input_file_id: str | None = None) -> None:
         """Second half of the two-phase submit; the remote status follows via `record_remote_status`."""
@@ -434,16 +537,150 @@ class Ledger(SessionRecords):
             self._move_batch(con, batch_key, BatchPhase.INGESTED)
         return True
 
+    def fail_ingest(self, batch_key: str, reason: str, *, permanent: bool, max_errors: int, max_attempts: int) -> bool:
+        """An ended batch whose results cannot be read. A permanent failure (its files are gone), or the
+        `max_errors`-th failure in a row, ends it: recorded with the reason, its unanswered members re-queued
+        (or failed when out of attempts), so one bad batch never blocks the others nor is retried forever.
+        Returns True when the batch was ended."""
+        with self.transaction() as con:
+            row = con.execute("UPDATE batches SET ingest_errors = coalesce(ingest_errors, 0) + 1, updated_at = ?"
+                              " WHERE batch_key = ? AND phase = 'created' RETURNING ingest_errors",
+                              [self.clock(), batch_key]).fetchone()
+            if row is None or (not permanent and row[0] < max_errors):
+                return False
+            message = f"results unreadable after {row[0]} attempt(s): {reason}"
+            self._move_batch(con, batch_key, BatchPhase.INGESTED, errors=orjson.dumps([{"message": message}]).decode())
+            attempts = dict(con.execute(
+                "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall())
+            outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=message)
+                        for rid in attempts]
+            self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock())
+            self._requeue_or_end(con, list(attempts), RequestState.FAILED, batch_key, message, max_attempts,
+                                 {rid: message for rid in attempts}, attempts)
+        return True
+
+    def sweep_keys(self) -> dict[str, tuple[str | None, float]]:
+        """Batches whose create may still land somewhere in the API's window: key -> (recorded id, sent at)."""
+        with self.connect() as con:
+            rows = con.execute("SELECT batch_key, openai_batch_id, coalesce(create_sent_at, created_at) FROM batches"
+                               " WHERE sweep_until IS NOT NULL AND sweep_until > ? AND duplicate_of IS NULL",
+                               [self.clock()]).fetchall()
+        return {key: (bid, sent) for key, bid, sent in rows}
+
+    def record_duplicate(self, original_key: str, openai_batch_id: str, status: str) -> BatchRecord | None:
+        """A remote batch carrying `original_key` under another id (a create that landed late): record it as
+        a duplicate batch with the same members, so it is polled, ingested and costed like any other.
+        None if it is recorded already."""
+        now = self.clock()
+        key = f"{original_key}-dup-{openai_batch_id}"
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM batches WHERE openai_batch_id = ?", [openai_batch_id]).fetchone():
+                return None
+            con.execute(
+                "INSERT INTO batches (batch_key, endpoint, model, phase, status, request_count, input_bytes,"
+                " est_prompt_tokens, input_file_id, openai_batch_id, created_at, updated_at, duplicate_of)"
+                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens, input_file_id,"
+                " ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
+                [key, status, openai_batch_id, now, now, original_key])
+            con.execute("INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
+                        [key, original_key])
+            return self.batch(key)
+
+    def record_duplicate_outcome(self, batch_key: str, outcomes: Sequence[RequestOutcome], *, max_attempts: int) -> bool:
+        """Ingest a duplicate batch in one transaction. Its answers are paid for, so they are used: a member
+        waiting in the queue for another attempt takes its succeeded answer as that attempt; the lines of
+        members answered otherwise are recorded in `duplicate_results`, costed, for the cost report."""
+        now = self.clock()
+        with self.transaction() as con:
+            row = con.execute("SELECT phase FROM batches WHERE batch_key = ? AND duplicate_of IS NOT NULL",
+                              [batch_key]).fetchone()
+            if row is None:
+                raise LedgerError(f"unknown duplicate batch {batch_key!r}")
+            if row[0] == BatchPhase.INGESTED:
+                return False
+            members = {rid for (rid,) in con.execute("SELECT request_id FROM batch_members WHERE batch_key = ?",
+                                                     [batch_key]).fetchall()}
+            by_id = {o.request_id: o for o in outcomes if o.request_id in members}
+            queued = set(self.request_states_in(con, [rid for rid, o in by_id.items() if o.outcome == Outcome.SUCCEEDED],
+                                                RequestState.QUEUED))
+            used = [by_id[rid] for rid in queued]
+            if used:
+                self._move_requests(con, {RequestState.SUBMITTED: sorted(queued)}, batch_key=batch_key,
+                                    reason="answered by a duplicate batch", count_attempt=True)
+                attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN"
+                                            " (SELECT unnest(?))", [sorted(queued)]).fetchall())
+                self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in used], now)
+                self._apply_outcomes(con, used, attempts, batch_key, max_attempts)
+            extra = [o for rid, o in by_id.items() if rid not in queued and o.outcome == Outcome.SUCCEEDED]
+            insert_rows(con, "duplicate_results",
+                        ("batch_key", "request_id", "outcome", "input_tokens", "output_tokens", "images", "cost_usd",
+                         "standard_cost_usd", "recorded_at"),
+                        [(batch_key, o.request_id, str(o.outcome), o.input_tokens, o.output_tokens, o.images,
+                          o.cost_usd, o.standard_cost_usd, now) for o in extra])
+            self._move_batch(con, batch_key, BatchPhase.INGESTED)
+        return True
+
     # -- synchronous tiers and the cache -----------------------------------------------------
 
-    def start_sync(self, request_ids: Sequence[str], tier: Tier | str, reason: str | None = None) -> None:
-        """queued -> running for a synchronous call; `reason` replaces the tier reason only if given."""
+    def start_sync(self, request_ids: Sequence[str], tier: Tier | str, reason: str | None = None, *,
+                   lease_owner: str | None = None, lease_s: float = 3600.0) -> list[str]:
+        """queued -> running for a synchronous call; `reason` replaces the tier reason only if given.
+
+        Only requests still queued (and of a running session) start; their ids are returned. Each carries
+        a lease: `lease_owner` names the process calling, and a row still running after `lease_s` (or whose
+        owner died) is lost and goes back to the queue (`recover_lost`).
+        """
         with self.transaction() as con:
-            con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason)"
-                        " WHERE request_id IN (SELECT unnest(?))", [str(tier), reason, list(request_ids)])
-            self._move_requests(con, {RequestState.RUNNING: list(request_ids)}, batch_key=None,
+            # Requests a cancel took, or of a session that ended meanwhile, are not started.
+            cancelled = set(self.request_states_in(con, request_ids, RequestState.CANCELLED))
+            ended = _ended_sessions_of(con, request_ids)
+            ids = [rid for rid in request_ids if rid not in cancelled and rid not in ended]
+            if not ids:
+                return []
+            con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason), lease_owner = ?,"
+                        " lease_until = ? WHERE request_id IN (SELECT unnest(?))",
+                        [str(tier), reason, lease_owner, self.clock() + lease_s, ids])
+            self._move_requests(con, {RequestState.RUNNING: ids}, batch_key=None,
                                 reason=reason or f"{tier} call",
                                 expect_from={RequestState.QUEUED}, count_attempt=True)
+        return ids
+
+    def renew_leases(self, request_ids: Sequence[str], lease_s: float) -> None:
+        """Still working on them: push the leases of these running requests forward."""
+        with self.transaction() as con:
+            con.execute("UPDATE requests SET lease_until = ? WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                        [self.clock() + lease_s, list(request_ids)])
+
+    def running_leases(self, *, session_ids: Iterable[str] | None = None) -> list[tuple[RequestRow, str | None, float | None, int]]:
+        """Running (synchronous) requests with their lease owner, lease end and estimated prompt tokens."""
+        sql = (f"SELECT {', '.join(RequestRow.model_fields)}, lease_owner, lease_until, est_prompt_tokens"
+               " FROM requests WHERE state = 'running'")
+        params: list[Any] = []
+        if session_ids is not None:
+            sql += " AND session_id IN (SELECT unnest(?))"
+            params.append(list(session_ids))
+        with self.connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        n = len(RequestRow.model_fields)
+        return [(_request_from_row(row[:n]), row[n], row[n + 1], row[n + 2]) for row in rows]
+
+    def record_lost(self, outcomes: Sequence[RequestOutcome], *, max_attempts: int) -> list[str]:
+        """Running requests whose process is gone: each attempt gets a result row (its answer was lost, its
+        cost estimated from the request, so the spend is not hidden) and goes back to the queue, or ends
+        failed when out of attempts. Rows no longer running are left alone. Returns the ids recovered."""
+        with self.transaction() as con:
+            running = dict(con.execute(
+                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                [[o.request_id for o in outcomes]]).fetchall())
+            lost = [o for o in outcomes if o.request_id in running]
+            tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
+                                     [list(running)]).fetchall())
+            self._insert_results(con, [(o, running[o.request_id], None, tiers[o.request_id]) for o in lost], self.clock())
+            self._requeue_or_end(con, [o.request_id for o in lost], RequestState.FAILED, None, "lost in flight",
+                                 max_attempts, {o.request_id: o.error_message or "lost in flight" for o in lost}, running)
+            con.execute("UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                        [[o.request_id for o in lost]])
+        return [o.request_id for o in lost]
 
     def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier | str, *, max_attempts: int,
                              reason: str | None = None) -> None:
@@ -456,10 +693,19 @@ class Ledger(SessionRecords):
                 "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
             missing = [o.request_id for o in outcomes if o.request_id not in attempts]
+            lost = {rid for (rid,) in con.execute(
+                "SELECT r.request_id FROM results r WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
+                [missing]).fetchall()} if missing else set()
+            if set(missing) - lost:
+                raise StateTransitionError(f"requests not running: {sorted(set(missing) - lost)[:5]}")
             if missing:
-                raise StateTransitionError(f"requests not running: {missing[:5]}")
+                # Taken back as lost by another process while this one still waited for the answer.
+                log.warning("answers for %d request(s) taken back as lost were not recorded: %s", len(missing), missing[:5])
+            outcomes = [o for o in outcomes if o.request_id in attempts]
             self._insert_results(con, [(o, attempts[o.request_id], None, tier) for o in outcomes], now)
             self._apply_outcomes(con, list(outcomes), attempts, None, max_attempts)
+            con.execute("UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                        [[o.request_id for o in outcomes]])
 
     def requeue(self, request_ids: Sequence[str], *, tier: Tier, reason: str) -> None:
         """Send queued requests to another tier (fallback, hybrid choice), recording why."""
@@ -478,20 +724,21 @@ class Ledger(SessionRecords):
             rows = con.execute(
                 f"SELECT q.body_hash, {_OUTCOME_COLUMNS} FROM requests q"
                 " JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
-                " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != 'cache'"
+                " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != ?"
                 " QUALIFY row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) = 1",
-                [list(body_hashes)]).fetchall()
+                [list(body_hashes), str(Tier.CACHE)]).fetchall()
         return {row[0]: _outcome_from_row(row[1:]) for row in rows}
 
     # -- reporting ---------------------------------------------------------------------------
 
     def cost_totals(self, *, session_id: str | None = None) -> dict[str, Decimal]:
-        sql = ("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0), count(*) FROM results r"
-               " JOIN requests q USING (request_id)")
-        params: list[Any] = []
-        if session_id is not None:
-            sql += " WHERE q.session_id = ?"
-            params.append(session_id)
+        """What was paid, and what standard would have charged, over every result row and every line of
+        a duplicate batch (paid for too)."""
+        where, params = ("WHERE q.session_id = ?", [session_id, session_id]) if session_id is not None else ("", [])
+        sql = ("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0), count(*) FROM ("
+               f" SELECT r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id) {where}"
+               " UNION ALL SELECT d.cost_usd, d.standard_cost_usd FROM duplicate_results d"
+               f" JOIN requests q USING (request_id) {where})")
         with self.connect() as con:
             actual, standard, n = con.execute(sql, params).fetchone()
         return {"actual": Decimal(actual), "standard": Decimal(standard), "saved": Decimal(standard) - Decimal(actual), "rows": n}
@@ -525,6 +772,8 @@ class Ledger(SessionRecords):
                                    [all_ids]).fetchall())
         now = self.clock()
         for to_state, ids in moves.items():
+            if not ids:
+                continue
             for rid in ids:
                 if rid not in current:
                     raise StateTransitionError(f"unknown request {rid!r}")
@@ -583,10 +832,14 @@ class Ledger(SessionRecords):
         if attempts is None:
             attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
                                         [ids]).fetchall())
-        again = [rid for rid in ids if attempts[rid] < max_attempts]
-        done = [rid for rid in ids if attempts[rid] >= max_attempts]
-        self._move_requests(con, {RequestState.QUEUED: again, end_state: done}, batch_key=batch_key, reason=reason,
-                            errors={rid: e for rid, e in (errors or {}).items() if rid in set(ids)} or None)
+        # A request of a session that was cancelled (or ended) is never sent again: it ends cancelled.
+        ended = _ended_sessions_of(con, ids)
+        again = [rid for rid in ids if attempts[rid] < max_attempts and rid not in ended]
+        done = [rid for rid in ids if attempts[rid] >= max_attempts and rid not in ended]
+        errors = {rid: e for rid, e in (errors or {}).items() if rid in set(ids)}
+        errors |= {rid: f"session {status}" for rid, status in ended.items()}
+        self._move_requests(con, {RequestState.QUEUED: again, end_state: done, RequestState.CANCELLED: list(ended)},
+                            batch_key=batch_key, reason=reason, errors=errors or None)
 
     @staticmethod
     def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier | str]],
@@ -600,6 +853,9 @@ class Ledger(SessionRecords):
             ])
 
 
+# Requests of a session that has ended (cancelled, failed, completed) are never sent: they are not the queue.
+_NOT_OF_AN_ENDED_SESSION = ("NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id"
+                            " AND s.status != 'running')")
 _REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason",
                            "round_key", "body",
                            "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
@@ -607,6 +863,35 @@ _EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key
 _RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
                    "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
                    "standard_cost_usd", "price_version", "recorded_at")
+
+
+_WRITER_LOCKS: dict[str, threading.RLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.RLock:
+    """The one write lock of this process for a ledger file, shared by every `Ledger` on that file."""
+    key = str(Path(path).resolve())
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
+def _request_from_row(row: tuple) -> RequestRow:
+    data = dict(zip(RequestRow.model_fields, row))
+    return RequestRow(**data | {"body": orjson.loads(data["body"])})
+
+
+def _ended_sessions(con: duckdb.DuckDBPyConnection, session_ids: Iterable[str]) -> set[str]:
+    """Which of these sessions exist and are no longer running."""
+    return {sid for (sid,) in con.execute("SELECT session_id FROM sessions WHERE session_id IN (SELECT unnest(?))"
+                                          " AND status != 'running'", [list(session_ids)]).fetchall()}
+
+
+def _ended_sessions_of(con: duckdb.DuckDBPyConnection, request_ids: Iterable[str]) -> dict[str, str]:
+    """Request id -> its session's status, for the requests whose session is no longer running."""
+    return dict(con.execute("SELECT q.request_id, s.status FROM requests q JOIN sessions s USING (session_id)"
+                            " WHERE q.request_id IN (SELECT unnest(?)) AND s.status != 'running'",
+                            [list(request_ids)]).fetchall())
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:

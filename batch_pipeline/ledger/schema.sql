@@ -54,8 +54,32 @@ CREATE TABLE IF NOT EXISTS batches (
     ended_at          DOUBLE
 );
 
--- Ledgers made before create_sent_at existed.
+-- Ledgers made before these columns existed.
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS create_sent_at DOUBLE;
+-- A create that may have landed without an answer: the remote list is swept for its key until then
+-- (the API's 24 h window), whatever else is in flight, so a late duplicate is found and accounted.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS sweep_until DOUBLE;
+-- Ingestion attempts that failed on a permanent-looking error (unreadable file); bounded, never forever.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS ingest_errors INTEGER DEFAULT 0;
+-- Set on a remote batch that carries another batch's key (a create that landed late): a duplicate.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_owner VARCHAR;   -- the process running it (sync tiers)
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_until DOUBLE;    -- after this, a `running` row is lost
+
+-- Lines a duplicate batch ran for requests that had their answer already: paid for, so recorded and
+-- costed (the cost report shows them), but not an attempt of the request.
+CREATE TABLE IF NOT EXISTS duplicate_results (
+    batch_key         VARCHAR NOT NULL,      -- the duplicate batch's row in `batches`
+    request_id        VARCHAR NOT NULL,
+    outcome           VARCHAR NOT NULL,
+    input_tokens      BIGINT NOT NULL DEFAULT 0,
+    output_tokens     BIGINT NOT NULL DEFAULT 0,
+    images            INTEGER NOT NULL DEFAULT 0,
+    cost_usd          DECIMAL(24, 12) NOT NULL DEFAULT 0,
+    standard_cost_usd DECIMAL(24, 12) NOT NULL DEFAULT 0,
+    recorded_at       DOUBLE NOT NULL,
+    PRIMARY KEY (batch_key, request_id)
+);
 
 CREATE TABLE IF NOT EXISTS batch_members (
     batch_key  VARCHAR NOT NULL,

@@ -77,12 +77,19 @@ class SessionRecords:
 
     def save_session(self, session_id: str, *, state_json: str, status: str, iteration: int, next_round: str | None,
                      winner_id: str | None, candidates: list[CandidateRow], rounds: list[RoundRow],
-                     error: str | None = None) -> None:
-        """Replace a session's state and its flat records in one transaction (a step is all or nothing)."""
+                     error: str | None = None) -> bool:
+        """Replace a session's state and its flat records in one transaction (a step is all or nothing).
+
+        Only while the session is `running`: a step that raced a cancel writes nothing and returns False.
+        """
         with self.transaction() as con:
-            con.execute("UPDATE sessions SET state = ?, status = ?, iteration = ?, next_round = ?, winner_id = ?,"
-                        " error = ?, updated_at = ? WHERE session_id = ?",
-                        [state_json, status, iteration, next_round, winner_id, error, self.clock(), session_id])
+            saved = con.execute("UPDATE sessions SET state = ?, status = ?, iteration = ?, next_round = ?, winner_id = ?,"
+                                " error = ?, updated_at = ? WHERE session_id = ? AND status = 'running'"
+                                " RETURNING session_id",
+                                [state_json, status, iteration, next_round, winner_id, error, self.clock(),
+                                 session_id]).fetchall()
+            if not saved:
+                return False
             con.execute("DELETE FROM candidates WHERE session_id = ?", [session_id])
             con.execute("DELETE FROM rounds WHERE session_id = ?", [session_id])
             insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
@@ -96,11 +103,14 @@ class SessionRecords:
                 " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY 1) c"
                 " WHERE rounds.session_id = ? AND c.round_key = 'i' || rounds.iteration || '-' || rounds.round",
                 [session_id, session_id])
+        return True
 
-    def set_session_status(self, session_id: str, status: str, error: str | None = None) -> None:
+    def end_session(self, session_id: str, status: str, error: str | None = None) -> bool:
+        """running -> `status` (failed, or stopped for a reason); False if it had ended already."""
         with self.transaction() as con:
-            con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ? WHERE session_id = ?",
-                        [status, error, self.clock(), session_id])
+            return bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?"
+                                    " WHERE session_id = ? AND status = 'running' RETURNING session_id",
+                                    [status, error, self.clock(), session_id]).fetchall())
 
     def session_state_json(self, session_id: str) -> str:
         with self.connect() as con:
@@ -136,12 +146,19 @@ class SessionRecords:
             return [CandidateRow(**dict(zip(CandidateRow.model_fields, row))) for row in cur.fetchall()]
 
     def session_costs(self, session_id: str) -> dict[str, dict[str, Decimal | int]]:
-        """Per tier: calls, tokens, actual and standard-tier cost of a session's requests."""
+        """Per tier: calls, tokens, actual and standard-tier cost of a session's requests. Lines of duplicate
+        batches (paid for, answer not needed) are their own `duplicate` line; answers lost in flight, whose
+        cost is estimated, are the `lost` line."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT r.tier, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images), sum(r.cost_usd),"
-                " sum(r.standard_cost_usd) FROM results r JOIN requests q USING (request_id)"
-                " WHERE q.session_id = ? AND r.outcome = 'succeeded' GROUP BY 1 ORDER BY 1", [session_id]).fetchall()
+                "SELECT tier, count(*), sum(input_tokens), sum(output_tokens), sum(images), sum(cost_usd),"
+                " sum(standard_cost_usd) FROM ("
+                " SELECT CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier, r.input_tokens,"
+                " r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id)"
+                " WHERE q.session_id = ? AND (r.outcome = 'succeeded' OR r.price_version LIKE 'estimate:%')"
+                " UNION ALL SELECT 'duplicate', d.input_tokens, d.output_tokens, d.images, d.cost_usd, d.standard_cost_usd"
+                " FROM duplicate_results d JOIN requests q USING (request_id) WHERE q.session_id = ?)"
+                " GROUP BY 1 ORDER BY 1", [session_id, session_id]).fetchall()
         return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),
                        "cost_usd": Decimal(c or 0), "standard_cost_usd": Decimal(s or 0)}
                 for tier, n, i, o, im, c, s in rows}

@@ -47,6 +47,3 @@ BATCH_TRANSITIONS: dict[BatchPhase, frozenset[BatchPhase]] = {
     BatchPhase.INGESTED: frozenset(),
     BatchPhase.ABANDONED: frozenset(),
 }
-
-# Remote statuses after which a batch does not change any more.
-TERMINAL_REMOTE_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})

@@ -23,7 +23,6 @@ from batch_pipeline.search.calls import Call, CallResult, ImageCall
 
 log = logging.getLogger(__name__)
 
-CACHE_TIER = "cache"  # results rows answered from the ledger: zero cost, standard price kept for savings
 CONTENT_POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
 
 
@@ -74,14 +73,14 @@ class RoundExecutor:
         cached = [(r, hits[r.body_hash]) for r in requests if r.body_hash in hits]
         if not cached:
             return
-        self.ledger.start_sync([r.request_id for r, _ in cached], CACHE_TIER,
+        self.ledger.start_sync([r.request_id for r, _ in cached], Tier.CACHE,
                                "cache: an identical request was answered before")
         outcomes = [
             RequestOutcome(request_id=r.request_id, outcome=Outcome.SUCCEEDED, status_code=200, response=hit.response,
                            cost_usd=0, standard_cost_usd=hit.standard_cost_usd, price_version=hit.price_version)
             for r, hit in cached
         ]
-        self.ledger.record_sync_outcomes(outcomes, CACHE_TIER, max_attempts=self.max_attempts,
+        self.ledger.record_sync_outcomes(outcomes, Tier.CACHE, max_attempts=self.max_attempts,
                                          reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]))
 
     def run_sync(self, session_id: str) -> None:

@@ -8,18 +8,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 import openai
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from batch_pipeline.batching.image_store import ImageStore
+from batch_pipeline.batching.leases import DEFAULT_LEASE_S, owner_is_dead, this_process
 from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import resolve_image_refs
-from batch_pipeline.batching.results import RETRYABLE_STATUS, price_outcome, store_images
+from batch_pipeline.batching.results import RETRYABLE_STATUS, estimate_lost, price_outcome, store_images
 from batch_pipeline.ledger import Ledger
+from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import RequestRow
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ class SyncTierRunner:
 
     def __init__(self, client: openai.OpenAI, ledger: Ledger, *, image_store: ImageStore, catalog: PriceCatalog,
                  max_attempts: int = 3, concurrency: int = 4, flex_attempts: int = 3,
-                 flex_backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+                 flex_backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                 lease_s: float = DEFAULT_LEASE_S):
         self.client = client
         self.ledger = ledger
         self.image_store = image_store
@@ -43,21 +46,48 @@ class SyncTierRunner:
         self.flex_attempts = flex_attempts
         self.flex_backoff_s = flex_backoff_s
         self.sleep = sleep
+        self.lease_s = lease_s
 
     def run(self, request_ids: Sequence[str], tier: Tier, reason: str | None = None) -> None:
+        """Call each request now and record each answer as soon as it returns (a crash loses at most the
+        calls in flight, whose leases then lapse and send them back to the queue)."""
         if not request_ids:
             return
         if tier == Tier.BATCH:
             raise ValueError("batch requests go through BatchJobManager, not the synchronous runner")
-        self.ledger.start_sync(request_ids, tier, reason)
-        rows = self.ledger.request_rows(request_ids)
+        started = self.ledger.start_sync(request_ids, tier, reason, lease_owner=this_process(), lease_s=self.lease_s)
+        rows = self.ledger.request_rows(started)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            done = list(pool.map(lambda rid: self._run_one(rows[rid], tier), request_ids))
-        for used_tier in (Tier.STANDARD, Tier.FLEX):
-            outcomes = [outcome for outcome, t, _why in done if t == used_tier]
-            why = next((w for _o, t, w in done if t == used_tier and w), None)
-            if outcomes:
-                self.ledger.record_sync_outcomes(outcomes, used_tier, max_attempts=self.max_attempts, reason=why)
+            pending = {pool.submit(self._run_one, rows[rid], tier): rid for rid in started}
+            renewed_at = time.monotonic()
+            while pending:
+                done, _ = wait(pending, timeout=self.lease_s / 3, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del pending[future]
+                    outcome, used_tier, why = future.result()
+                    self.ledger.record_sync_outcomes([outcome], used_tier, max_attempts=self.max_attempts, reason=why)
+                    failpoint("sync-outcome-recorded")
+                if pending and time.monotonic() - renewed_at >= self.lease_s / 3:
+                    self.ledger.renew_leases(list(pending.values()), self.lease_s)
+                    renewed_at = time.monotonic()
+
+    def recover_lost(self, *, session_ids: Sequence[str] | None = None) -> list[str]:
+        """Running requests whose process died (or whose lease lapsed) go back to the queue, their lost
+        answers recorded at an estimated cost. Returns the ids recovered."""
+        now = self.ledger.clock()
+        lost = [(row, est) for row, owner, until, est in self.ledger.running_leases(session_ids=session_ids)
+                if owner != this_process() and (owner_is_dead(owner) or (until is not None and until < now))]
+        if not lost:
+            return []
+        outcomes = [estimate_lost(row.request_id, endpoint=row.endpoint, model=row.model, tier=Tier(row.tier),
+                                  body=row.body, est_prompt_tokens=est, catalog=self.catalog,
+                                  reason="lost in flight: the process running this call ended before its answer "
+                                         "was recorded (cost estimated)")
+                    for row, est in lost]
+        recovered = self.ledger.record_lost(outcomes, max_attempts=self.max_attempts)
+        if recovered:
+            log.warning("%d request(s) lost in flight by a process that ended go back to the queue", len(recovered))
+        return recovered
 
     def _run_one(self, row: RequestRow, tier: Tier) -> tuple[RequestOutcome, Tier, str | None]:
         request_id = row.request_id

@@ -23,7 +23,7 @@ class TierChoice(BaseModel):
 
 
 class TierPolicy(BaseModel):
-    """Settings that decide tiers (built from `Settings` by the provider factory)."""
+    """Settings that decide tiers (built from `Settings` by `runtime.tier_policy_from`)."""
 
     batch_enabled: bool = True
     enabled_for: dict[str, bool] = Field(default_factory=lambda: {"llm": True, "vision": True, "images": True})

@@ -112,7 +112,10 @@ def build_app(sim: Simulator) -> Starlette:
     def model_call(endpoint_path: str) -> Handler:
         async def handle(request: Request, raw: bytes) -> Response:
             ctx = _context(request.state.fault_target)
-            return JSONResponse(await run_in_threadpool(execute, endpoint_path, _parse_json(raw), ctx))
+            body = _parse_json(raw)
+            answer = await run_in_threadpool(execute, endpoint_path, body, ctx)
+            await run_in_threadpool(sim.store.record_billed, "sync", body)
+            return JSONResponse(answer)
 
         return handle
 

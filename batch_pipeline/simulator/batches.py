@@ -399,7 +399,9 @@ class BatchEngine:
         ctx = Context(now=at, seed=self.config.seed, image_size=self.config.image_size, faults=self.faults,
                       target=target)
         try:
-            return self._ran(batch["id"], line, body=execute(batch["endpoint"], line.body, ctx))
+            answer = execute(batch["endpoint"], line.body, ctx)
+            self.store.record_billed(batch["id"], line.body)
+            return self._ran(batch["id"], line, body=answer)
         except APIError as error:
             return self._ran(batch["id"], line, error=error)
 

@@ -4,11 +4,12 @@ Written by the file routes of `app.py` and by `batches.py` on every change, read
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -81,6 +82,17 @@ class Store:
             self.files.pop(file_id, None)
             (self.files_dir / f"{file_id}.json").unlink(missing_ok=True)
             self.content_path(file_id).unlink(missing_ok=True)
+
+    # --- billing ---
+
+    def record_billed(self, source: str, body: Any) -> None:
+        """Append one answered (so billed) request to `billed.jsonl`: the simulator's own record of what was
+        paid, for tests that check no request body is paid twice. `service_tier` is left out of the identity:
+        the same body on flex, standard or in a batch is the same request."""
+        identity = {k: v for k, v in body.items() if k != "service_tier"} if isinstance(body, dict) else body
+        digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        with self.lock, (self.root / "billed.jsonl").open("ab") as fh:
+            fh.write(orjson.dumps({"source": source, "body_sha256": digest}) + b"\n")
 
     # --- batches ---
 

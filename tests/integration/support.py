@@ -39,12 +39,19 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
     raise AssertionError("condition not met in time")
 
 
-def runtime_for(base_url: str, home: Path, **env: str):
+def runtime_for(base_url: str, home: Path, *, ledger: Ledger | None = None, **env: str):
     """A full Runtime (factory-built, as the CLI and Dagster build it) against a simulator."""
-    from batch_pipeline.providers.factory import build_runtime
+    from batch_pipeline.runtime import build_runtime
     from batch_pipeline.settings import load_settings
 
     settings = load_settings({"BATCH_API_ENABLED": "true", "BATCH_API_MODE": "immediate", "OPENAI_API_KEY": "sk-test",
                               "OPENAI_BASE_URL": base_url, "BATCH_PIPELINE_HOME": str(home), **env})
-    return build_runtime(settings, poll_policy=PollPolicy(initial_s=0.01, max_s=0.05),
+    return build_runtime(settings, ledger=ledger, poll_policy=PollPolicy(initial_s=0.01, max_s=0.05),
                          sleep=lambda s: time.sleep(min(s, 0.05)))
+
+
+def drive(runtime, session_id: str, *, timeout_s: float = 120):
+    """Drive one session to its end with the one session driver (as the CLI does)."""
+    from batch_pipeline.driver import Driver
+
+    return Driver(runtime, owner="cli", session_ids=[session_id]).run_session(session_id, timeout_s=timeout_s)

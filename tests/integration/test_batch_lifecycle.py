@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from batch_pipeline.batching.limits import SplitLimits
-from batch_pipeline.batching.models import Outcome
+from batch_pipeline.batching.models import Outcome, Tier
+from batch_pipeline.errors import is_transient
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
@@ -23,7 +24,21 @@ from tests.integration.support import chat_requests, make_manager, wait_until
 
 
 def settle(manager, timeout_s: float = 30) -> None:
-    assert manager.run_until_settled(timeout_s=timeout_s), manager.ledger.state_counts()
+    """The batch core's primitives in the order a driver calls them, until no batch-tier request waits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            manager.submit_queued()
+            manager.refresh()
+            manager.ingest_ended()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+        counts = manager.ledger.state_counts(tier=Tier.BATCH)
+        if not counts.get("queued") and not counts.get("submitted"):
+            break
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.02)
     assert manager.ledger.check_invariants() == []
 
 
@@ -199,8 +214,11 @@ def test_a_duplicate_that_landed_anyway_is_cancelled_and_a_stranger_left_alone(l
         ledger.enqueue(chat_requests(3))
         (key,) = manager.submit_queued()
         recorded = ledger.batch(key)
-        # A create processed later than its settle time made a second batch under the same key; another
-        # deployment sharing the account tagged one with a key this ledger does not know.
+        # Say its create had gone unanswered before the one recorded: until the window closes, a batch
+        # carrying its key may land. Here one did; another deployment sharing the account tagged one with
+        # a key this ledger does not know.
+        with ledger.transaction() as con:
+            con.execute("UPDATE batches SET sweep_until = ? WHERE batch_key = ?", [time.time() + 3600, key])
         duplicate, stranger = (client.batches.create(input_file_id=recorded.input_file_id, endpoint=recorded.endpoint,
                                                      completion_window="24h", metadata={"bp_batch_key": tag})
                                for tag in (key, "bpb_not_ours"))
@@ -209,6 +227,7 @@ def test_a_duplicate_that_landed_anyway_is_cancelled_and_a_stranger_left_alone(l
     assert statuses[duplicate.id] in ("cancelling", "cancelled")
     assert statuses[recorded.openai_batch_id] == statuses[stranger.id] == "validating"
     assert ledger.batch(key).openai_batch_id == recorded.openai_batch_id
+    assert [b.openai_batch_id for b in ledger.batches() if b.duplicate_of == key] == [duplicate.id]
 
 
 def test_create_failing_without_creating_is_retried_on_the_next_submit(manager, ledger, sim, client):

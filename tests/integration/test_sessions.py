@@ -5,11 +5,11 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.providers.factory import build_runtime
+from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, plan_round
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.simulator import FaultRule
-from tests.integration.support import runtime_for
+from tests.integration.support import drive, runtime_for
 
 PROMPT = "a lighthouse in a storm"
 PARAMS = SearchParams(N=9, M=3, K=3, E=3, seed=7)
@@ -18,7 +18,7 @@ SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3)
 
 def run_session(runtime, tier: str, session_id: str, params: SearchParams = PARAMS, **config):
     sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=params, tier=tier, session_id=session_id, **config))
-    progress = runtime.sessions.run(sid, timeout_s=120)
+    progress = drive(runtime, sid, timeout_s=120)
     assert progress.status == "completed", progress
     assert runtime.ledger.check_invariants() == []
     return runtime.sessions.state(sid)
@@ -213,6 +213,6 @@ def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
     runtime = runtime_for(base_url, tmp_path)
     sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1),
                                                tier="standard", session_id="fails"))
-    progress = runtime.sessions.run(sid, timeout_s=60)
+    progress = drive(runtime, sid, timeout_s=60)
     assert progress.status == "failed" and "image" in (progress.error or "")
     assert runtime.ledger.session("fails").status == "failed"

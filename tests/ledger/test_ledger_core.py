@@ -63,7 +63,7 @@ def test_queued_rows_are_oldest_first_and_filter_by_tier_and_session(ledger, que
     assert [r.request_id for r in ledger.queued_rows()] == ["t-z", "t-a", "t-n"]
     assert [r.request_id for r in ledger.queued_rows(session_id="s2")] == ["t-a"]
     assert [r.request_id for r in ledger.queued_rows(tier=Tier.FLEX)] == ["t-m"]
-    assert ledger.oldest_queued_at() == clock.now - 10
+    assert ledger.queue_summary() == (3, clock.now - 10)
     submit("bpb_1", ["t-n"])
     with pytest.raises(StateTransitionError, match="only queued"):  # only queued requests change tier
         ledger.requeue(["t-n"], tier=Tier.FLEX, reason="x")

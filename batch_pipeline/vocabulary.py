@@ -1,0 +1,43 @@
+"""The shared vocabulary, written once: tiers, endpoints, request outcomes and remote batch statuses.
+
+Every layer (batch core, ledger, providers, search sessions, API, Dagster) imports these from here;
+the request and batch state machines live with the ledger that enforces them (`ledger/states.py`).
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, get_args
+
+
+class Tier(StrEnum):
+    """How a call was (or will be) executed and paid: flex and batch cost half of standard."""
+
+    STANDARD = "standard"
+    FLEX = "flex"
+    BATCH = "batch"
+    CACHE = "cache"  # answered from the ledger: an identical body was paid for before; costs nothing
+
+
+class Endpoint(StrEnum):
+    CHAT = "/v1/chat/completions"
+    IMAGES = "/v1/images/generations"
+
+
+class Outcome(StrEnum):
+    """How one attempt of a request ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED_RETRYABLE = "failed_retryable"    # 429/5xx/timeouts/no line: worth another attempt
+    FAILED_PERMANENT = "failed_permanent"    # 4xx: the same body would fail again
+    EXPIRED = "expired"                      # never ran: the 24 h window closed
+    CANCELLED = "cancelled"                  # never ran: the batch or the session was cancelled
+
+
+# A remote batch's status, as the Batch API names it (openai.types.Batch.status).
+RemoteBatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                            "cancelling", "cancelled"]
+# Statuses after which a batch changes no more: it is ready to ingest.
+ENDED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset(set(get_args(RemoteBatchStatus)) - ENDED_STATUSES)
+
+__all__ = ["Tier", "Endpoint", "Outcome", "RemoteBatchStatus", "ENDED_STATUSES", "ACTIVE_STATUSES"]
