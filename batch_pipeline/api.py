@@ -311,7 +311,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
     ]
     middleware = [Middleware(HostGuard, allowed_hosts=allowed_hosts)]
     if cors_origins:  # closed unless configured: no CORS headers at all, so browsers keep other sites out
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+        middleware.append(Middleware(JsonCORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type"], max_age=600))
     middleware.append(Middleware(RequestGuard, token=token, max_body_bytes=max_body_bytes))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
@@ -342,6 +342,18 @@ class HostGuard:
             if _host_name(host) not in self.allowed:
                 return await _send_error(send, 400, f"host {host!r} is not allowed (BATCH_API_ALLOWED_HOSTS)")
         await self.app(scope, receive, send)
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, refusing a preflight in JSON like every other answer."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        return JSONResponse(status_code=response.status_code, content={"error": response.body.decode()},
+                            headers=headers)
 
 
 class _BodyTooLarge(Exception):
