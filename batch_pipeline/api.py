@@ -210,10 +210,13 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         def ranked() -> list[dict[str, Any]] | None:
             if ledger.session(session_id) is None:
                 return None
+            state = runtime.sessions.state(session_id)
+            final = set(state.iterations[-1].pool) if state.iterations else set()
             rows = ledger.session_candidates(session_id)
-            last = max((c.iteration for c in rows), default=0)
-            return [_candidate(session_id, c) for c in sorted(
-                rows, key=lambda c: (c.iteration != last, -c.iteration, c.rank is None, c.rank or 0, c.candidate_id))]
+            # The last ranking's pool first (its new candidates and the survivors it re-ranked), by rank.
+            return [_candidate(session_id, c) | {"inLastRanking": c.candidate_id in final} for c in sorted(
+                rows, key=lambda c: (c.candidate_id not in final, c.rank is None, c.rank or 0, -c.iteration,
+                                     c.candidate_id))]
         found = await run_in_threadpool(ranked)
         if found is None:
             return _error(404, f"no job {session_id!r}")

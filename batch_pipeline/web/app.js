@@ -77,8 +77,7 @@ function render(job) {
 
 async function showRanked(jobId) {
   const { candidates } = await api(`/api/job/${encodeURIComponent(jobId)}/candidates`);
-  const last = Math.max(...candidates.map((c) => c.iteration));
-  const items = candidates.filter((c) => c.iteration === last && c.imageUrl);
+  const items = candidates.filter((c) => c.inLastRanking && c.imageUrl);
   $("ranked").replaceChildren(...items.map((c) => {
     const li = document.createElement("li");
     li.className = "candidate";
