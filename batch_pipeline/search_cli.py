@@ -19,7 +19,7 @@ from batch_pipeline.batching.pricing import round_cents
 from batch_pipeline.providers.factory import Runtime, build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig, SessionProgress
-from batch_pipeline.settings import SettingsError, load_settings
+from batch_pipeline.settings import SettingsError, load_settings, mask_url
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        print(f"session on tier {args.tier} against {env.get('OPENAI_BASE_URL') or 'the OpenAI API'}; ledger {home}")
+        print(f"session on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; ledger {home}")
         session_id = runtime.sessions.start(config)
         progress = run_with_progress(runtime, session_id, rounds=3 * config.params.K)
         print_report(runtime, session_id, progress)
