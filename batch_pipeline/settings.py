@@ -25,12 +25,19 @@ BATCH_API_MAX_REQUESTS_PER_FILE = 50_000
 
 # Sent to a loopback OPENAI_BASE_URL (the simulator) when no OPENAI_API_KEY is set; never to a remote host.
 LOCAL_PLACEHOLDER_KEY = "sk-local-simulator"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; a name like 127.0.0.1.example.com is not."""
+    import ipaddress
+
     host = host.strip().lower().strip("[]")
-    return host in {"localhost", "::1"} or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def mask_url(url: str | None) -> str | None:
