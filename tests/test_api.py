@@ -342,3 +342,25 @@ def test_health_and_page(api):
     assert call(f"{url}/api/health")[:2] == (200, {"status": "ok", "worker": True})
     status, html, headers = call(url + "/")
     assert status == 200 and b"<title>" in html and "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_security_settings_come_from_the_environment(simulator, tmp_path):
+    runtime = runtime_for(simulator, tmp_path / "home", BATCH_API_TOKEN=TOKEN, BATCH_API_ALLOWED_HOSTS="api.internal",
+                          BATCH_API_MAX_BODY_BYTES="2048")
+    with serve_in_thread(create_app(runtime, run_worker=False), lifespan="on", name="api") as url:
+        assert raw_request(url, "GET", "/api/health")[0] == 400, "127.0.0.1 is not in the configured list"
+        auth = {"Host": "api.internal", "Authorization": f"Bearer {TOKEN}"}
+        assert raw_request(url, "GET", "/api/jobs", headers={"Host": "api.internal"})[0] == 401
+        assert raw_request(url, "GET", "/api/jobs", headers=auth)[0] == 200
+        status, _, _ = raw_request(url, "POST", "/api/beam-search", body=b" " * 4096,
+                                   headers=auth | {"Content-Type": "application/json"})
+        assert status == 413
+
+
+def test_invalid_security_settings_name_the_variable():
+    from batch_pipeline.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="BATCH_API_TOKEN: must be at least 16 characters"):
+        load_settings({"BATCH_API_TOKEN": "short"})
+    with pytest.raises(SettingsError, match="BATCH_API_MAX_BODY_BYTES"):
+        load_settings({"BATCH_API_MAX_BODY_BYTES": "10"})
