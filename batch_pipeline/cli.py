@@ -1,12 +1,14 @@
-"""Command-line entry point: `batch-pipeline demo | search | simulator`.
+"""Command-line entry point: `batch-pipeline demo | search | api | simulator`.
 
 `demo` pushes a sample workload (chat, images, vision) through the batch core and prints the
 ledger; `search` runs one beam-search session headless on a chosen tier and prints its winner,
-scores, rounds and costs. Both use the bundled simulator unless told to use the real API.
+scores, rounds and costs; `api` serves the seed's HTTP API and its web page; `simulator` runs the
+OpenAI-compatible simulator. All but `api` use the bundled simulator unless told to use the real API.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import tempfile
@@ -23,29 +25,37 @@ from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_re
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.settings import SettingsError, load_settings
+from batch_pipeline.settings import SettingsError, is_loopback_host, load_settings, mask_url
 from batch_pipeline.vocabulary import Tier
 
 SUBJECTS = ["a lighthouse in a storm", "a fox in a snowy forest", "a city market at dusk", "a koi pond in autumn"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batch-pipeline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulator + sample workload through the batch core, then a cost summary")
-    demo.add_argument("--home", type=Path, default=None, help="where the ledger and files go (default: a temp dir)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help ends with its default
+    parser = argparse.ArgumentParser(prog="batch-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,api,simulator}")
+    demo = sub.add_parser("demo", formatter_class=fmt,
+                          help="simulator + sample workload through the batch core, then a cost summary")
+    demo.add_argument("--home", type=Path, default=None, help="where the ledger and files go; unset means a temp dir")
     demo.add_argument("--requests", type=int, default=40, help="chat requests in the sample workload")
     demo.add_argument("--use-env", action="store_true",
                       help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
-    search = sub.add_parser("search", help="run one beam-search session headless and print its winner and costs")
+    search = sub.add_parser("search", formatter_class=fmt,
+                            help="run one beam-search session headless and print its winner and costs")
     search.add_argument("prompt", help='the short user prompt, e.g. "a lighthouse in a storm"')
-    search.add_argument("--tier", choices=["standard", "flex", "batch", "hybrid"], default="batch")
-    for name, default in (("N", 9), ("M", 3), ("K", 3), ("E", 3)):
-        search.add_argument(f"-{name}", type=int, default=default)
-    search.add_argument("--alpha", type=float, default=0.7)
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--deadline-hours", type=float, default=24.0)
-    search.add_argument("--home", type=Path, default=None, help="ledger and images (default: var/search)")
+    search.add_argument("--tier", choices=["standard", "flex", "batch", "hybrid"], default="batch",
+                        help="batch: half price, hours; standard/flex: now; hybrid: per round by deadline")
+    for name, default, meaning in (("N", 9, "beam width: new candidates per iteration (2..16)"),
+                                   ("M", 3, "survivors per iteration: at most N/2 and a divisor of N"),
+                                   ("K", 3, "iterations, counting iteration 0 (1..10)"),
+                                   ("E", 3, "votes per pairwise comparison (1..5)")):
+        search.add_argument(f"-{name}", type=int, default=default, help=meaning)
+    search.add_argument("--alpha", type=float, default=0.7, help="weight of alignment against aesthetics (0..1)")
+    search.add_argument("--seed", type=int, default=0, help="the only source of randomness")
+    search.add_argument("--deadline-hours", type=float, default=24.0, help="finish within this many hours (<= 24)")
+    search.add_argument("--home", type=Path, default=None, help="ledger and images; unset means var/search")
     resume = search.add_mutually_exclusive_group()
     resume.add_argument("--new", action="store_true",
                         help="start a fresh session even if an unfinished one with the same settings exists "
@@ -55,29 +65,77 @@ def main(argv: list[str] | None = None) -> int:
                              "with the same settings, else a new random id)")
     search.add_argument("--use-env", action="store_true",
                         help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
-    api = sub.add_parser("api", help="the seed's HTTP API: POST /api/beam-search, GET /api/job/{id}, ...")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8700)
+    api = sub.add_parser("api", formatter_class=fmt,
+                         help="the seed's HTTP API and web page: POST /api/beam-search, GET /api/job/{id}, ...")
+    api.add_argument("--host", default="127.0.0.1",
+                     help="address to bind; anything but loopback needs BATCH_API_TOKEN")
+    api.add_argument("--port", type=int, default=8700, help="port to bind")
     api.add_argument("--with-simulator", action="store_true",
                      help="start the bundled simulator and point the API at it (no OpenAI key needed)")
-    sim = sub.add_parser("simulator", help="run the OpenAI-compatible simulator in the foreground")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8800)
-    sim.add_argument("--data-dir", type=Path, default=Path("var/simulator"))
+    sim = sub.add_parser("simulator", formatter_class=fmt,
+                         help="run the OpenAI-compatible simulator in the foreground")
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind")
+    sim.add_argument("--port", type=int, default=8800, help="port to bind")
+    sim.add_argument("--data-dir", type=Path, default=Path("var/simulator"), help="where its files and batches live")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.command == "simulator":
-        from batch_pipeline.simulator.__main__ import main as simulator_main
+    try:
+        if args.command == "simulator":
+            from batch_pipeline.simulator.__main__ import main as simulator_main
 
-        return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
-    if args.command == "api":
-        return run_api(args)
-    if args.command == "search":
-        from batch_pipeline.search_cli import run_search_command
+            return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+        if args.command == "api":
+            return run_api(args)
+        if args.command == "search":
+            from batch_pipeline.search_cli import run_search_command
 
-        return run_search_command(args)
-    return run_demo(args)
+            return run_search_command(args)
+        return run_demo(args)
+    except Exception as exc:  # known start-up failures: one line, not a traceback
+        message = startup_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """One line for the failures a user can fix (permissions, a locked or corrupt ledger, a refused key);
+    None for anything else (a bug: keep its traceback)."""
+    import duckdb
+
+    from batch_pipeline.api import ApiConfigError
+    from batch_pipeline.ledger.db import is_lock_error
+    from batch_pipeline.ledger.reports import LedgerBusy
+
+    if isinstance(exc, ApiConfigError):
+        return str(exc)
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES)):
+        where = exc.filename or "the home directory"
+        return (f"cannot write {where} ({exc.strerror or exc}); set BATCH_PIPELINE_HOME or --home to a writable "
+                "directory")
+    if isinstance(exc, LedgerBusy) or is_lock_error(exc):
+        return ("the ledger is locked by another process (a Dagster run, another CLI or API); stop it or use "
+                "another --home / BATCH_PIPELINE_HOME")
+    if isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InvalidInputException,
+                        duckdb.CatalogException)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the ledger cannot be opened ({first[:200]}); move the file aside or use another --home"
+    if isinstance(exc, openai.AuthenticationError):
+        return (f"the API refused the key (401{': ' + _api_message(exc) if _api_message(exc) else ''}); "
+                "check OPENAI_API_KEY")
+    if isinstance(exc, openai.PermissionDeniedError):
+        return f"the API denied access (403: {_api_message(exc) or 'permission denied'}); check the key's project"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach the API ({type(exc).__name__}); check OPENAI_BASE_URL and the network"
+    return None
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+    return str(error.get("message") or "")[:200]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -90,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
         home = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batch-pipeline-demo-")))
         if args.use_env:
             client = openai.OpenAI(**settings.openai_client_kwargs())
-            where = settings.openai_base_url or "the OpenAI API"
+            where = mask_url(settings.openai_base_url) or "the OpenAI API"
         else:
             from batch_pipeline.simulator import Simulator, SimulatorConfig
 
@@ -119,11 +177,13 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_api(args: argparse.Namespace) -> int:
     import os
 
-    from batch_pipeline.api import serve
+    from batch_pipeline.api import check_bind, serve
     from batch_pipeline.runtime import build_runtime
 
     with ExitStack() as stack:
         env = dict(os.environ)
+        # Before anything starts: a public bind without a token is refused.
+        check_bind(args.host, bool(env.get("BATCH_API_TOKEN")))
         if args.with_simulator:
             from batch_pipeline.simulator import Simulator, SimulatorConfig
 
@@ -132,13 +192,15 @@ def run_api(args: argparse.Namespace) -> int:
                                                   phase_seconds={"validating": 1, "in_progress": 3, "finalizing": 1}))
             env |= {"OPENAI_BASE_URL": stack.enter_context(simulator.serve()), "OPENAI_API_KEY": "sk-simulator",
                     "BATCH_API_ENABLED": env.get("BATCH_API_ENABLED", "true")}
+            if not is_loopback_host(args.host) and "BATCH_API_ALLOWED_HOSTS" not in env:
+                print("note: add this server's public name to BATCH_API_ALLOWED_HOSTS", file=sys.stderr)
         try:
             runtime = build_runtime(load_settings(env))
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        print(f"batch_pipeline API on http://{args.host}:{args.port}/api (calls go to "
-              f"{env.get('OPENAI_BASE_URL') or 'the OpenAI API'})")
+        print(f"batch_pipeline API on http://{args.host}:{args.port}/ (web page), /api, /api/openapi.json "
+              f"(calls go to {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'})")
         serve(runtime, host=args.host, port=args.port)
     return 0
 

@@ -53,6 +53,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on (or holds) host:port."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def choose_ports(wanted: Mapping[str, tuple[int, str]]) -> dict[str, int]:
+    """Each wanted port (0: pick a free one); SystemExit with one clear line when one is taken.
+
+    Checked before anything starts, so the demo never talks to whatever else listens there."""
+    chosen = {}
+    for name, (port, option) in wanted.items():
+        if port == 0:
+            chosen[name] = free_port()
+        elif port_in_use(port):
+            raise SystemExit(f"error: port {port} ({name}) is already in use on 127.0.0.1; stop what listens there "
+                             f"or pass {option} N (0 picks a free port)")
+        else:
+            chosen[name] = port
+    return chosen
+
+
 def prepare_instance(paths: DemoPaths) -> None:
     """Create the instance's SQLite storage once, before any Dagster process starts.
 
@@ -133,7 +164,8 @@ def launch_job(paths: DemoPaths, env: Mapping[str, str], job: str, run_config: M
 def launch_session(paths: DemoPaths, env: Mapping[str, str], session_id: str, *, prompt: str, N: int = 4, M: int = 2,
                    K: int = 2, E: int = 2, tier: str = "batch") -> str:
     config = {"prompt": prompt, "N": N, "M": M, "K": K, "E": E, "tier": tier, "session_id": session_id}
-    return launch_job(paths, env, "launch_session", {"ops": {"start_session": {"config": config}}})
+    # launch_session's config mapping takes the launchpad fields at the top level (checked before the run).
+    return launch_job(paths, env, "launch_session", config)
 
 
 def session_status(reader: LedgerReader, session_id: str) -> tuple[str, int, str | None, str | None] | None:
@@ -191,14 +223,25 @@ def _group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.dagster_demo", description=__doc__)
-    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
-    parser.add_argument("--simulator-port", type=int, default=8800)
-    parser.add_argument("--prompt", default="a lighthouse in a storm")
+    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.dagster_demo", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (0 picks a free one)")
+    parser.add_argument("--simulator-port", type=int, default=8800, help="simulator port (0 picks a free one)")
+    parser.add_argument("--prompt", default="a lighthouse in a storm", help="the demo session's prompt")
     parser.add_argument("--exit-when-done", action="store_true", help="wait for the demo session, print its winner, exit")
     parser.add_argument("--timeout", type=float, default=900, help="with --exit-when-done: give up after this many seconds")
     parser.add_argument("--no-webserver", action="store_true", help="daemon only (CI-like runs)")
     args = parser.parse_args(argv)
+    wanted = {"simulator": (args.simulator_port, "--simulator-port")}
+    if not args.no_webserver:
+        wanted["Dagster UI"] = (args.port, "--port")
+    try:
+        ports = choose_ports(wanted)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    args.simulator_port = ports["simulator"]
+    args.port = ports.get("Dagster UI", args.port)
 
     # Ctrl-C and `kill` both end in `finally`, which stops every child. SIGINT is set explicitly
     # because a shell starting us in the background (e.g. `make demo &`) leaves it ignored.

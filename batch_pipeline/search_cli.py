@@ -21,7 +21,7 @@ from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
-from batch_pipeline.settings import SettingsError, load_settings
+from batch_pipeline.settings import SettingsError, load_settings, mask_url
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             print(f"{exc}: pass the same settings to resume it, or another --session-id", file=sys.stderr)
             return 2
         verb = "resuming unfinished session" if resumed else "new session"
-        print(f"{verb} {session_id} on tier {args.tier} against {env.get('OPENAI_BASE_URL') or 'the OpenAI API'}; "
+        print(f"{verb} {session_id} on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; "
               f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
         progress = run_with_progress(runtime, session_id, rounds=3 * config.params.K)
         print_report(runtime, session_id, progress)

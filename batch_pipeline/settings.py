@@ -23,6 +23,46 @@ BATCH_API_MAX_FILE_BYTES = 200 * 1024 * 1024
 BATCH_API_MAX_REQUESTS_PER_FILE = 50_000
 
 
+# Sent to a loopback OPENAI_BASE_URL (the simulator) when no OPENAI_API_KEY is set; never to a remote host.
+LOCAL_PLACEHOLDER_KEY = "sk-local-simulator"
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; a name like 127.0.0.1.example.com is not."""
+    import ipaddress
+
+    host = host.strip().lower().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with any user:password and secret-looking query values replaced by ***, for printing."""
+    if not url:
+        return url
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        secret_words = ("key", "token", "secret", "password", "pass", "sig", "auth", "credential")
+        pairs = [(k, "***" if any(w in k.lower() for w in secret_words) else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 class SettingsError(ValueError):
     """The environment holds values the pipeline cannot run with.
 
@@ -120,6 +160,15 @@ class Settings(BaseSettings):
         default=Path("var"), description="where the ledger, images and batch files live"
     )
 
+    # The HTTP API (`batch-pipeline api`). A bearer token is required whenever it binds to anything
+    # but loopback; Host names and browser origins are allow-lists (comma-separated).
+    batch_api_token: SecretStr | None = Field(default=None, description="bearer token the HTTP API requires")
+    batch_api_allowed_hosts: str = Field(
+        default="127.0.0.1,localhost,[::1]", min_length=1,
+        description="Host header values the HTTP API answers (DNS-rebinding guard); '*' allows any")
+    batch_api_cors_origins: str = Field(default="", description="browser origins allowed cross-site (none by default)")
+    batch_api_max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -141,6 +190,26 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000/v1")
         return value
 
+    @field_validator("batch_api_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        return value
+
+    @property
+    def api_allowed_hosts(self) -> tuple[str, ...]:
+        return _split_list(self.batch_api_allowed_hosts)
+
+    @property
+    def api_cors_origins(self) -> tuple[str, ...]:
+        return _split_list(self.batch_api_cors_origins)
+
+    @property
+    def uses_local_endpoint(self) -> bool:
+        """OPENAI_BASE_URL names a loopback host (the bundled simulator): no real key is needed there."""
+        return self.openai_base_url is not None and is_loopback_host(urlsplit(self.openai_base_url).hostname or "")
+
     @property
     def ledger_path(self) -> Path:
         return self.batch_pipeline_home / "ledger.duckdb"
@@ -156,6 +225,8 @@ class Settings(BaseSettings):
     def openai_client_kwargs(self) -> dict[str, str]:
         """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""
         if self.openai_api_key is None:
+            if self.uses_local_endpoint:  # the simulator takes any key; never used for a remote endpoint
+                return {"api_key": LOCAL_PLACEHOLDER_KEY, "base_url": self.openai_base_url}
             # The SDK refuses to start without a key; say which variable to set before it does.
             raise SettingsError(["OPENAI_API_KEY: must be set to call the API (any string for a local simulator)"])
         kwargs = {"api_key": self.openai_api_key.get_secret_value()}
@@ -189,6 +260,8 @@ def _describe_problems(exc: ValidationError) -> list[str]:
         field = Settings.model_fields.get(field_name)
         # Never echo what was offered for a secret: error messages end up in logs.
         shown = "a hidden value" if field is not None and _is_secret(field) else repr(error["input"])
+        if field_name == "openai_base_url" and isinstance(error["input"], str):
+            shown = repr(mask_url(error["input"]))  # a URL may carry user:password
         problems[variable] = f"{variable}: {_allowed_values(field, error)} (got {shown})"
     return list(problems.values())
 

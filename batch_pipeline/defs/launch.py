@@ -19,36 +19,58 @@ SESSIONS = dg.DynamicPartitionsDefinition(name="sessions")
 
 
 class LaunchSessionConfig(dg.Config):
-    """What the launchpad asks for. Types only here: the core `SessionConfig` owns the rules, and
-    `start_session` reports its verdict naming the field."""
+    """What the launchpad asks for. The bounds here are checked before the run (the job's config
+    mapping, `checked_launch_config`); the core `SessionConfig` owns the cross-field rules, checked
+    there too, and every refusal names the field."""
 
-    prompt: str = Field(description="the short prompt to improve, e.g. 'a lighthouse in a storm'")
-    N: int = Field(default=4, description="beam width: new candidates per iteration (2..16)")
-    M: int = Field(default=2, description="survivors per iteration: at most N/2 and a divisor of N")
-    K: int = Field(default=2, description="iterations, counting iteration 0 (1..10)")
-    E: int = Field(default=2, description="votes per pairwise comparison (1..5)")
-    alpha: float = Field(default=0.7, description="weight of alignment against aesthetics (0..1)")
-    seed: int = Field(default=0, description="the only source of randomness")
+    prompt: str = Field(min_length=1, max_length=2000,
+                        description="the short prompt to improve, e.g. 'a lighthouse in a storm'")
+    N: int = Field(default=4, ge=2, le=16, description="beam width: new candidates per iteration (2..16)")
+    M: int = Field(default=2, ge=1, le=8, description="survivors per iteration: at most N/2 and a divisor of N")
+    K: int = Field(default=2, ge=1, le=10, description="iterations, counting iteration 0 (1..10)")
+    E: int = Field(default=2, ge=1, le=5, description="votes per pairwise comparison (1..5)")
+    alpha: float = Field(default=0.7, ge=0, le=1, description="weight of alignment against aesthetics (0..1)")
+    seed: int = Field(default=0, ge=0, le=2**53 - 1, description="the only source of randomness (0..2^53-1)")
     tier: Literal["standard", "flex", "batch", "hybrid"] = Field(
         default="batch", description="batch: half price, hours; standard/flex: now; hybrid: cheapest that meets the deadline")
-    deadline_hours: float = Field(default=24.0, description="the session must finish within this many hours (<= 24)")
-    budget_usd: float | None = Field(default=None, description="optional spend limit; exceeding it is a warning")
+    deadline_hours: float = Field(default=24.0, gt=0, le=24,
+                                  description="the session must finish within this many hours (0 < h <= 24)")
+    budget_usd: float | None = Field(default=None, ge=0, description="optional spend limit; exceeding it is a warning")
     session_id: str | None = Field(default=None, description="letters, digits, '-' or '_'; default: a random id")
 
 
 def session_config_from(config: LaunchSessionConfig) -> SessionConfig:
     """The core config, or `dg.Failure` whose description names each offending field."""
-    params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed}
     try:
-        return SessionConfig(
-            prompt=config.prompt, params=SearchParams(**params), tier=config.tier,
-            deadline_hours=config.deadline_hours, session_id=config.session_id,
-            # Through str: a float like 0.1 must become Decimal("0.1"), not its binary approximation.
-            budget_usd=None if config.budget_usd is None else Decimal(str(config.budget_usd)))
+        return _core_config(config)
     except ValidationError as exc:
-        problems = [f"{_field_of(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        problems = _problems(exc)
         raise dg.Failure(description="invalid session config: " + "; ".join(problems),
                          metadata={"fields": ", ".join(p.split(":")[0] for p in problems)}) from None
+
+
+def _core_config(config: LaunchSessionConfig) -> SessionConfig:
+    params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed}
+    return SessionConfig(
+        prompt=config.prompt, params=SearchParams(**params), tier=config.tier,
+        deadline_hours=config.deadline_hours, session_id=config.session_id,
+        # Through str: a float like 0.1 must become Decimal("0.1"), not its binary approximation.
+        budget_usd=None if config.budget_usd is None else Decimal(str(config.budget_usd)))
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [f"{_field_of(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+
+
+@dg.config_mapping(config_schema=LaunchSessionConfig.to_config_schema())
+def checked_launch_config(config: dict) -> dict:
+    """Validate the launchpad's values before a run exists: out-of-range values, a blank prompt or an M
+    that does not divide N are refused at launch (DagsterInvalidConfigError naming the field)."""
+    try:
+        _core_config(LaunchSessionConfig(**config))
+    except ValidationError as exc:
+        raise dg.DagsterInvalidConfigError("invalid session config: " + "; ".join(_problems(exc)), [], config) from None
+    return {"ops": {"start_session": {"config": config}}}
 
 
 def _field_of(error: dict) -> str:
@@ -74,6 +96,6 @@ def start_session(context: dg.OpExecutionContext, config: LaunchSessionConfig, o
 
 
 @dg.job(description="Start a beam-search session from the launchpad; sensors then drive it step by step.",
-        tags={"batch_pipeline/kind": "launch"})
+        tags={"batch_pipeline/kind": "launch"}, config=checked_launch_config)
 def launch_session() -> None:
     start_session()

@@ -14,7 +14,7 @@ from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reports import LedgerReader
 from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.settings import Settings, load_settings
+from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, Settings, load_settings
 
 # Every asset that writes the ledger runs in this pool; dagster_home/dagster.yaml limits it to one
 # run at a time, because DuckDB admits one writing process.
@@ -77,7 +77,10 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     home = Path(settings.batch_pipeline_home).resolve()
     return {
         "openai": OpenAIResource(
-            api_key=dg.EnvVar("OPENAI_API_KEY"),
+            # The bundled simulator (a loopback OPENAI_BASE_URL) takes any key, so a first run needs none;
+            # against any other endpoint the key must come from the environment.
+            api_key=(dg.EnvVar("OPENAI_API_KEY") if settings.openai_api_key is not None or not settings.uses_local_endpoint
+                     else LOCAL_PLACEHOLDER_KEY),
             # A URL is not a secret; left unset, the SDK uses its own default endpoint.
             base_url=settings.openai_base_url,
         ),

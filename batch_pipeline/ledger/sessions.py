@@ -106,11 +106,15 @@ class SessionRecords:
         return True
 
     def end_session(self, session_id: str, status: str, error: str | None = None) -> bool:
-        """running -> `status` (failed, or stopped for a reason); False if it had ended already."""
+        """running -> `status` (failed, or stopped for a reason) in one transaction with its queued requests,
+        which end cancelled; False if it had ended already."""
         with self.transaction() as con:
-            return bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?"
-                                    " WHERE session_id = ? AND status = 'running' RETURNING session_id",
-                                    [status, error, self.clock(), session_id]).fetchall())
+            ended = bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?"
+                                     " WHERE session_id = ? AND status = 'running' RETURNING session_id",
+                                     [status, error, self.clock(), session_id]).fetchall())
+            if ended:
+                self._cancel_queued(con, session_id, f"session {status}: {error}")
+            return ended
 
     def session_state_json(self, session_id: str) -> str:
         with self.connect() as con:

@@ -63,13 +63,23 @@ class SyncTierRunner:
             while pending:
                 done, _ = wait(pending, timeout=self.lease_s / 3, return_when=FIRST_COMPLETED)
                 for future in done:
-                    del pending[future]
-                    outcome, used_tier, why = future.result()
+                    rid = pending.pop(future)
+                    try:
+                        outcome, used_tier, why = future.result()
+                    except openai.AuthenticationError:
+                        # Refused before it ran (nothing billed): this and the rest go back; the driver decides.
+                        self._unstarted([rid, *pending.values()], tier)
+                        raise
                     self.ledger.record_sync_outcomes([outcome], used_tier, max_attempts=self.max_attempts, reason=why)
                     failpoint("sync-outcome-recorded")
                 if pending and time.monotonic() - renewed_at >= self.lease_s / 3:
                     self.ledger.renew_leases(list(pending.values()), self.lease_s)
                     renewed_at = time.monotonic()
+
+    def _unstarted(self, request_ids: list[str], tier: Tier) -> None:
+        outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_code="not_started",
+                                   error_message="the API refused the credentials; not run") for rid in request_ids]
+        self.ledger.record_sync_outcomes(outcomes, tier, max_attempts=self.max_attempts)
 
     def recover_lost(self, *, session_ids: Sequence[str] | None = None) -> list[str]:
         """Running requests whose process died (or whose lease lapsed) go back to the queue, their lost
@@ -128,6 +138,8 @@ class SyncTierRunner:
                 response = client.images.generate(**body, **extra)
             else:
                 response = client.chat.completions.create(**body, **extra)
+        except openai.AuthenticationError:
+            raise  # not this request's failure: no call can succeed until the key is fixed
         except openai.APIStatusError as exc:
             error = (exc.body or {}).get("error", exc.body) if isinstance(exc.body, dict) else {}
             retryable = exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500

@@ -21,13 +21,14 @@ def _phase_seconds(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.simulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8800)
-    parser.add_argument("--data-dir", type=Path, default=Path("var/simulator"))
-    parser.add_argument("--phase-seconds", type=_phase_seconds, default=_phase_seconds("2,5,2"),
-                        help="seconds in validating,in_progress,finalizing[,cancelling] (default 2,5,2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.simulator", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=8800, help="port to bind")
+    parser.add_argument("--data-dir", type=Path, default=Path("var/simulator"), help="where files and batches live")
+    parser.add_argument("--phase-seconds", type=_phase_seconds, default="2,5,2",
+                        help="seconds in validating,in_progress,finalizing[,cancelling]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated content")
     parser.add_argument("--image-size", type=int, default=64, help="edge of the drawn PNGs in pixels")
     args = parser.parse_args(argv)
 

@@ -18,7 +18,8 @@ STEP_CHECKS = [c for c in ALL_CHECKS if c is not batch_results_invariants_check]
 
 def launch(instance: dg.DagsterInstance, resources: dict, session_id: str, **config) -> dg.ExecuteInJobResult:
     config = {"prompt": "a lighthouse in a storm", "N": 4, "M": 2, "K": 2, "E": 2, "session_id": session_id} | config
-    return launch_session.execute_in_process(run_config={"ops": {"start_session": {"config": config}}},
+    # The job's config mapping takes the launchpad's fields at the top level and checks them before the run.
+    return launch_session.execute_in_process(run_config=config,
                                              instance=instance, resources=resources, raise_on_error=False)
 
 

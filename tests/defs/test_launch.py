@@ -27,18 +27,32 @@ def test_launch_records_the_session_and_adds_its_partition(instance, resources):
 @pytest.mark.parametrize(("config", "field"), [
     ({"N": 4, "M": 3}, "M"),
     ({"prompt": "   "}, "prompt"),
+    ({"prompt": ""}, "prompt"),
     ({"deadline_hours": 30}, "deadline_hours"),
     ({"N": 40}, "N"),
+    ({"N": 0}, "N"),
+    ({"K": 0}, "K"),
+    ({"E": 9}, "E"),
     ({"alpha": 1.5}, "alpha"),
+    ({"seed": -1}, "seed"),
     ({"budget_usd": -1}, "budget_usd"),
 ])
-def test_invalid_config_is_refused_naming_the_field(instance, resources, config, field):
-    result = launch(instance, resources, "s1", **config)
-    assert not result.success
-    description = failure_description(result)
-    assert description.startswith("invalid session config: ") and f"{field}:" in description
+def test_invalid_config_is_refused_before_the_run_naming_the_field(instance, resources, config, field):
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        launch(instance, resources, "s1", **config)
+    assert str(refused.value).startswith("invalid session config: ") and f"{field}:" in str(refused.value)
+    assert instance.get_runs() == [], "no run was created"
     assert instance.get_dynamic_partitions("sessions") == []
     assert not LedgerReader(resources["ledger"].database).exists(), "refused before anything was written"
+
+
+def test_the_launchpad_schema_carries_the_bounds_checked_at_launch():
+    from batch_pipeline.defs.launch import checked_launch_config, launch_session
+
+    assert launch_session.config_mapping is checked_launch_config
+    with pytest.raises(dg.DagsterInvalidConfigError, match="N: Input should be greater than or equal to 2"):
+        dg.validate_run_config(launch_session, {"prompt": "x", "N": 0})
+    dg.validate_run_config(launch_session, {"prompt": "x"})
 
 
 def test_a_session_id_the_keys_cannot_carry_is_refused_naming_it(instance, resources):

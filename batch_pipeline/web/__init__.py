@@ -1,0 +1,1 @@
+"""The web page the HTTP API serves at `/` (static files, no build step)."""
