@@ -112,6 +112,8 @@ class Driver:
                 rt.sessions.fail(session_id, reason)
                 tick.progress[session_id] = rt.sessions.advance(session_id)
             tick.error = reason
+            if self.session_ids is not None:
+                raise  # a driver of its own sessions (the CLI) tells its user at once; the sessions are ended
         if tick.ingested or tick.recovered:
             # A round's results are in: apply them now rather than after a sleep.
             for session_id in self.running(owned):

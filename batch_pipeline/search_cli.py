@@ -44,6 +44,8 @@ def run_search_command(args: argparse.Namespace) -> int:
             env |= {"OPENAI_BASE_URL": stack.enter_context(simulator.serve()), "OPENAI_API_KEY": "sk-simulator",
                     "BATCH_API_ENABLED": "true", "BATCH_API_MODE": "immediate"}
         env["BATCH_PIPELINE_HOME"] = str(home)
+        # One session, one process: each round's batch goes out at once (nothing to share it with).
+        env["BATCH_API_MODE"] = "immediate"
         try:
             runtime = build_runtime(load_settings(env), poll_policy=PollPolicy(initial_s=0.5, max_s=30))
         except SettingsError as exc:

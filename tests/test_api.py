@@ -13,7 +13,7 @@ import pytest
 from batch_pipeline.api import ApiConfigError, check_bind, create_app, openapi_document
 from batch_pipeline.serving import serve_in_thread
 from batch_pipeline.simulator import Simulator, SimulatorConfig
-from tests.integration.support import runtime_for
+from tests.integration.support import runtime_for, wait_until
 from tests.lock_holder import hold_lock
 
 TOKEN = "t0ken-for-tests-0123456789"
@@ -393,15 +393,15 @@ def test_a_cancel_of_a_running_standard_job_sticks_and_answers_200_every_time(se
     assert runtime.ledger.check_invariants() == []
 
 
-def test_a_job_the_api_refuses_to_authenticate_ends_failed_with_the_reason(simulator, tmp_path):
-    import openai
+def test_a_job_the_api_refuses_to_authenticate_ends_failed_with_the_reason(tmp_path):
+    from tests.test_cli_startup import unauthorized_app
 
-    runtime = runtime_for(simulator, tmp_path / "home")
-    runtime.client = openai.OpenAI(api_key=" ", base_url=simulator, max_retries=0)  # the simulator answers 401
-    for part in (runtime.manager, runtime.executor.sync):
-        part.client = runtime.client
-    runtime.manager.create_client = runtime.client
-    with serve_in_thread(create_app(runtime, worker_interval_s=0.05), lifespan="on", name="api") as url:
-        job_id = call(f"{url}/api/beam-search", "POST", SMALL | {"tier": "standard"})[1]["jobId"]
-        job = wait_for_status(url, job_id, "failed")
-    assert "credentials" in job["error"] and "401" not in job["error"].split("(")[0]
+    with serve_in_thread(unauthorized_app(), name="refusing-api") as openai_url:  # answers 401 to everything
+        runtime = runtime_for(openai_url, tmp_path / "home")
+        with serve_in_thread(create_app(runtime, worker_interval_s=0.05), lifespan="on", name="api") as url:
+            job_id = call(f"{url}/api/beam-search", "POST", SMALL | {"tier": "standard"})[1]["jobId"]
+            job = wait_for_status(url, job_id, "failed")
+    assert "refused our credentials" in job["error"], job["error"]
+    counts = runtime.ledger.state_counts(session_id=job_id)
+    assert not counts.get("queued") and not counts.get("running"), counts
+    assert runtime.ledger.check_invariants() == []
