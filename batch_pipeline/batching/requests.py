@@ -11,15 +11,15 @@ import re
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
 from batch_pipeline.batching.models import Endpoint, Tier
+from batch_pipeline.records import QueuedRequest
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Prompt-token estimate for an image part, by detail (OpenAI vision pricing: low is a fixed 85
 # tokens; high/auto up to 765 for a 1024px square). Estimates size batches to the token queue.
 IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765, "original": 765}
@@ -77,29 +77,6 @@ class ImageRequest(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
     endpoint: Literal[Endpoint.IMAGES] = Endpoint.IMAGES
-
-
-class QueuedRequest(BaseModel):
-    """What the ledger stores per request: the normalised body plus what splitting needs."""
-
-    request_id: str
-    session_id: str | None = None
-    operation: str
-    endpoint: Endpoint
-    model: str
-    tier: Tier = Tier.BATCH
-    tier_reason: str | None = None
-    round_key: str | None = None
-    body: dict[str, Any]
-    body_hash: str
-    est_prompt_tokens: int
-    line_bytes: int = Field(description="bytes of the JSONL line once image refs are inlined")
-
-    @model_validator(mode="after")
-    def _custom_id_is_valid(self) -> "QueuedRequest":
-        if not _CUSTOM_ID.match(self.request_id):
-            raise ValueError(f"request_id {self.request_id!r} is not a valid custom_id (<=64 chars, [A-Za-z0-9_-])")
-        return self
 
 
 def build_request(

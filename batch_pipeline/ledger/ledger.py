@@ -22,8 +22,6 @@ import orjson
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batch_pipeline.batching.models import RequestOutcome
-from batch_pipeline.batching.requests import QueuedRequest
 from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows, is_lock_error
 from batch_pipeline.ledger.sessions import SessionRecords
 from batch_pipeline.ledger.states import (
@@ -33,6 +31,7 @@ from batch_pipeline.ledger.states import (
     BatchPhase,
     RequestState,
 )
+from batch_pipeline.records import QueuedRequest, RequestOutcome
 from batch_pipeline.vocabulary import ENDED_STATUSES, Outcome, Tier
 
 log = logging.getLogger(__name__)
