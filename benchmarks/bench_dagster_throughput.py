@@ -67,14 +67,14 @@ def group_rss_mb(pgid: int) -> float:
 class MemorySampler(threading.Thread):
     def __init__(self, pgid: int):
         super().__init__(daemon=True)
-        self.pgid, self.peak_mb, self._stop = pgid, 0.0, threading.Event()
+        self.pgid, self.peak_mb, self._done = pgid, 0.0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._done.wait(0.5):
             self.peak_mb = max(self.peak_mb, group_rss_mb(self.pgid))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
