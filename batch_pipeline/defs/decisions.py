@@ -71,7 +71,7 @@ class StepDue:
 
 
 def step_due(r: SessionRound) -> StepDue | None:
-    """Does this running session need a `session_step_job` run now, and under which base run key?
+    """Does this running session need a step now (in the next tick run), and under which base key?
 
     A step applies the round the session waits for (once all its requests are terminal) and queues the
     next round. The same (iteration, round) can need two steps, so the key names the phase:

@@ -71,7 +71,7 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
     finally:
         instance.dispose()
     # The restarted daemon carried the sessions on, and no run was lost or failed on the way.
-    assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "ingest_batches_job"
+    assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "tick_job"
                for r in runs)
     assert {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
     for daemon in processes.started[1:]:
