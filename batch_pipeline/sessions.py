@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel, Field, field_validator
 
 from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
@@ -66,7 +67,7 @@ class SessionProgress(BaseModel):
         return self.status in FINISHED
 
 
-class SessionConflict(ValueError):
+class SessionConflict(BatchPipelineError, ValueError):
     """A session id that exists already with other settings: starting it again would not be idempotent."""
 
 

@@ -36,7 +36,8 @@ from batch_pipeline.dagster_demo import (
     stop,
 )
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader
+from batch_pipeline.errors import LedgerBusy
+from batch_pipeline.ledger.reports import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig

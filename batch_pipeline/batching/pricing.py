@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from batch_pipeline.batching.models import Tier
+from batch_pipeline.errors import BatchPipelineError
 
 if TYPE_CHECKING:
     from openai.types import CompletionUsage
@@ -28,7 +29,7 @@ CENT = Decimal("0.01")
 _DATED_SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 
 
-class UnknownPriceError(LookupError):
+class UnknownPriceError(BatchPipelineError, LookupError):
     """The catalog holds no price for this model (or its snapshot) on this tier."""
 
     def __init__(self, model: str, tier: Tier | str | None, reason: str) -> None:
