@@ -50,6 +50,8 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
     time.sleep(3)
     processes.daemon(env, "daemon-2")
 
+    # One tick run per round: about 100 s for six rounds of 5 s batches on an idle 2-core machine
+    # (benchmarks/bench_dagster_throughput.py, S=1 and S=10 alike); 330 s leaves 3x for a loaded one.
     wait_for("both sessions to complete",
              lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS), 330, logs)
 
