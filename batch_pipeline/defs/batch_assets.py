@@ -113,7 +113,7 @@ def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerR
                    if (rounds := open_applied_rounds(runtime.ledger, reader, p.session_id))}
         for step in steps:
             if step.session_id not in corrupt:
-                record_session_views(context, runtime, reader, step)
+                record_session_views(context, runtime, reader, before.get(step.session_id), step)
         statuses = Counter(p.status for p in steps)
         failed = [p.session_id for p in steps if p.status == "failed"]
         overview = reader.batch_overview()

@@ -11,7 +11,7 @@ import dagster as dg
 
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.rendering import prompts_md, ranking_md, table, thumbnails_md
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reports import LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress
@@ -51,9 +51,31 @@ ranked_results = dg.AssetSpec(
 SESSION_VIEWS = [queued_requests, generated_prompts, image_candidates, ranked_results]
 
 
-def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress) -> dict[str, dict[str, object]]:
-    """The metadata of the four views of one session after a step, by asset name (reads only)."""
+# What each round of an iteration changes, in their order: text -> prompts, image -> images, vision -> ranking.
+ROUND_VIEWS = {"text": generated_prompts, "image": image_candidates, "vision": ranked_results}
+
+
+def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg.AssetSpec]:
+    """The views a step changed: its queued round always; a view whose round it applied; all four on a
+    session's first step and when it ends. Rendering only these keeps a tick's cost to what moved."""
+    if before is None or step.status != "running" and step.status != "waiting" or \
+            (before.iteration, before.next_round, before.requests) == (0, "text", 0):
+        return SESSION_VIEWS
+    order = list(ROUND_VIEWS)
+    was = (before.iteration, order.index(before.next_round) if before.next_round in order else len(order))
+    now = (step.iteration, order.index(step.next_round) if step.next_round in order else len(order))
+    if now[0] > was[0]:
+        applied = order[was[1]:] + order[:now[1]] if now[0] == was[0] + 1 else order
+    else:
+        applied = order[was[1]:now[1]]
+    return [queued_requests, *(ROUND_VIEWS[r] for r in order if r in applied)]
+
+
+def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
+                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> dict[str, dict[str, object]]:
+    """The metadata of these views of one session after a step, by asset name (reads only)."""
     session_id, ledger, store = step.session_id, runtime.ledger, runtime.image_store
+    names = {v.key.path[-1] for v in views}
     step_md: dict[str, object] = {
         "status": step.status,
         "iteration": step.iteration,
@@ -71,37 +93,38 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress)
     if step.error:
         step_md["error"] = step.error
 
-    candidates = ledger.session_candidates(session_id)
-    latest = max((c.iteration for c in candidates if c.image_path), default=None)
-    state = SearchState.model_validate_json(ledger.session_state_json(session_id))
-    ranking: dict[str, object] = {
-        "status": step.status,
-        "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
-        "ranking": dg.MetadataValue.md(ranking_md(state, store)),
-    }
-    if state.done and state.winner_id:
-        winner = state.candidate(state.winner_id)
-        ranking |= {"winner": state.winner_id, "winner_prompt": winner.combined,
-                    "lineage": " <- ".join(state.lineage),
-                    "final_best_scores": dg.MetadataValue.json(state.final_best_scores)}
-    return {
-        queued_requests.key.path[-1]: step_md,
-        generated_prompts.key.path[-1]: {
+    found: dict[str, dict[str, object]] = {queued_requests.key.path[-1]: step_md}
+    if names & {"generated_prompts", "image_candidates"}:
+        candidates = ledger.session_candidates(session_id)
+        latest = max((c.iteration for c in candidates if c.image_path), default=None)
+        found["generated_prompts"] = {
             "candidates": len(candidates),
             "failed": sum(c.failed for c in candidates),
             "prompts": dg.MetadataValue.md(prompts_md(candidates)),
-        },
-        image_candidates.key.path[-1]: {
+        }
+        found["image_candidates"] = {
             "iteration": latest if latest is not None else -1,
             "images": sum(1 for c in candidates if c.image_path),
             "thumbnails": dg.MetadataValue.md(thumbnails_md([c for c in candidates if c.iteration == latest], store)),
-        },
-        ranked_results.key.path[-1]: ranking,
-    }
+        } if "image_candidates" in names else {}
+    if "ranked_results" in names:
+        state = SearchState.model_validate_json(ledger.session_state_json(session_id))
+        ranking: dict[str, object] = {
+            "status": step.status,
+            "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
+            "ranking": dg.MetadataValue.md(ranking_md(state, store)),
+        }
+        if state.done and state.winner_id:
+            winner = state.candidate(state.winner_id)
+            ranking |= {"winner": state.winner_id, "winner_prompt": winner.combined,
+                        "lineage": " <- ".join(state.lineage),
+                        "final_best_scores": dg.MetadataValue.json(state.final_best_scores)}
+        found["ranked_results"] = ranking
+    return {name: found[name] for name in (v.key.path[-1] for v in SESSION_VIEWS) if name in names}
 
 
 def record_session_views(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerReader,
-                         step: SessionProgress) -> None:
-    """One materialisation of each view on the session's partition, in the run that moved it."""
-    for asset, metadata in session_views(runtime, reader, step).items():
+                         before: SessionRound | None, step: SessionProgress) -> None:
+    """A materialisation of each view the step changed, on the session's partition, in the run that moved it."""
+    for asset, metadata in session_views(runtime, reader, step, changed_views(before, step)).items():
         context.log_event(dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata))

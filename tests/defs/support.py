@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 
@@ -49,16 +51,18 @@ def checks(result: dg.ExecuteInJobResult) -> dict[str, tuple[bool, str]]:
 
 
 def run_session_to_end(instance: dg.DagsterInstance, resources: dict, session_ids: list[str], max_ticks: int = 12) -> dict:
-    """Tick until every session completed, as the sensor makes the daemon do; the last views of each session."""
+    """Tick until every session completed, as the sensor makes the daemon do, with the queue due at once (the
+    daemon would flush it at its age); the last views of each session."""
     last = {}
-    for _ in range(max_ticks):
-        result = tick(instance, resources)
-        assert result.success
-        for sid in moved(result):
-            last[sid] = result
-        if all(sid in last and session_metadata(last[sid], "queued_requests", sid)["status"] == "completed"
-               for sid in session_ids):
-            return last
+    with mock.patch.dict(os.environ, {"BATCH_FLUSH_MAX_AGE_SECONDS": "0"}):
+        for _ in range(max_ticks):
+            result = tick(instance, resources)
+            assert result.success
+            for sid in moved(result):
+                last[sid] = result
+            if all(sid in last and session_metadata(last[sid], "queued_requests", sid)["status"] == "completed"
+                   for sid in session_ids):
+                return last
     raise AssertionError("sessions did not finish")
 
 

@@ -2,6 +2,7 @@
 and records each moved session's views on its own partition."""
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 
 from batch_pipeline.ledger import Ledger
@@ -53,9 +54,9 @@ def test_one_tick_run_moves_two_deferred_sessions_which_share_batches_and_end_wi
     # The instance holds each session's history on its own partition.
     for sid in ("sa", "sb"):
         records = instance.fetch_materializations(
-            __import__("dagster").AssetRecordsFilter(asset_key=__import__("dagster").AssetKey("ranked_results"),
-                                                     asset_partitions=[sid]), limit=100).records
-        assert len(records) >= 6 and "winner" in records[0].asset_materialization.metadata
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("ranked_results"), asset_partitions=[sid]), limit=100).records
+        # The first step, the ranking of iteration 0, the end: a view is recorded when its round changed it.
+        assert len(records) == 3 and "winner" in records[0].asset_materialization.metadata
 
 
 @pytest.mark.parametrize("batch_mode", ["immediate"])
@@ -84,3 +85,22 @@ def test_a_failing_session_is_ended_failed_and_the_others_go_on(instance, resour
     assert ledger.session("ok").status == "running"
     assert metadata(result, "session_steps")["failed_sessions"] == "broken"
     assert session_metadata(result, "queued_requests", "broken")["status"] == "failed"
+
+
+def test_a_step_records_the_views_its_rounds_changed():
+    from batch_pipeline.defs.session_assets import changed_views
+    from batch_pipeline.ledger.reports import SessionRound
+    from batch_pipeline.sessions import SessionProgress
+
+    def views(was: tuple[int, str, int], now: tuple[int, str | None, str]) -> list[str]:
+        before = SessionRound("s", was[0], was[1], was[2], 0, 0)
+        step = SessionProgress(session_id="s", iteration=now[0], next_round=now[1], status=now[2])
+        return [v.key.path[-1] for v in changed_views(before, step)]
+
+    every = ["queued_requests", "generated_prompts", "image_candidates", "ranked_results"]
+    assert views((0, "text", 0), (0, "text", "waiting")) == every, "the first step shows every view"
+    assert views((0, "text", 4), (0, "image", "waiting")) == ["queued_requests", "generated_prompts"]
+    assert views((0, "image", 4), (0, "vision", "waiting")) == ["queued_requests", "image_candidates"]
+    assert views((0, "vision", 16), (1, "text", "waiting")) == ["queued_requests", "ranked_results"]
+    assert views((1, "text", 0), (1, "text", "waiting")) == ["queued_requests"], "a queue step changes the queue only"
+    assert views((1, "vision", 16), (1, None, "completed")) == every, "the end shows every view"
