@@ -12,12 +12,14 @@ shared batch stage.
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import dagster as dg
 
 from batch_pipeline.batching.polling import ACTIVE_STATUSES
 from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, open_applied_rounds, \
     rounds_terminal_result
+from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.defs.session_assets import queued_requests, record_session_views
@@ -49,6 +51,18 @@ batch_results = dg.AssetSpec(
         "transaction per batch: output and error files are downloaded and checked for completeness; failed "
         "or expired lines go back to the queue until their attempts run out. Ingesting a batch twice changes "
         "nothing, so a retried run is safe."))
+
+
+class ReadyDriver(Driver):
+    """The core driver over Dagster's sessions that steps only those ready for a step (`step_due`: a round
+    not queued yet, all answered, or back from a failed batch), as the per-session step runs did: a
+    session whose batch is still out has nothing to apply, and stepping it anyway would make every tick
+    cost as much as there are sessions."""
+
+    def running(self, owned: Sequence[str] | None) -> list[str]:
+        ready = {r.session_id for r in LedgerReader.within(self.runtime.ledger).running_session_rounds()
+                 if step_due(r) is not None}
+        return [sid for sid in super().running(owned) if sid in ready]
 
 
 def moved(before: dict[str, SessionRound], progress: SessionProgress) -> bool:
@@ -87,7 +101,7 @@ def pipeline_tick(context: dg.AssetExecutionContext, openai: OpenAIResource, led
                   image_store: ImageStoreResource):
     started = time.monotonic()
     runtime = runtime_from(openai, ledger, image_store)  # once per run: settings, catalog, client, ledger
-    driver = Driver(runtime, owner="dagster")
+    driver = ReadyDriver(runtime, owner="dagster")
     reader = LedgerReader.within(runtime.ledger)
     with runtime.ledger.unit():
         before = {r.session_id: r for r in reader.running_session_rounds()}

@@ -75,8 +75,9 @@ def test_a_failing_session_is_ended_failed_and_the_others_go_on(instance, resour
     assert tick(instance, resources).success
     ledger = Ledger(resources["ledger"].database)
     with ledger.transaction() as con:
-        # The broken session's queued round no longer matches what its state asks for: re-queueing it raises.
-        con.execute("UPDATE requests SET body_hash = 'tampered' WHERE session_id = 'broken'")
+        # The broken session's queued round no longer matches what its state asks for, and looks back from a
+        # failed batch (so it is stepped): re-queueing it raises.
+        con.execute("UPDATE requests SET body_hash = 'tampered', attempts = 1 WHERE session_id = 'broken'")
 
     result = tick(instance, resources)
     assert result.success, "one broken session does not fail the run"
