@@ -41,6 +41,7 @@ from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict
 from batch_pipeline.settings import is_loopback_host
+from batch_pipeline.vocabulary import ENDED_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +514,7 @@ def _job(runtime: Runtime, row, brief: bool = False) -> dict[str, Any]:
     if brief:
         return job
     batches = runtime.ledger.batches_of_session(row.session_id)
-    inflight = [b for b, _ in batches if b.status not in ("completed", "failed", "expired", "cancelled")]
+    inflight = [b for b, _ in batches if b.status not in ENDED_STATUSES]
     job["batchId"] = inflight[0].openai_batch_id if inflight else None
     job["batchIds"] = [b.openai_batch_id for b, _ in batches]
     job["estimatedCompletionTime"] = None if done else _iso(row.deadline_at)
