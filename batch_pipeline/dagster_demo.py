@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                                         log=(logs / "simulator.log").open("ab"), cwd=paths.root)
         procs.append(sim)
         print(f"simulator (OpenAI-compatible, offline) at {base_url}")
-        env = dagster_env(paths, base_url)
+        # One session: the queue is flushed a second after its round is queued (within the tick run that
+        # queued it) and the sensor looks every 2 s, so a round costs about one run start plus its batch.
+        env = dagster_env(paths, base_url, sensor_interval_s=2, extra={"BATCH_FLUSH_MAX_AGE_SECONDS": "1"})
         prepare_instance(paths)
         procs.append(start_daemon(paths, env, log=(logs / "daemon.log").open("ab")))
         if not args.no_webserver:
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         ui = f"http://127.0.0.1:{args.port}"
         print(f"\nDemo session {session_id} launched (N=4, M=2, K=2, E=2, tier batch, deferred batching).")
         if not args.no_webserver:
-            print(f"Open {ui}/assets to see the asset graph, {ui}/runs for the runs the sensors launch,\n"
+            print(f"Open {ui}/assets to see the asset graph, {ui}/runs for the tick runs the sensor launches,\n"
                   f"{ui}/assets/submitted_batches for batches and their progress, and\n"
                   f"{ui}/assets/ranked_results?partition={session_id} for the ranked images once it finishes.")
         return watch(paths, session_id, exit_when_done=args.exit_when_done, timeout_s=args.timeout)

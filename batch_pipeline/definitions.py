@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from batch_pipeline.defs.batch_assets import batch_results, flush_batches_job, ingest_batches_job, submitted_batches
-from batch_pipeline.defs.checks import ALL_CHECKS
+from batch_pipeline.defs.batch_assets import pipeline_tick, tick_job
 from batch_pipeline.defs.launch import launch_session
 from batch_pipeline.defs.reporting import cost_report, cost_report_job, daily_cost_report_schedule
 from batch_pipeline.defs.resources import resources_from
 from batch_pipeline.defs.sensors import ALL_SENSORS
-from batch_pipeline.defs.session_assets import (
-    generated_prompts,
-    image_candidates,
-    queued_requests,
-    ranked_results,
-    session_step_job,
-)
+from batch_pipeline.defs.session_assets import SESSION_VIEWS
 from batch_pipeline.settings import load_settings
 
 defs = dg.Definitions(
-    assets=[queued_requests, generated_prompts, image_candidates, ranked_results, submitted_batches, batch_results,
-            cost_report],
-    asset_checks=ALL_CHECKS,
-    jobs=[launch_session, session_step_job, flush_batches_job, ingest_batches_job, cost_report_job],
+    # The session views are specs: the tick run records their per-session materialisations.
+    assets=[*SESSION_VIEWS, pipeline_tick, cost_report],
+    jobs=[launch_session, tick_job, cost_report_job],
     sensors=ALL_SENSORS,
     schedules=[daily_cost_report_schedule],
     # Reads the environment only (no connection is opened at import); an invalid BATCH_* variable

@@ -11,6 +11,7 @@ What is transient, and so waited out, is decided in one place: `errors.py`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,16 @@ class Tick:
         return bool(self.recovered or self.ingested)
 
 
+def _one_ledger_connection(tick: Callable[[Driver], Tick]) -> Callable[[Driver], Tick]:
+    """A tick is one unit of work on the ledger (`Ledger.unit`): one connection for all of its reads and
+    writes in this thread, and the file lock held only for as long as the tick takes."""
+    @functools.wraps(tick)
+    def in_one_unit(self: Driver) -> Tick:
+        with self.runtime.ledger.unit():
+            return tick(self)
+    return in_one_unit
+
+
 class Driver:
     """Drives the sessions one owner is responsible for: a fixed list (the CLI's one session), or every
     session started with `driver=owner` (the API's worker). It flushes and ingests only their requests."""
@@ -89,6 +100,7 @@ class Driver:
 
     # -- one tick --------------------------------------------------------------------------------
 
+    @_one_ledger_connection
     def tick(self) -> Tick:
         """One pass over everything this driver owns. Raises only what `errors.is_transient` calls
         transient (the caller backs off) or a bug; an auth error ends the owned sessions `failed`."""

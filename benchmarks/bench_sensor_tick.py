@@ -1,7 +1,7 @@
-"""Benchmark: one `batch_sensor` tick with 1,000 batches in flight (Dagster's tick limit is 60 s).
+"""Benchmark: one `pipeline_sensor` tick with 1,000 batches in flight (Dagster's tick limit is 60 s).
 
 Creates the batches in the in-thread simulator and records them in a real ledger, then times ticks:
-all 1,000 due (one paginated list walk), none due (no API call), and the other two sensors.
+all 1,000 due (one paginated list walk) and none due (no API call).
 Not run by the test command. Usage: python benchmarks/bench_sensor_tick.py [--batches 1000]
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
                                "OPENAI_BASE_URL": base_url, "BATCH_API_MODE": "deferred",
                                "BATCH_POLL_INTERVAL_MS": "100"})
             from batch_pipeline.defs.resources import resources_from
-            from batch_pipeline.defs.sensors import batch_sensor, flush_sensor, session_driver_sensor
+            from batch_pipeline.defs.sensors import pipeline_sensor
             from batch_pipeline.settings import load_settings
 
             resources = resources_from(load_settings())
@@ -76,19 +76,15 @@ def main() -> None:
                 all_due = []
                 for _ in range(args.repeats):
                     time.sleep(0.2)  # past the 100 ms first-poll delay: every batch is due
-                    elapsed, result = timed_tick(batch_sensor, instance, resources, None)
+                    elapsed, result = timed_tick(pipeline_sensor, instance, resources, None)
                     all_due.append(elapsed)
                 cursor = result.cursor
-                print(f"batch_sensor, {args.batches} due (one paginated list walk): "
+                print(f"pipeline_sensor, {args.batches} due (one paginated list walk): "
                       f"median {statistics.median(all_due):.2f} s, max {max(all_due):.2f} s; "
                       f"cursor {len(cursor) / 1024:.0f} KiB")
                 os.environ["BATCH_POLL_INTERVAL_MS"] = "600000"
-                none_due = [timed_tick(batch_sensor, instance, resources, cursor)[0] for _ in range(args.repeats)]
-                print(f"batch_sensor, none due (no API call): median {statistics.median(none_due) * 1000:.0f} ms")
-                flush = [timed_tick(flush_sensor, instance, resources, None)[0] for _ in range(args.repeats)]
-                print(f"flush_sensor: median {statistics.median(flush) * 1000:.0f} ms")
-                driver = [timed_tick(session_driver_sensor, instance, resources, None)[0] for _ in range(args.repeats)]
-                print(f"session_driver_sensor: median {statistics.median(driver) * 1000:.0f} ms")
+                none_due = [timed_tick(pipeline_sensor, instance, resources, cursor)[0] for _ in range(args.repeats)]
+                print(f"pipeline_sensor, none due (no API call): median {statistics.median(none_due) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ class BatchJobManager:
         # One process may drive several sessions from threads (the HTTP API); across processes the
         # Dagster `ledger` pool serialises writers.
         self._lock = threading.RLock()
+        # Batches this manager's own list walk saw ended: their recorded file ids are final already.
+        self._seen_ended: set[str] = set()
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class BatchJobManager:
         record = self.ledger.batch(key)
         if record.phase == BatchPhase.INTENT:
             # We may have crashed after creating it remotely: look before uploading again.
-            if (remote := self.find_remote(record)) is not None:
+            if not _never_sent(record) and (remote := self.find_remote(record)) is not None:
                 self._attach(record, remote)
                 return
             path, _size, _lines = write_batch_file(self.ledger, key, self.files_dir, self.image_store)
@@ -157,7 +159,7 @@ class BatchJobManager:
             self._create(record)
 
     def _create(self, record: BatchRecord) -> None:
-        if (remote := self.find_remote(record)) is not None:
+        if not _never_sent(record) and (remote := self.find_remote(record)) is not None:
             self._attach(record, remote)
             return
         if record.create_sent_at is not None and self.clock() - record.create_sent_at < self.create_settle_s:
@@ -231,6 +233,7 @@ class BatchJobManager:
             seen = find_batches(self.client, wanted,
                                 created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
             self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
+            self._seen_ended |= {wanted[bid].batch_key for bid, remote in seen.items() if remote.status in ENDED_STATUSES}
         self.sweep_duplicates()
         return [self.ledger.batch(b.batch_key) for b in inflight]
 
@@ -288,9 +291,11 @@ class BatchJobManager:
             if record.status not in ENDED_STATUSES:
                 continue
             try:
-                # Read the final state once more: file ids are only trustworthy after the batch ended.
-                remote = self.client.batches.retrieve(record.openai_batch_id)
-                self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
+                if record.batch_key not in self._seen_ended:
+                    # Read the final state once more: file ids are only trustworthy after the batch ended.
+                    # (A status this manager saw ended in its own list walk is such a read already.)
+                    remote = self.client.batches.retrieve(record.openai_batch_id)
+                    self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
                 if self.ingest(self.ledger.batch(record.batch_key)):
                     done.append(record.batch_key)
             except Exception as exc:
@@ -392,6 +397,12 @@ def find_batches(client: openai.OpenAI, wanted: Iterable[str], *, created_after:
     for batch_id in sorted(wanted - seen.keys())[:max_retrieves]:
         seen[batch_id] = client.batches.retrieve(batch_id)
     return seen
+
+
+def _never_sent(record: BatchRecord) -> bool:
+    """No create of this batch ever went out without a definite answer, so no remote batch can carry its
+    key: looking for one in the list before the first create would only cost a list walk."""
+    return record.create_sent_at is None and record.sweep_until is None
 
 
 def _remote_status(batch_key: str, remote: Batch) -> RemoteStatus:

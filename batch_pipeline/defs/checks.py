@@ -1,78 +1,71 @@
-"""Asset checks: a step's rounds are complete, the ledger's invariants hold, a session stays within budget.
+"""Asset checks of the tick run: the rounds it applied are complete, the ledger's invariants hold, sessions stay
+within budget.
 
-Blocking ERROR checks stop the views (or the next stage) from rendering a corrupt round; the budget is a warning.
+The tick run evaluates them on its own ledger connection and reports them on its assets: a session
+whose applied rounds still have open requests (a corrupt step) gets no views recorded; the budget is a
+warning.
 """
-
-import warnings
 
 import dagster as dg
 
-from batch_pipeline.defs.batch_assets import batch_results
-from batch_pipeline.defs.launch import SESSIONS
-from batch_pipeline.defs.resources import LEDGER_POOL, LedgerResource
-from batch_pipeline.defs.session_assets import queued_requests
+from batch_pipeline.ledger import Ledger
+from batch_pipeline.ledger.reports import LedgerReader
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 
 _TERMINAL = {str(s) for s in TERMINAL_REQUEST_STATES}
 
-# Checks per session partition are "preview" in Dagster 1.13; without a partition the checks could not
-# say which session they judged. The warning would be printed by every process that loads the code.
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
+ROUNDS_TERMINAL = dg.AssetCheckSpec(
+    "applied_rounds_terminal", asset="session_steps",
+    description="Every request of the applied rounds of each session the tick moved reached a terminal state: "
+                "a round is only applied once all its answers are in, so anything else means a corrupt step "
+                "(that session's views are not recorded).")
+BUDGETS = dg.AssetCheckSpec(
+    "session_budgets", asset="session_steps",
+    description="Each session the tick moved is within its optional budget_usd (a warning: the money is "
+                "already spent; the check makes it visible).")
+INVARIANTS = dg.AssetCheckSpec(
+    "ledger_invariants", asset="batch_results", blocking=True,
+    description="The ledger's invariants hold (no request finished twice, none left in a finished batch, no "
+                "remote batch recorded twice) and no custom_id is live in two batches.")
+TICK_CHECKS = [ROUNDS_TERMINAL, BUDGETS, INVARIANTS]
 
 
-@dg.asset_check(asset=queued_requests, partitions_def=SESSIONS, blocking=True, pool=LEDGER_POOL,
-                description="Every request of the session's applied rounds reached a terminal state: a round is "
-                            "only applied once all its answers are in, so anything else means a corrupt step.")
-def queued_requests_rounds_terminal_check(context: dg.AssetCheckExecutionContext,
-                                          ledger: LedgerResource) -> dg.AssetCheckResult:
-    session_id = context.partition_key
-    applied = {f"i{r['iteration']}-{r['round']}" for r in ledger.ledger().session_rounds(session_id)}
-    states = ledger.reader(lock_timeout_s=10.0).round_request_states(session_id)
+def open_applied_rounds(ledger: Ledger, reader: LedgerReader, session_id: str) -> dict[str, dict[str, int]]:
+    """Applied rounds of a session that still have requests in a non-terminal state, by round key."""
+    applied = {f"i{r['iteration']}-{r['round']}" for r in ledger.session_rounds(session_id)}
+    states = reader.round_request_states(session_id)
     open_requests = {key: {s: n for s, n in by_state.items() if s not in _TERMINAL}
                      for key, by_state in states.items() if key in applied}
-    open_requests = {key: v for key, v in open_requests.items() if v}
-    return dg.AssetCheckResult(
-        passed=not open_requests, severity=dg.AssetCheckSeverity.ERROR,
-        description=None if not open_requests else f"applied rounds with unfinished requests: {open_requests}",
-        metadata={"applied_rounds": len(applied), "rounds_with_open_requests": len(open_requests)})
+    return {key: v for key, v in open_requests.items() if v}
 
 
-def _invariants_result(ledger: LedgerResource) -> dg.AssetCheckResult:
-    problems = ledger.ledger().check_invariants()
-    duplicates = ledger.reader(lock_timeout_s=10.0).live_duplicate_members()
-    problems += [f"custom_id {rid} is a member of {n} live batches" for rid, n in duplicates]
+def rounds_terminal_result(corrupt: dict[str, dict[str, dict[str, int]]], checked: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        check_name=ROUNDS_TERMINAL.name, asset_key=ROUNDS_TERMINAL.asset_key,
+        passed=not corrupt, severity=dg.AssetCheckSeverity.ERROR,
+        description=None if not corrupt else f"applied rounds with unfinished requests: {corrupt}",
+        metadata={"sessions_checked": checked, "sessions_with_open_requests": len(corrupt)})
+
+
+def budgets_result(reader: LedgerReader, session_ids: list[str]) -> dg.AssetCheckResult:
+    over = {}
+    for session_id in session_ids:
+        budget = reader.session_budget(session_id)
+        if budget is None:
+            continue
+        paid, _standard = reader.session_spend(session_id)
+        if paid > budget:
+            over[session_id] = f"spent ${paid:.4f} of a ${budget} budget"
+    return dg.AssetCheckResult(
+        check_name=BUDGETS.name, asset_key=BUDGETS.asset_key, passed=not over,
+        severity=dg.AssetCheckSeverity.WARN, description="; ".join(f"{s}: {w}" for s, w in over.items()) or None,
+        metadata={"sessions_checked": len(session_ids), "over_budget": len(over)})
+
+
+def invariants_result(ledger: Ledger, reader: LedgerReader) -> dg.AssetCheckResult:
+    problems = ledger.check_invariants()
+    problems += [f"custom_id {rid} is a member of {n} live batches" for rid, n in reader.live_duplicate_members()]
+    return dg.AssetCheckResult(
+        check_name=INVARIANTS.name, asset_key=INVARIANTS.asset_key,
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(problems[:10]) or None, metadata={"violations": len(problems)})
-
-
-@dg.asset_check(asset=queued_requests, partitions_def=SESSIONS, blocking=True, pool=LEDGER_POOL,
-                description="The ledger's invariants hold (no request finished twice, none left in a finished "
-                            "batch, no remote batch recorded twice) and no custom_id is live in two batches.")
-def queued_requests_ledger_invariants_check(ledger: LedgerResource) -> dg.AssetCheckResult:
-    return _invariants_result(ledger)
-
-
-@dg.asset_check(asset=queued_requests, partitions_def=SESSIONS, pool=LEDGER_POOL,
-                description="The session's spend so far is within its optional budget_usd (a warning: the "
-                            "money is already spent; the check makes it visible).")
-def queued_requests_budget_check(context: dg.AssetCheckExecutionContext, ledger: LedgerResource) -> dg.AssetCheckResult:
-    session_id = context.partition_key
-    reader = ledger.reader(lock_timeout_s=10.0)
-    paid, standard = reader.session_spend(session_id)
-    budget = reader.session_budget(session_id)
-    metadata = {"spent_usd": float(paid), "standard_price_usd": float(standard),
-                "budget_usd": float(budget) if budget is not None else "none"}
-    return dg.AssetCheckResult(
-        passed=budget is None or paid <= budget, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
-        description=None if budget is None or paid <= budget else f"spent ${paid:.4f} of a ${budget} budget")
-
-
-@dg.asset_check(asset=batch_results, blocking=True, pool=LEDGER_POOL,
-                description="The ledger's invariants hold after ingestion; a violation stops anything downstream.")
-def batch_results_invariants_check(ledger: LedgerResource) -> dg.AssetCheckResult:
-    return _invariants_result(ledger)
-
-
-ALL_CHECKS = [queued_requests_rounds_terminal_check, queued_requests_ledger_invariants_check,
-              queued_requests_budget_check, batch_results_invariants_check]

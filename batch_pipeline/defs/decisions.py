@@ -71,7 +71,7 @@ class StepDue:
 
 
 def step_due(r: SessionRound) -> StepDue | None:
-    """Does this running session need a `session_step_job` run now, and under which base run key?
+    """Does this running session need a step now (in the next tick run), and under which base key?
 
     A step applies the round the session waits for (once all its requests are terminal) and queues the
     next round. The same (iteration, round) can need two steps, so the key names the phase:
@@ -141,10 +141,13 @@ class BatchCursor:
     """The batch sensor's memory between ticks, keyed by OpenAI batch id; stored as compact JSON."""
 
     batches: dict[str, PollRecord] = field(default_factory=dict)
+    # Retry steps already requested (base keys): asked for once, see `tick_due`.
+    requested_retries: set[str] = field(default_factory=set)
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "b": {bid: [r.polls, round(r.last_polled_at, 3), r.errors, r.ended_status]
-                                          for bid, r in sorted(self.batches.items())}},
+                                          for bid, r in sorted(self.batches.items())},
+                           "r": sorted(self.requested_retries)},
                           separators=(",", ":"))
 
     @classmethod
@@ -152,7 +155,8 @@ class BatchCursor:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls({bid: PollRecord(polls, last, errors, ended) for bid, (polls, last, errors, ended) in data["b"].items()})
+        return cls({bid: PollRecord(polls, last, errors, ended) for bid, (polls, last, errors, ended) in data["b"].items()},
+                   set(data.get("r", ())))
 
     def prune(self, watched: Iterable[WatchedBatch]) -> None:
         """Forget batches that are no longer watched (ingested): the cursor stays as small as the work."""
@@ -205,3 +209,42 @@ def record_polls(cursor: BatchCursor, watched: Iterable[WatchedBatch], due: Iter
 def ingest_base_key(ended: Iterable[WatchedBatch]) -> str:
     """One ingestion run per set of ended batches: a batch ending later makes a new key."""
     return f"ingest:{short_hash(b.openai_batch_id for b in ended)}"
+
+
+# -- the tick -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TickDue:
+    base_key: str
+    reason: str
+    retries: frozenset[str] = frozenset()  # the retry steps this tick asks for
+
+
+def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[WatchedBatch], cursor: BatchCursor, *,
+             mode: Literal["immediate", "deferred"], max_requests: int, max_age_s: float, now: float) -> TickDue | None:
+    """Whether a tick run is due, and under which base run key: one run for everything due now.
+
+    Due: a session step (`step_due`), a flush (`flush_due`) or an ended batch to ingest. The key is a hash
+    of what is due, so the same work is never requested twice and a change in it makes a new key. A retry
+    step is asked for once (the tick may rightly leave its requests for the next batch): the cursor keeps
+    the retry keys requested, and forgets those no longer due.
+    """
+    steps = [d for r in rounds if (d := step_due(r)) is not None]
+    retries = {d.base_key for d in steps if not d.again_after_success}
+    cursor.requested_retries &= retries
+    steps = [d for d in steps if d.again_after_success or d.base_key not in cursor.requested_retries]
+    flush = flush_due(queue, mode=mode, max_requests=max_requests, max_age_s=max_age_s, now=now)
+    parts, reasons = [d.base_key for d in steps], []
+    if steps:
+        reasons.append(f"{len(steps)} session step(s) due: " + ", ".join(f"{d.session_id} ({d.reason})" for d in steps[:5])
+                       + (" ..." if len(steps) > 5 else ""))
+    if flush is not None:
+        parts.append(flush.base_key)
+        reasons.append(f"flush: {flush.reason}")
+    if ended:
+        parts.append(ingest_base_key(ended))
+        reasons.append(f"{len(ended)} batch(es) ended")
+    if not parts:
+        return None
+    return TickDue(f"tick:{short_hash(parts)}", "; ".join(reasons),
+                   frozenset(d.base_key for d in steps if not d.again_after_success))

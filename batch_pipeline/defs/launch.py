@@ -1,6 +1,6 @@
 """Starting a session from the launchpad: typed config -> core `SessionConfig` -> ledger row + dynamic partition.
 
-The first step of the data flow; from here `session_driver_sensor` (sensors.py) takes the session forward.
+The first step of the data flow; from here `pipeline_sensor` (sensors.py) requests the tick runs that take it forward.
 """
 
 from decimal import Decimal
@@ -92,7 +92,7 @@ def start_session(context: dg.OpExecutionContext, config: LaunchSessionConfig, o
     context.instance.add_dynamic_partitions(SESSIONS.name, [session_id])
     context.add_output_metadata({"session_id": session_id, "tier": session_config.tier,
                                  "params": dg.MetadataValue.json(session_config.params.model_dump())})
-    context.log.info(f"session {session_id} started; session_driver_sensor requests its first step")
+    context.log.info(f"session {session_id} started; pipeline_sensor requests the tick that steps it")
 
 
 @dg.job(description="Start a beam-search session from the launchpad; sensors then drive it step by step.",

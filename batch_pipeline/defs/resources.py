@@ -37,7 +37,8 @@ class LedgerResource(DuckDBResource):
 
     Deliberately not `get_connection()`: DuckDBResource's connection is opened read-write only and is
     not closed when an exception escapes the `with` block, so a failing step would keep DuckDB's
-    single-writer lock. The core opens a short connection per operation and closes it in `finally`.
+    single-writer lock. The core opens one connection per unit of work (a tick: `Ledger.unit`) and closes
+    it in `finally`.
     """
 
     lock_timeout_s: float = Field(default=10.0, description="how long a writer waits for another process's lock")

@@ -1,7 +1,9 @@
-"""The three sensors that move sessions forward: drive steps, flush the queue, watch batches until they end.
+"""The one sensor that moves sessions forward: it watches batches until they end and requests a tick run
+when a session step, a flush or an ingestion is due.
 
-Thin: each reads the ledger read-only (a short bounded wait, never a write), asks `decisions.py` what is
-due and returns RunRequests whose run keys make a repeated tick harmless and a failed run retryable.
+Thin: it reads the ledger read-only (one short bounded wait, never a write), asks `decisions.py` what is
+due and returns at most one RunRequest per tick whatever the number of sessions; its run key makes a
+repeated tick harmless and a failed run retryable.
 """
 
 import time
@@ -13,21 +15,18 @@ import openai as openai_sdk
 
 from batch_pipeline.batching.jobs import create_settle_s, find_batches
 from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.defs.batch_assets import flush_batches_job, ingest_batches_job
+from batch_pipeline.defs.batch_assets import tick_job
 from batch_pipeline.defs.decisions import (
     BatchCursor,
     due_for_poll,
     ended_batches,
-    flush_due,
-    ingest_base_key,
     next_attempt,
     record_polls,
-    step_due,
+    tick_due,
 )
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.resources import LedgerResource, OpenAIResource
-from batch_pipeline.defs.run_history import PARTITION_TAG, prior_runs, runs_in_progress
-from batch_pipeline.defs.session_assets import session_step_job
+from batch_pipeline.defs.run_history import prior_runs, runs_in_progress
 from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger.reports import LedgerReader, WatchedBatch
 from batch_pipeline.settings import load_settings
@@ -61,66 +60,6 @@ def read_ledger(context: dg.SensorEvaluationContext, ledger: LedgerResource,
         return dg.SkipReason(f"ledger busy: {exc}")
 
 
-@dg.sensor(
-    name="session_driver_sensor", job=session_step_job, minimum_interval_seconds=INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests the next step of every running session whose current round is ready: not queued "
-                "yet, all answered, or back from a failed batch. Reads the ledger read-only.")
-def session_driver_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
-    snapshot = read_ledger(context, ledger, lambda reader, _at: reader.running_session_rounds())
-    if isinstance(snapshot, dg.SkipReason):
-        return snapshot
-    rounds, snapshot_at = snapshot
-    known = set(context.instance.get_dynamic_partitions(SESSIONS.name))
-    stepping = {run.tags.get(PARTITION_TAG) for run in runs_in_progress(context.instance, session_step_job.name)}
-    lookup = prior_runs(context.instance, context.sensor_name)
-    requests = []
-    for r in rounds:
-        due = step_due(r)
-        if due is None or r.session_id in stepping:
-            continue
-        attempt = next_attempt(due.base_key, lookup, snapshot_at=snapshot_at,
-                               again_after_success=due.again_after_success)
-        if attempt is None:
-            continue
-        requests.append(dg.RunRequest(run_key=f"{due.base_key}:a{attempt}", partition_key=r.session_id,
-                                      tags={"batch_pipeline/step_reason": due.reason}))
-    # A session whose launch run died before adding its partition still gets one here.
-    missing = sorted({r.session_id for r in rounds} - known)
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[SESSIONS.build_add_request(missing)] if missing else None,
-        skip_reason=None if requests else f"{len(rounds)} running session(s), none ready for a step")
-
-
-@dg.sensor(
-    name="flush_sensor", job=flush_batches_job, minimum_interval_seconds=INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Deferred mode: flushes the batch-tier queue of all sessions when it reaches "
-                "BATCH_FLUSH_MAX_REQUESTS or its oldest request BATCH_FLUSH_MAX_AGE_SECONDS. Both modes: "
-                "finishes batches a crash left half-sent.")
-def flush_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
-    settings = load_settings()
-    settle_s = create_settle_s(settings.batch_create_timeout_seconds)
-    snapshot = read_ledger(context, ledger, lambda reader, at: reader.queue_state(settled_before=at - settle_s))
-    if isinstance(snapshot, dg.SkipReason):
-        return snapshot
-    queue, snapshot_at = snapshot
-    due = flush_due(queue, mode=settings.batch_api_mode, max_requests=settings.batch_flush_max_requests,
-                    max_age_s=settings.batch_flush_max_age_seconds, now=snapshot_at)
-    if due is None:
-        settling = f"; {queue.settling} half-sent batch(es) wait for a late create to land" if queue.settling else ""
-        return dg.SkipReason(f"{queue.queued} batch-tier request(s) queued; no flush due "
-                             f"(mode {settings.batch_api_mode}){settling}")
-    if runs_in_progress(context.instance, flush_batches_job.name):
-        return dg.SkipReason("a flush run is already queued or running")
-    attempt = next_attempt(due.base_key, prior_runs(context.instance, context.sensor_name), snapshot_at=snapshot_at)
-    if attempt is None:
-        return dg.SkipReason(f"flush {due.base_key} waits for its previous run")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"{due.base_key}:a{attempt}",
-                                                       tags={"batch_pipeline/flush_reason": due.reason})])
-
-
 def poll_remote(client: openai_sdk.OpenAI, due: list[WatchedBatch], watched: Iterable[WatchedBatch]) -> dict[str, str]:
     """Remote status of every due batch (and of any other watched batch the walk passes), by batch id.
 
@@ -134,40 +73,55 @@ def poll_remote(client: openai_sdk.OpenAI, due: list[WatchedBatch], watched: Ite
 
 
 @dg.sensor(
-    name="batch_sensor", job=ingest_batches_job, minimum_interval_seconds=INTERVAL_S,
+    name="pipeline_sensor", job=tick_job, minimum_interval_seconds=INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Polls in-flight batches with one paginated list call, each batch on its own backoff "
-                "(state in the cursor), and requests an ingestion run when any has ended. Never writes the ledger.")
-def batch_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
-                 openai: OpenAIResource) -> dg.SensorResult | dg.SkipReason:
+    description="Requests one tick run (tick_job) when any running session's round is ready (not queued yet, "
+                "all answered, or back from a failed batch), a flush is due (deferred mode: queue size or age; "
+                "any mode: a half-sent batch) or a batch ended. Polls in-flight batches with one paginated list "
+                "call, each on its own backoff (state in the cursor). Reads the ledger read-only, never writes.")
+def pipeline_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
+                    openai: OpenAIResource) -> dg.SensorResult | dg.SkipReason:
     settings = load_settings()
-    policy = PollPolicy(initial_s=settings.batch_poll_interval_ms / 1000)
-    snapshot = read_ledger(context, ledger, lambda reader, _at: reader.watched_batches())
+    settle_s = create_settle_s(settings.batch_create_timeout_seconds)
+    snapshot = read_ledger(context, ledger, lambda reader, at: reader.tick_snapshot(settled_before=at - settle_s))
     if isinstance(snapshot, dg.SkipReason):
         return snapshot
-    watched, snapshot_at = snapshot
+    (rounds, queue, watched), snapshot_at = snapshot
     cursor = BatchCursor.from_json(context.cursor)
     cursor.prune(watched)
-    due = due_for_poll(watched, cursor, policy, snapshot_at)
-    if due:
+    due_polls = due_for_poll(watched, cursor, PollPolicy(initial_s=settings.batch_poll_interval_ms / 1000), snapshot_at)
+    if due_polls:
         try:
-            seen = poll_remote(openai.get_client(), due, watched)
-            record_polls(cursor, watched, due, seen, time.time())
+            seen = poll_remote(openai.get_client(), due_polls, watched)
+            record_polls(cursor, watched, due_polls, seen, time.time())
         except openai_sdk.OpenAIError as exc:
             # A failed poll is not a failed batch: back off harder and look again later.
-            context.log.warning(f"polling {len(due)} batch(es) failed: {type(exc).__name__}: {exc}")
-            record_polls(cursor, watched, due, {}, time.time(), failed=True)
-    ended = ended_batches(watched, cursor)
-    requests = []
-    if ended and not runs_in_progress(context.instance, ingest_batches_job.name):
-        base = ingest_base_key(ended)
-        attempt = next_attempt(base, prior_runs(context.instance, context.sensor_name), snapshot_at=snapshot_at)
-        if attempt is not None:
-            requests.append(dg.RunRequest(run_key=f"{base}:a{attempt}",
-                                          tags={"batch_pipeline/ended_batches": str(len(ended))}))
+            context.log.warning(f"polling {len(due_polls)} batch(es) failed: {type(exc).__name__}: {exc}")
+            record_polls(cursor, watched, due_polls, {}, time.time(), failed=True)
+    due = tick_due(rounds, queue, ended_batches(watched, cursor), cursor, mode=settings.batch_api_mode,
+                   max_requests=settings.batch_flush_max_requests, max_age_s=settings.batch_flush_max_age_seconds,
+                   now=snapshot_at)
+    # A session whose launch run died before adding its partition still gets one here.
+    known = set(context.instance.get_dynamic_partitions(SESSIONS.name))
+    missing = sorted({r.session_id for r in rounds} - known)
+    partitions = [SESSIONS.build_add_request(missing)] if missing else None
+    summary = (f"{len(rounds)} running session(s), {queue.queued} queued, {len(watched)} batch(es) watched, "
+               f"{len(due_polls)} polled")
+    if due is None:
+        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
+                               skip_reason=f"{summary}; nothing due")
+    if runs_in_progress(context.instance, tick_job.name):
+        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
+                               skip_reason=f"{summary}; a tick run is already queued or running")
+    attempt = next_attempt(due.base_key, prior_runs(context.instance, context.sensor_name), snapshot_at=snapshot_at)
+    if attempt is None:
+        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
+                               skip_reason=f"{summary}; {due.base_key} waits for its previous run")
+    cursor.requested_retries |= due.retries
     return dg.SensorResult(
-        run_requests=requests, cursor=cursor.to_json(),
-        skip_reason=None if requests else f"{len(watched)} watched, {len(due)} polled, {len(ended)} ended")
+        run_requests=[dg.RunRequest(run_key=f"{due.base_key}:a{attempt}",
+                                    tags={"batch_pipeline/tick_reason": due.reason[:2000]})],
+        cursor=cursor.to_json(), dynamic_partitions_requests=partitions)
 
 
-ALL_SENSORS = [session_driver_sensor, flush_sensor, batch_sensor]
+ALL_SENSORS = [pipeline_sensor]

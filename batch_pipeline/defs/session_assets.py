@@ -1,120 +1,130 @@
-"""One session step as assets on the session's partition: queue the next round, then show prompts, images, ranking.
+"""Each session's partition: its queued round, prompts, images and ranking, recorded by the tick run.
 
-`session_driver_sensor` runs `session_step_job` whenever the round a session waits for is ready; the
-views read what the step left in the ledger. The loop itself lives in the ledger, not in the graph.
+The tick run (`batch_assets.pipeline_tick`) moves every ready session at once; for each session it
+moved it records one materialisation of each of these four assets on the session's partition, so a
+session's partition still shows its history and its latest state, however many sessions one run moves.
+They are asset specs without a compute function of their own: the loop lives in the ledger, the run
+that moves it is one per tick, not one per session.
 """
 
 import dagster as dg
 
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.rendering import prompts_md, ranking_md, table, thumbnails_md
-from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
+from batch_pipeline.ledger.reports import LedgerReader, SessionRound
+from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
+from batch_pipeline.sessions import SessionProgress
 
 GROUP = "search"
 
-
-@dg.asset(
-    partitions_def=SESSIONS, pool=LEDGER_POOL, group_name=GROUP, kinds={"duckdb", "openai"},
+queued_requests = dg.AssetSpec(
+    "queued_requests", partitions_def=SESSIONS, group_name=GROUP, kinds={"duckdb", "openai"},
     description=(
         "The requests of the session's next round, queued in the ledger. Each materialisation is one step "
-        "of the beam search: it applies every round whose results are all in (text -> candidates, image -> "
-        "pictures, vision -> ranking) and queues the next round's requests on the session's tier. In "
-        "BATCH_API_MODE=immediate it also submits them; in deferred mode `submitted_batches` collects "
-        "the queue of all sessions into shared batches. The latest materialisation is the session's state."),
-)
-def queued_requests(context: dg.AssetExecutionContext, openai: OpenAIResource, ledger: LedgerResource,
-                    image_store: ImageStoreResource) -> dg.MaterializeResult:
-    session_id = context.partition_key
-    runtime = runtime_from(openai, ledger, image_store)
-    # Calls a killed run worker left `running` go back to the queue (the same primitives as driver.py).
-    runtime.executor.sync.recover_lost(session_ids=[session_id])
-    step = runtime.sessions.advance(session_id)
-    reader = ledger.reader(lock_timeout_s=10.0)
-    counts = runtime.ledger.state_counts(session_id=session_id)
-    metadata: dict[str, object] = {
+        "of the beam search, recorded by the tick run that made it: it applied every round whose results "
+        "are all in (text -> candidates, image -> pictures, vision -> ranking) and queued the next round's "
+        "requests on the session's tier. The latest materialisation is the session's state."))
+
+generated_prompts = dg.AssetSpec(
+    "generated_prompts", partitions_def=SESSIONS, deps=[queued_requests], group_name=GROUP,
+    kinds={"duckdb", "markdown"},
+    description=(
+        "Every candidate's prompts so far: WHAT (the content), HOW (the style) and the combined image prompt, "
+        "with its parent in the previous iteration. A view of the ledger, recorded after each step."))
+
+image_candidates = dg.AssetSpec(
+    "image_candidates", partitions_def=SESSIONS, deps=[generated_prompts], group_name=GROUP,
+    kinds={"duckdb", "image"},
+    description=(
+        "The generated image of each candidate of the latest iteration, as thumbnails in the metadata "
+        "(full-size files stay in the image store). A view of the ledger, recorded after each step."))
+
+ranked_results = dg.AssetSpec(
+    "ranked_results", partitions_def=SESSIONS, deps=[image_candidates], group_name=GROUP,
+    kinds={"duckdb", "image"},
+    description=(
+        "The latest ranking of the session's pool, best first: image, Bradley-Terry score (alignment and "
+        "aesthetics blended by alpha) and prompt; once the session is done, the winner and its lineage "
+        "back to iteration 0."))
+
+SESSION_VIEWS = [queued_requests, generated_prompts, image_candidates, ranked_results]
+
+
+# What each round of an iteration changes, in their order: text -> prompts, image -> images, vision -> ranking.
+ROUND_VIEWS = {"text": generated_prompts, "image": image_candidates, "vision": ranked_results}
+
+
+def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg.AssetSpec]:
+    """The views a step changed: its queued round always; a view whose round it applied; all four on a
+    session's first step and when it ends. Rendering only these keeps a tick's cost to what moved."""
+    if before is None or step.status != "running" and step.status != "waiting" or \
+            (before.iteration, before.next_round, before.requests) == (0, "text", 0):
+        return SESSION_VIEWS
+    order = list(ROUND_VIEWS)
+    was = (before.iteration, order.index(before.next_round) if before.next_round in order else len(order))
+    now = (step.iteration, order.index(step.next_round) if step.next_round in order else len(order))
+    if now[0] > was[0]:
+        applied = order[was[1]:] + order[:now[1]] if now[0] == was[0] + 1 else order
+    else:
+        applied = order[was[1]:now[1]]
+    return [queued_requests, *(ROUND_VIEWS[r] for r in order if r in applied)]
+
+
+def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
+                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> dict[str, dict[str, object]]:
+    """The metadata of these views of one session after a step, by asset name (reads only)."""
+    session_id, ledger, store = step.session_id, runtime.ledger, runtime.image_store
+    names = {v.key.path[-1] for v in views}
+    step_md: dict[str, object] = {
         "status": step.status,
         "iteration": step.iteration,
         "round": step.next_round or "done",
         "pending_requests": step.pending_requests,
-        "requests_by_state": dg.MetadataValue.json(counts),
+        "requests_by_state": dg.MetadataValue.json(ledger.state_counts(session_id=session_id)),
         "batch_api_mode": runtime.settings.batch_api_mode,
     }
     if step.next_round is not None:
         tiers = reader.round_tiers(session_id, f"i{step.iteration}-{step.next_round}")
-        metadata["round_tiers"] = dg.MetadataValue.md(
+        step_md["round_tiers"] = dg.MetadataValue.md(
             table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in tiers]))
     if step.winner_id:
-        metadata["winner"] = step.winner_id
+        step_md["winner"] = step.winner_id
     if step.error:
-        metadata["error"] = step.error
-    context.log.info(f"session {session_id}: {step.status}, iteration {step.iteration}, round {step.next_round}, "
-                     f"{step.pending_requests} pending")
-    return dg.MaterializeResult(metadata=metadata)
+        step_md["error"] = step.error
+
+    found: dict[str, dict[str, object]] = {queued_requests.key.path[-1]: step_md}
+    if names & {"generated_prompts", "image_candidates"}:
+        candidates = ledger.session_candidates(session_id)
+        latest = max((c.iteration for c in candidates if c.image_path), default=None)
+        found["generated_prompts"] = {
+            "candidates": len(candidates),
+            "failed": sum(c.failed for c in candidates),
+            "prompts": dg.MetadataValue.md(prompts_md(candidates)),
+        }
+        found["image_candidates"] = {
+            "iteration": latest if latest is not None else -1,
+            "images": sum(1 for c in candidates if c.image_path),
+            "thumbnails": dg.MetadataValue.md(thumbnails_md([c for c in candidates if c.iteration == latest], store)),
+        } if "image_candidates" in names else {}
+    if "ranked_results" in names:
+        state = SearchState.model_validate_json(ledger.session_state_json(session_id))
+        ranking: dict[str, object] = {
+            "status": step.status,
+            "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
+            "ranking": dg.MetadataValue.md(ranking_md(state, store)),
+        }
+        if state.done and state.winner_id:
+            winner = state.candidate(state.winner_id)
+            ranking |= {"winner": state.winner_id, "winner_prompt": winner.combined,
+                        "lineage": " <- ".join(state.lineage),
+                        "final_best_scores": dg.MetadataValue.json(state.final_best_scores)}
+        found["ranked_results"] = ranking
+    return {name: found[name] for name in (v.key.path[-1] for v in SESSION_VIEWS) if name in names}
 
 
-@dg.asset(
-    partitions_def=SESSIONS, deps=[queued_requests], pool=LEDGER_POOL, group_name=GROUP, kinds={"duckdb", "markdown"},
-    description=(
-        "Every candidate's prompts so far: WHAT (the content), HOW (the style) and the combined image prompt, "
-        "with its parent in the previous iteration. A view of the ledger, rewritten after each step."),
-)
-def generated_prompts(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg.MaterializeResult:
-    candidates = ledger.ledger().session_candidates(context.partition_key)
-    return dg.MaterializeResult(metadata={
-        "candidates": len(candidates),
-        "failed": sum(c.failed for c in candidates),
-        "prompts": dg.MetadataValue.md(prompts_md(candidates)),
-    })
-
-
-@dg.asset(
-    partitions_def=SESSIONS, deps=[generated_prompts], pool=LEDGER_POOL, group_name=GROUP, kinds={"duckdb", "image"},
-    description=(
-        "The generated image of each candidate of the latest iteration, as thumbnails in the metadata "
-        "(full-size files stay in the image store). A view of the ledger, rewritten after each step."),
-)
-def image_candidates(context: dg.AssetExecutionContext, ledger: LedgerResource,
-                     image_store: ImageStoreResource) -> dg.MaterializeResult:
-    candidates = ledger.ledger().session_candidates(context.partition_key)
-    latest = max((c.iteration for c in candidates if c.image_path), default=None)
-    shown = [c for c in candidates if c.iteration == latest]
-    return dg.MaterializeResult(metadata={
-        "iteration": latest if latest is not None else -1,
-        "images": sum(1 for c in candidates if c.image_path),
-        "thumbnails": dg.MetadataValue.md(thumbnails_md(shown, image_store.store())),
-    })
-
-
-@dg.asset(
-    partitions_def=SESSIONS, deps=[image_candidates], pool=LEDGER_POOL, group_name=GROUP, kinds={"duckdb", "image"},
-    description=(
-        "The latest ranking of the session's pool, best first: image, Bradley-Terry score (alignment and "
-        "aesthetics blended by alpha) and prompt; once the session is done, the winner and its lineage "
-        "back to iteration 0."),
-)
-def ranked_results(context: dg.AssetExecutionContext, ledger: LedgerResource,
-                   image_store: ImageStoreResource) -> dg.MaterializeResult:
-    session_id = context.partition_key
-    core = ledger.ledger()
-    state = SearchState.model_validate_json(core.session_state_json(session_id))
-    row = core.session(session_id)
-    metadata: dict[str, object] = {
-        "status": row.status if row else "unknown",
-        "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
-        "ranking": dg.MetadataValue.md(ranking_md(state, image_store.store())),
-    }
-    if state.done and state.winner_id:
-        winner = state.candidate(state.winner_id)
-        metadata |= {"winner": state.winner_id, "winner_prompt": winner.combined,
-                     "lineage": " <- ".join(state.lineage),
-                     "final_best_scores": dg.MetadataValue.json(state.final_best_scores)}
-    return dg.MaterializeResult(metadata=metadata)
-
-
-session_step_job = dg.define_asset_job(
-    "session_step_job",
-    selection=dg.AssetSelection.assets(queued_requests, generated_prompts, image_candidates, ranked_results),
-    description="One step of one session (its partition): apply finished rounds, queue the next, refresh the views.",
-    tags={"batch_pipeline/kind": "step"},
-)
+def record_session_views(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerReader,
+                         before: SessionRound | None, step: SessionProgress) -> None:
+    """A materialisation of each view the step changed, on the session's partition, in the run that moved it."""
+    for asset, metadata in session_views(runtime, reader, step, changed_views(before, step)).items():
+        context.log_event(dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata))

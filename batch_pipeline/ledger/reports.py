@@ -6,12 +6,13 @@ process open the file, even read-only, while one writes) so a sensor tick stays 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -92,15 +93,28 @@ class BatchOverview:
 
 
 class LedgerReader:
-    def __init__(self, path: Path | str, *, lock_timeout_s: float = 2.0):
+    def __init__(self, path: Path | str, *, lock_timeout_s: float = 2.0,
+                 connection: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]] | None = None):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self._connection = connection
+
+    @classmethod
+    def within(cls, ledger: Any) -> LedgerReader:
+        """The same queries on a writer's connection (`Ledger.connect`, pinned inside `Ledger.unit`): a run
+        that writes reads its views there, since DuckDB refuses a read-only connection beside a writing one
+        in the same process."""
+        return cls(ledger.path, lock_timeout_s=ledger.lock_timeout_s, connection=ledger.connect)
 
     def exists(self) -> bool:
         return self.path.exists()
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._connection is not None:
+            with self._connection() as con:
+                yield con
+            return
         @retry(retry=retry_if_exception(is_lock_error), stop=stop_after_delay(self.lock_timeout_s),
                wait=wait_random_exponential(multiplier=0.02, max=0.25), reraise=True)
         def open_() -> duckdb.DuckDBPyConnection:
@@ -134,6 +148,13 @@ class LedgerReader:
                 " GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
                 [list(_TERMINAL)]).fetchall()
         return [SessionRound(*row) for row in rows]
+
+    def tick_snapshot(self, *, settled_before: float = float("inf")) -> tuple[list[SessionRound], QueueState,
+                                                                                 list[WatchedBatch]]:
+        """What the pipeline sensor reads, on one connection: running sessions' rounds, the queue, watched batches."""
+        with self.connect() as con:
+            one = LedgerReader(self.path, connection=lambda: nullcontext(con))
+            return one.running_session_rounds(), one.queue_state(settled_before=settled_before), one.watched_batches()
 
     def watched_batches(self) -> list[WatchedBatch]:
         with self.connect() as con:

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 
-from batch_pipeline.defs.batch_assets import batch_results, submitted_batches
-from batch_pipeline.defs.checks import ALL_CHECKS, batch_results_invariants_check
+from batch_pipeline.defs.batch_assets import pipeline_tick
 from batch_pipeline.defs.launch import launch_session
 from batch_pipeline.defs.run_history import PARTITION_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
-from batch_pipeline.defs.session_assets import generated_prompts, image_candidates, queued_requests, ranked_results
-
-STEP_ASSETS = [queued_requests, generated_prompts, image_candidates, ranked_results]
-STEP_CHECKS = [c for c in ALL_CHECKS if c is not batch_results_invariants_check]
+from batch_pipeline.defs.session_assets import SESSION_VIEWS
 
 
 def launch(instance: dg.DagsterInstance, resources: dict, session_id: str, **config) -> dg.ExecuteInJobResult:
@@ -23,41 +21,48 @@ def launch(instance: dg.DagsterInstance, resources: dict, session_id: str, **con
                                              instance=instance, resources=resources, raise_on_error=False)
 
 
-def step(instance: dg.DagsterInstance, resources: dict, session_id: str, **kwargs) -> dg.ExecuteInJobResult:
-    return dg.materialize([*STEP_ASSETS, *STEP_CHECKS], instance=instance, resources=resources,
-                          partition_key=session_id, **kwargs)
-
-
-def flush(instance: dg.DagsterInstance, resources: dict) -> dg.ExecuteInJobResult:
-    return dg.materialize([submitted_batches], instance=instance, resources=resources)
-
-
-def ingest(instance: dg.DagsterInstance, resources: dict, **kwargs) -> dg.ExecuteInJobResult:
+def tick(instance: dg.DagsterInstance, resources: dict, **kwargs) -> dg.ExecuteInJobResult:
+    """One tick run, as `pipeline_sensor` requests it: step every ready session, flush if due, ingest."""
     kwargs.setdefault("raise_on_error", False)
-    return dg.materialize([batch_results, batch_results_invariants_check], instance=instance, resources=resources, **kwargs)
+    return dg.materialize([*SESSION_VIEWS, pipeline_tick], selection=[pipeline_tick], instance=instance,
+                          resources=resources, **kwargs)
+
+
+def session_metadata(result: dg.ExecuteInJobResult, asset: str, session_id: str) -> dict:
+    """The metadata the run recorded for one session's partition of a session view."""
+    events = [e for e in result.all_events if e.is_step_materialization
+              and e.asset_key.to_user_string() == asset and e.partition == session_id]
+    (event,) = events
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+def moved(result: dg.ExecuteInJobResult) -> set[str]:
+    return {e.partition for e in result.all_events if e.is_step_materialization
+            and e.asset_key.to_user_string() == "queued_requests"}
 
 
 def metadata(result: dg.ExecuteInJobResult, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in event.metadata.items()}
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
 
 
 def checks(result: dg.ExecuteInJobResult) -> dict[str, tuple[bool, str]]:
     return {e.check_name: (e.passed, str(e.severity.value)) for e in result.get_asset_check_evaluations()}
 
 
-def run_session_to_end(instance: dg.DagsterInstance, resources: dict, session_ids: list[str], max_steps: int = 12) -> dict:
-    """Step every session, flush, ingest, repeat: what the three sensors make the daemon do."""
+def run_session_to_end(instance: dg.DagsterInstance, resources: dict, session_ids: list[str], max_ticks: int = 12) -> dict:
+    """Tick until every session completed, as the sensor makes the daemon do, with the queue due at once (the
+    daemon would flush it at its age); the last views of each session."""
     last = {}
-    for _ in range(max_steps):
-        for sid in session_ids:
-            result = step(instance, resources, sid)
+    with mock.patch.dict(os.environ, {"BATCH_FLUSH_MAX_AGE_SECONDS": "0"}):
+        for _ in range(max_ticks):
+            result = tick(instance, resources)
             assert result.success
-            last[sid] = result
-        if all(metadata(last[sid], "queued_requests")["status"] == "completed" for sid in session_ids):
-            return last
-        assert flush(instance, resources).success
-        assert ingest(instance, resources).success
+            for sid in moved(result):
+                last[sid] = result
+            if all(sid in last and session_metadata(last[sid], "queued_requests", sid)["status"] == "completed"
+                   for sid in session_ids):
+                return last
     raise AssertionError("sessions did not finish")
 
 

@@ -1,56 +1,52 @@
-"""Asset checks pass on a healthy ledger and fail as designed: ERROR checks block, the budget only warns."""
+"""The tick run's asset checks pass on a healthy ledger and fail as designed: a corrupt session gets no views,
+broken invariants fail the run, the budget only warns."""
 from __future__ import annotations
 
 from batch_pipeline.ledger import Ledger
-from tests.defs.support import checks, flush, ingest, launch, step
+from tests.defs.support import checks, launch, moved, tick
 
 
-def test_a_corrupt_applied_round_fails_the_blocking_check_and_skips_the_views(instance, resources):
-    assert launch(instance, resources, "s1").success
-    step(instance, resources, "s1")
-    flush(instance, resources)
-    ingest(instance, resources)
-    assert step(instance, resources, "s1").success  # applies the text round
-    ledger = Ledger(resources["ledger"].database)
-    # Corrupt what a step relies on: one answered request of the applied round is "submitted" again.
+def _answered_text_round(instance, resources, monkeypatch, session_ids=("s1",)) -> Ledger:
+    """The text round queued, flushed, answered and applied (the image round then queued and sent)."""
+    monkeypatch.setenv("BATCH_FLUSH_MAX_AGE_SECONDS", "0")
+    assert tick(instance, resources).success
+    monkeypatch.setenv("BATCH_FLUSH_MAX_AGE_SECONDS", "60")
+    return Ledger(resources["ledger"].database)
+
+
+def test_a_corrupt_applied_round_fails_its_check_and_skips_that_session_s_views_only(instance, resources, monkeypatch):
+    for sid in ("s1", "s2"):
+        assert launch(instance, resources, sid).success
+    ledger = _answered_text_round(instance, resources, monkeypatch)
+    # Corrupt what a step relies on: one answered request of an applied round is "submitted" again.
     with ledger.transaction() as con:
         con.execute("UPDATE requests SET state = 'submitted' WHERE request_id = (SELECT min(request_id) FROM requests"
-                    " WHERE round_key = 'i0-text')")
-
-    result = step(instance, resources, "s1", raise_on_error=False)
-    assert not result.success
-    verdicts = checks(result)
-    assert verdicts["queued_requests_rounds_terminal_check"] == (False, "ERROR")
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"queued_requests"}, "the views downstream of a blocking failure are not rendered"
+                    " WHERE round_key = 'i0-text' AND session_id = 's1')")
+    result = tick(instance, resources)  # ingests the image round, so both sessions step
+    assert checks(result)["applied_rounds_terminal"] == (False, "ERROR")
+    assert "s2" in moved(result)
+    assert "s1" not in moved(result), "the views of a corrupt session are not recorded"
 
 
-def test_spend_over_the_budget_warns_without_stopping_the_session(instance, resources):
+def test_spend_over_the_budget_warns_without_stopping_the_session(instance, resources, monkeypatch):
     assert launch(instance, resources, "s1", budget_usd=0.000001).success
-    assert checks(step(instance, resources, "s1"))["queued_requests_budget_check"] == (True, "WARN"), "nothing spent yet"
-    flush(instance, resources)
-    ingest(instance, resources)
-    result = step(instance, resources, "s1")
+    assert checks(tick(instance, resources))["session_budgets"] == (True, "WARN"), "nothing spent yet"
+    monkeypatch.setenv("BATCH_FLUSH_MAX_AGE_SECONDS", "0")
+    result = tick(instance, resources)
     assert result.success
-    assert checks(result)["queued_requests_budget_check"] == (False, "WARN")
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "queued_requests_budget_check"]
-    assert evaluation.description.startswith("spent $0.00") and evaluation.description.endswith("of a $0.000001 budget")
-    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} >= {"ranked_results"}
+    assert checks(result)["session_budgets"] == (False, "WARN")
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "session_budgets"]
+    assert evaluation.description.startswith("s1: spent $0.00") and evaluation.description.endswith("of a $0.000001 budget")
+    assert "s1" in moved(result)
 
 
-def test_broken_ledger_invariants_fail_both_invariant_checks(instance, resources):
+def test_broken_ledger_invariants_fail_the_blocking_check_and_the_run(instance, resources, monkeypatch):
     assert launch(instance, resources, "s1").success
-    step(instance, resources, "s1")
-    flush(instance, resources)
-    assert ingest(instance, resources).success
-    ledger = Ledger(resources["ledger"].database)
+    ledger = _answered_text_round(instance, resources, monkeypatch)
     with ledger.transaction() as con:
         # A second terminal event for one request: it would have been answered (and paid) twice.
         con.execute("INSERT INTO request_events SELECT request_id, event_at + 1, from_state, to_state, batch_key, 'dup'"
                     " FROM request_events WHERE to_state = 'succeeded' LIMIT 1")
-
-    ingested = ingest(instance, resources)
-    assert not ingested.success
-    assert checks(ingested)["batch_results_invariants_check"] == (False, "ERROR")
-    stepped = step(instance, resources, "s1", raise_on_error=False)
-    assert checks(stepped)["queued_requests_ledger_invariants_check"] == (False, "ERROR")
+    result = tick(instance, resources)
+    assert not result.success
+    assert checks(result)["ledger_invariants"] == (False, "ERROR")

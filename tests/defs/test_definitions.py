@@ -20,14 +20,12 @@ def test_definitions_load_and_validate():
 def test_the_code_location_has_the_assets_checks_jobs_sensors_and_schedule():
     repo = definitions.defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {
-        "queued_requests", "generated_prompts", "image_candidates", "ranked_results", "submitted_batches",
-        "batch_results", "cost_report"}
+        "queued_requests", "generated_prompts", "image_candidates", "ranked_results", "session_steps",
+        "submitted_batches", "batch_results", "cost_report"}
     assert {k.name for k in repo.asset_graph.asset_check_keys} == {
-        "queued_requests_rounds_terminal_check", "queued_requests_ledger_invariants_check",
-        "queued_requests_budget_check", "batch_results_invariants_check"}
-    assert {j.name for j in repo.get_all_jobs()} >= {
-        "launch_session", "session_step_job", "flush_batches_job", "ingest_batches_job", "cost_report_job"}
-    assert {s.name for s in repo.sensor_defs} == {"session_driver_sensor", "flush_sensor", "batch_sensor"}
+        "applied_rounds_terminal", "session_budgets", "ledger_invariants"}
+    assert {j.name for j in repo.get_all_jobs()} >= {"launch_session", "tick_job", "cost_report_job"}
+    assert {s.name for s in repo.sensor_defs} == {"pipeline_sensor"}
     assert [s.name for s in repo.schedule_defs] == ["daily_cost_report_schedule"]
     assert repo.get_schedule_def("daily_cost_report_schedule").cron_schedule == "0 6 * * *"
 
@@ -46,7 +44,7 @@ def test_every_asset_has_a_description_group_and_kinds_and_sessions_are_partitio
 
 def test_ledger_writers_share_the_ledger_pool():
     repo = definitions.defs.get_repository_def()
-    for job in ("session_step_job", "flush_batches_job", "ingest_batches_job", "cost_report_job", "launch_session"):
+    for job in ("tick_job", "cost_report_job", "launch_session"):
         pools = {node.definition.pool for node in repo.get_job(job).graph.node_dict.values()
                  if hasattr(node.definition, "pool")}
         assert pools == {"ledger"}, job
