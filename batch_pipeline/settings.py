@@ -135,7 +135,6 @@ class Settings(BaseSettings):
     batch_llm_enabled: EnvBool = Field(default=True, description="critique, refinement and other text calls")
     batch_images_enabled: EnvBool = True
     batch_fallback_to_standard: EnvBool = True
-    batch_cost_tracking: EnvBool = True
     batch_hybrid_mode: EnvBool = False
 
     # Deferred mode: the queue is flushed into a batch when either threshold is reached.
@@ -152,6 +151,9 @@ class Settings(BaseSettings):
     )
     # How often one request may be submitted before it ends failed/expired.
     batch_max_attempts: int = Field(default=3, ge=1)
+    # Prices for models the packaged catalog lacks (same JSON shape as batching/prices.json's models/images);
+    # without them a session naming such a model is refused at launch, never costed at $0.
+    batch_prices_file: Path | None = None
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

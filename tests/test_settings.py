@@ -21,7 +21,7 @@ def test_empty_environment_gives_documented_defaults() -> None:
     assert settings.batch_max_wait_hours == 24
     assert settings.batch_poll_interval_ms == 30_000
     assert settings.batch_vision_enabled and settings.batch_llm_enabled and settings.batch_images_enabled
-    assert settings.batch_fallback_to_standard and settings.batch_cost_tracking
+    assert settings.batch_fallback_to_standard
     assert settings.batch_hybrid_mode is False
     assert settings.batch_flush_max_requests == 1000
     assert settings.batch_flush_max_age_seconds == 300

@@ -29,9 +29,11 @@ class SearchParams(BaseModel):
     descriptiveness: Literal["concise", "balanced", "descriptive"] = "balanced"
     prompt_style: Literal["natural", "tags"] = "natural"
     seed: int = Field(default=0, description="the only source of randomness (image order in votes)")
-    text_model: str = Field(default="gpt-5-mini", min_length=1)
-    vision_model: str = Field(default="gpt-5-nano", min_length=1)
-    image_model: str = Field(default="gpt-image-1-mini", min_length=1)
+    # The cheapest current models (the reference notes mark gpt-5-mini and gpt-5-nano deprecated). Neither
+    # has a flex tier: a flex session runs them on standard and says so; pass gpt-5 for flex.
+    text_model: str = Field(default="gpt-4.1-mini", min_length=1, max_length=100)
+    vision_model: str = Field(default="gpt-4o-mini", min_length=1, max_length=100)
+    image_model: str = Field(default="gpt-image-1-mini", min_length=1, max_length=100)
     image_size: Literal["1024x1024", "1024x1536", "1536x1024"] = "1024x1024"
     image_quality: Literal["low", "medium", "high"] = "low"
     vision_detail: Literal["low", "high", "auto"] = "low"

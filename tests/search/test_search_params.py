@@ -16,7 +16,7 @@ def test_defaults_follow_the_original_pipeline_and_cheapest_current_models():
     params = SearchParams(N=4, M=2, K=2)
     assert (params.E, params.alpha, params.temperature) == (3, 0.7, 0.7)
     models = (params.text_model, params.vision_model, params.image_model)
-    assert models == ("gpt-5-mini", "gpt-5-nano", "gpt-image-1-mini")
+    assert models == ("gpt-4.1-mini", "gpt-4o-mini", "gpt-image-1-mini")
     assert (params.image_size, params.image_quality, params.vision_detail) == ("1024x1024", "low", "low")
     assert (params.max_completion_tokens, params.seed) == (800, 0)
     assert params.children_per_parent == 2
