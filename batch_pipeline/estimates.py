@@ -10,6 +10,7 @@ Framework-free: the CLI, the API, the Dagster launch and `SessionService` (the b
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -139,7 +140,7 @@ class CompletionEstimate:
     basis: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"estimatedCompletionTime": _iso(self.at), "estimatedWaitHours": round(self.wait_hours, 4),
+        return {"estimatedCompletionTime": iso_utc(self.at), "estimatedWaitHours": round(self.wait_hours, 4),
                 "estimateBasis": self.basis}
 
 
@@ -170,7 +171,13 @@ def estimate_completion(*, now: float, deadline_at: float, rounds: Sequence[str]
     return CompletionEstimate(at=at, wait_hours=max(0.0, at - now) / 3600, basis=basis)
 
 
-def _iso(epoch: float) -> str:
-    from datetime import UTC, datetime
+def session_completion(*, now: float, deadline_at: float, state: SearchState, mode: str,
+                       turnaround: Mapping[tuple[str, str], tuple[float, int]]) -> CompletionEstimate:
+    """A session's completion estimate from the rounds it has left (API, CLI, session assets)."""
+    return estimate_completion(now=now, deadline_at=deadline_at, rounds=rounds_left(state), params=state.params,
+                               mode=mode, turnaround=turnaround)
 
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+def iso_utc(epoch: float) -> str:
+    """The one timestamp format of answers and metadata: 2026-11-28T23:04:05Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, field_validator
 from batch_pipeline.batching.jobs import BatchJobManager
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.deadlines import round_deadline
-from batch_pipeline.estimates import rounds_left
+from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
@@ -206,6 +206,27 @@ class SessionService:
         log.warning("session %s stopped: %s", state.session_id, reason)
         self.ledger.end_session(state.session_id, "stopped", reason, winner_id=best)
         return self._ended(state.session_id)
+
+    def money_and_time(self, session_id: str, *, estimate: bool = False) -> dict[str, str]:
+        """The session's deadline, completion estimate (with its basis) and three cost figures, as text for
+        metadata (launch run, session assets); `estimate` adds the whole session priced on every tier."""
+        row = self.ledger.session(session_id)
+        state = self.state(session_id)
+        figures = self.ledger.cost_figures(session_id=session_id)
+        out = {"deadline": iso_utc(row.deadline_at), "budget": format_usd(Decimal(row.config["budget_usd"]))
+               if row.config.get("budget_usd") is not None else "none",
+               "cost_paid": format_usd(figures.paid), "cost_standard_for_calls": format_usd(figures.standard_for_calls),
+               "cost_batch_flex_saved": format_usd(figures.tier_saved), "cost_cache_avoided": format_usd(figures.cache_avoided)}
+        if row.status == "running":
+            done = session_completion(now=self.clock(), deadline_at=row.deadline_at, state=state,
+                                      mode=row.config.get("tier", "batch"), turnaround=self.ledger.observed_turnaround())
+            out |= {"estimated_completion": iso_utc(done.at), "estimate_basis": done.basis}
+        if estimate:
+            priced = estimate_session(row.user_prompt, state.params, self.executor.catalog,
+                                      history=self.ledger.observed_output_tokens())
+            out |= {f"estimate_{tier}": format_usd(cost) for tier, cost in priced.per_tier.items()}
+            out["estimate_basis_cost"] = "; ".join(priced.basis)
+        return out
 
     def cancel(self, session_id: str, reason: str = "cancelled by the user") -> SessionProgress:
         """Stop a session: one ledger transaction marks it cancelled and ends its queued requests; batches

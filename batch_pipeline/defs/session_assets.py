@@ -39,6 +39,7 @@ def queued_requests(context: dg.AssetExecutionContext, openai: OpenAIResource, l
         "pending_requests": step.pending_requests,
         "requests_by_state": dg.MetadataValue.json(counts),
         "batch_api_mode": runtime.settings.batch_api_mode,
+        **runtime.sessions.money_and_time(session_id),
     }
     if step.next_round is not None:
         tiers = reader.round_tiers(session_id, f"i{step.iteration}-{step.next_round}")
