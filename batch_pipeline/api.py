@@ -42,7 +42,7 @@ from batch_pipeline.estimates import iso_utc as _iso
 from batch_pipeline.ledger.db import is_lock_error
 from batch_pipeline.ledger.reports import LedgerBusy
 from batch_pipeline.runtime import Runtime
-from batch_pipeline.search import SearchParams
+from batch_pipeline.search import SearchParams, dependent_rounds
 from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict
 from batch_pipeline.settings import is_loopback_host
 from batch_pipeline.vocabulary import ENDED_STATUSES
@@ -521,7 +521,7 @@ def _job_or_none(runtime: Runtime, session_id: str) -> dict[str, Any] | None:
 def _job(runtime: Runtime, row, brief: bool = False) -> dict[str, Any]:
     """The seed's job view: status, progress, batches in flight and the winner once done."""
     state = runtime.sessions.state(row.session_id)
-    total_rounds = 3 * state.params.K
+    total_rounds = dependent_rounds(state.params)
     done = row.status in FINISHED
     job: dict[str, Any] = {
         "jobId": row.session_id, "prompt": row.user_prompt,

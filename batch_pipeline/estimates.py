@@ -123,7 +123,8 @@ def rounds_left(state: SearchState) -> list[str]:
     if state.done:
         return []
     current = ROUND_NAMES.index(state.next_round)
-    return list(ROUND_NAMES[current:]) + list(ROUND_NAMES) * (state.params.K - 1 - state.iteration)
+    later = ROUND_NAMES if state.params.rounds_per_iteration == 3 else ROUND_NAMES[1:]
+    return list(ROUND_NAMES[current:]) + list(later) * (state.params.K - 1 - state.iteration)
 
 
 def round_model(params: SearchParams, round_name: str) -> tuple[str, str]:

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import UnpricedModelError, cost_lines, format_usd
 from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.search import SearchParams
+from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.driver import Driver, Tick
-from batch_pipeline.estimates import estimate_completion, estimate_session, session_completion
+from batch_pipeline.estimates import estimate_completion, estimate_session, rounds_left, session_completion
 from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
 from batch_pipeline.settings import SettingsError, load_settings, mask_url
 
@@ -77,7 +77,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         print(f"{verb} {session_id} on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; "
               f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
         print(f"estimated completion: {session_completion(runtime, session_id)}")
-        progress = run_with_progress(runtime, session_id, rounds=3 * config.params.K)
+        progress = run_with_progress(runtime, session_id, rounds=dependent_rounds(config.params))
         print_report(runtime, session_id, progress)
     return 0 if progress.status == "completed" else 1
 
@@ -99,7 +99,7 @@ def print_estimate(runtime: Runtime, config: SessionConfig) -> None:
     if config.budget_usd is not None:
         print(f"  budget    {format_usd(config.budget_usd)} (a round that would go over it is not sent)")
     print("basis: " + "; ".join(estimate.basis))
-    rounds = ["text", "image", "vision"] * config.params.K
+    rounds = rounds_left(start_search(config.prompt, config.params, "estimate"))
     now = time.time()
     done = estimate_completion(now=now, deadline_at=now + config.deadline_hours * 3600, rounds=rounds,
                                params=config.params, mode=config.tier, turnaround=runtime.ledger.observed_turnaround())

@@ -7,6 +7,7 @@ import warnings
 
 import dagster as dg
 
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.defs.batch_assets import batch_results
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.resources import LEDGER_POOL, LedgerResource
@@ -54,18 +55,18 @@ def queued_requests_ledger_invariants_check(ledger: LedgerResource) -> dg.AssetC
 
 
 @dg.asset_check(asset=queued_requests, partitions_def=SESSIONS, pool=LEDGER_POOL,
-                description="The session's spend so far is within its optional budget_usd (a warning: the "
-                            "money is already spent; the check makes it visible).")
+                description="The session's spend so far is within its optional budget_usd. The budget is a hard "
+                            "stop in the core (a round that would exceed it is never sent); this check shows the margin.")
 def queued_requests_budget_check(context: dg.AssetCheckExecutionContext, ledger: LedgerResource) -> dg.AssetCheckResult:
     session_id = context.partition_key
     reader = ledger.reader(lock_timeout_s=10.0)
-    paid, standard = reader.session_spend(session_id)
+    paid, standard, avoided = reader.session_spend(session_id)
     budget = reader.session_budget(session_id)
-    metadata = {"spent_usd": float(paid), "standard_price_usd": float(standard),
+    metadata = {"spent_usd": float(paid), "standard_price_usd": float(standard), "cache_avoided_usd": float(avoided),
                 "budget_usd": float(budget) if budget is not None else "none"}
     return dg.AssetCheckResult(
         passed=budget is None or paid <= budget, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
-        description=None if budget is None or paid <= budget else f"spent ${paid:.4f} of a ${budget} budget")
+        description=None if budget is None or paid <= budget else f"spent {format_usd(paid)} of a {format_usd(budget)} budget")
 
 
 @dg.asset_check(asset=batch_results, blocking=True, pool=LEDGER_POOL,

@@ -200,13 +200,14 @@ class LedgerReader:
                 " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
                 " ORDER BY 1").fetchall()
 
-    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal]:
-        """(paid, standard price of the same usage) over every result row of a session."""
+    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal, Decimal]:
+        """(paid, standard price of the calls made, what the cache avoided) over a session's result rows."""
         with self.connect() as con:
-            paid, standard = con.execute(
-                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0) FROM results r"
+            paid, standard, avoided = con.execute(
+                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
+                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier = 'cache'), 0) FROM results r"
                 " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]).fetchone()
-        return Decimal(paid), Decimal(standard)
+        return Decimal(paid), Decimal(standard), Decimal(avoided)
 
     def session_budget(self, session_id: str) -> Decimal | None:
         with self.connect() as con:

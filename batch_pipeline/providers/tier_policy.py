@@ -14,7 +14,8 @@ from batch_pipeline.batching.pricing import PriceCatalog
 
 TierMode = Literal["standard", "flex", "batch", "hybrid"]
 # Per-operation switches (BATCH_LLM_ENABLED, BATCH_VISION_ENABLED, BATCH_IMAGES_ENABLED) by operation.
-OPERATION_SWITCH = {"expand": "llm", "refine": "llm", "rephrase": "llm", "compare": "vision", "image": "images"}
+OPERATION_SWITCH = {"expand": "llm", "refine": "llm", "rephrase": "llm", "compare": "vision", "critique": "vision",
+                    "image": "images"}
 
 
 class TierChoice(BaseModel):
