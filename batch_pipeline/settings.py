@@ -4,6 +4,8 @@ Every other module receives its knobs from here; nothing else reads `os.environ`
 """
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -14,6 +16,8 @@ import annotated_types
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
+
+log = logging.getLogger(__name__)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The Batch API accepts exactly one completion window, "24h"; waiting longer than that is never useful.
@@ -238,11 +242,21 @@ class Settings(BaseSettings):
         return kwargs
 
 
+# Variables the seed named that no longer do anything: said so once at start-up rather than silently ignored.
+REMOVED_VARIABLES = {
+    "BATCH_COST_TRACKING": "costs are always recorded in the ledger (paid, standard price, cache avoided); "
+                           "turning that off would leave budgets and reports blind",
+}
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from `env` (default: the process environment) or raise `SettingsError`.
 
     An explicit `env` is the whole environment: `os.environ` is not consulted for anything it lacks.
     """
+    for name, why in REMOVED_VARIABLES.items():
+        if name in (os.environ if env is None else env):
+            log.warning("%s is no longer read: %s", name, why)
     token = _EXPLICIT_ENVIRON.set(env)
     try:
         return Settings()
