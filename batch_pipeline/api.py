@@ -83,6 +83,8 @@ class BeamSearchRequest(BaseModel):
     imageModel: str | None = Field(None, min_length=1, max_length=100, description="image model")
     imageSize: Literal["1024x1024", "1024x1536", "1536x1024"] | None = Field(None, description="image size")
     imageQuality: Literal["low", "medium", "high"] | None = Field(None, description="image quality")
+    roundsPerIteration: Literal[2, 3] | None = Field(
+        None, description="2 (default): the vision round also writes the next candidates; 3: a text round each iteration")
     sessionId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                   description="idempotency: the same id again answers the same job, never a second one")
 
@@ -108,6 +110,7 @@ class BeamSearchRequest(BaseModel):
 _REQUEST_FIELD = {"N": "n", "M": "m", "K": "iterations", "E": "ensembleSize", "deadline_hours": "deadlineHours",
                   "budget_usd": "budgetUsd", "text_model": "textModel", "vision_model": "visionModel",
                   "image_model": "imageModel", "image_size": "imageSize", "image_quality": "imageQuality",
+                  "rounds_per_iteration": "roundsPerIteration",
                   "prompt": "prompt", "alpha": "alpha", "seed": "seed", "tier": "tier", "session_id": "sessionId"}
 POLL_INTERVAL_SECONDS = 5
 
@@ -176,7 +179,8 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         tier = body.tier or ("batch" if body.useBatch else "standard")
         models = {name: value for name, value in (
             ("text_model", body.textModel), ("vision_model", body.visionModel), ("image_model", body.imageModel),
-            ("image_size", body.imageSize), ("image_quality", body.imageQuality)) if value is not None}
+            ("image_size", body.imageSize), ("image_quality", body.imageQuality),
+            ("rounds_per_iteration", body.roundsPerIteration)) if value is not None}
         try:
             config = SessionConfig(
                 prompt=body.prompt, tier=tier, deadline_hours=body.deadlineHours, driver="api", session_id=body.sessionId,

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--image-model", default=SearchParams.model_fields["image_model"].default, help="image model")
     search.add_argument("--image-size", default="1024x1024", choices=["1024x1024", "1024x1536", "1536x1024"])
     search.add_argument("--image-quality", default="low", choices=["low", "medium", "high"])
+    search.add_argument("--rounds-per-iteration", type=int, choices=[2, 3], default=2,
+                        help="2: the vision round also writes the next candidates (fewer batch waits); 3: a text "
+                             "round every iteration (docs/PERFORMANCE.md compares them)")
     search.add_argument("--prices", type=Path, default=None, metavar="FILE",
                         help="prices for models the catalog lacks (JSON, the shape of batching/prices.json); "
                              "the same as BATCH_PRICES_FILE")

@@ -31,7 +31,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     try:
         params = SearchParams(N=args.N, M=args.M, K=args.K, E=args.E, alpha=args.alpha, seed=args.seed,
                               text_model=args.text_model, vision_model=args.vision_model, image_model=args.image_model,
-                              image_size=args.image_size, image_quality=args.image_quality)
+                              image_size=args.image_size, image_quality=args.image_quality,
+                              rounds_per_iteration=args.rounds_per_iteration)
         config = SessionConfig(prompt=args.prompt, tier=args.tier, deadline_hours=args.deadline_hours, driver="cli",
                                session_id=args.session_id, budget_usd=args.budget, params=params)
     except ValidationError as exc:
@@ -76,7 +77,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         verb = "resuming unfinished session" if resumed else "new session"
         print(f"{verb} {session_id} on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; "
               f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
-        print(f"estimated completion: {session_completion(runtime, session_id)}")
+        print(f"estimated completion: {completion_line(runtime, session_id)}")
         progress = run_with_progress(runtime, session_id, rounds=dependent_rounds(config.params))
         print_report(runtime, session_id, progress)
     return 0 if progress.status == "completed" else 1
@@ -106,7 +107,7 @@ def print_estimate(runtime: Runtime, config: SessionConfig) -> None:
     print(f"time: about {done.wait_hours:.2f} h ({done.basis}); deadline {config.deadline_hours:g} h")
 
 
-def session_completion(runtime: Runtime, session_id: str) -> str:
+def completion_line(runtime: Runtime, session_id: str) -> str:
     row = runtime.ledger.session(session_id)
     done = session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(session_id),
                               mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround())

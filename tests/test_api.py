@@ -126,14 +126,15 @@ def test_start_a_batch_session_and_follow_it_to_a_winner(api):
     estimate = started["estimate"]
     assert set(estimate["costUsd"]) == {"standard", "flex", "batch"}
     assert Decimal(estimate["costUsd"]["batch"]) * 2 == Decimal(estimate["costUsd"]["standard"]) > 0
-    assert estimate["calls"] == {"text": 8, "image": 8, "vision": 6 + 14}  # C(4,2), then C(6,2) - C(2,2)
+    # C(4,2) votes and 4 critiques (the children of iteration 1 are written in its vision round), then C(6,2) - C(2,2)
+    assert estimate["calls"] == {"text": 4, "image": 8, "vision": 6 + 4 + 14}
     assert started["estimatedWaitHours"] == pytest.approx(24, abs=0.01) and "24 h window" in started["estimateBasis"]
     assert started["batchId"] is None and started["batchIds"] == []  # no batch exists yet when POST answers
     first = wait_until(lambda: (j := call(f"{url}/api/job/{started['jobId']}")[1])["batchId"] and j)
     assert first["batchIds"] and first["batchId"] in first["batchIds"] and first["batchId"].startswith("batch_")
     job = wait_for_status(url, started["jobId"], "completed")
     assert job["progress"] == 1.0 and job["winner"]["prompt"]
-    assert len(job["batchIds"]) == 6, "one batch per round: 2 iterations x (text, image, vision)"
+    assert len(job["batchIds"]) == 5, "one batch per round: text, image, vision, then image, vision"
     cost = job["cost"]
     assert Decimal(cost["paidUsd"]) > 0 and Decimal(cost["tierSavedUsd"]) == Decimal(cost["paidUsd"])
     assert Decimal(cost["cacheAvoidedUsd"]) == 0 and cost["paid"].startswith("$0.0")
@@ -192,16 +193,16 @@ def test_event_stream_shows_each_step_to_the_winner_and_results_carry_answers(ap
     for step in ("round_queued", "batch_created", "batch_progress", "round_applied", "cost", "winner"):
         assert step in names, f"no {step} event in {names}"
     applied = [(d["iteration"], d["round"]) for n, d in events if n == "round_applied"]
-    assert applied == [(i, r) for i in range(2) for r in ("text", "image", "vision")]
+    assert applied == [(0, "text"), (0, "image"), (0, "vision"), (1, "image"), (1, "vision")]
     assert names.index("winner") > names.index("round_applied")
     costs = [float(d["paidUsd"]) for n, d in events if n == "cost"]
     assert costs == sorted(costs) and costs[-1] > 0, "cost so far only grows"
     finished = [d for n, d in events if n == "batch_progress" and d["status"] == "completed"]
-    assert len({d["batchId"] for d in finished}) == 6
+    assert len({d["batchId"] for d in finished}) == 5
 
     # A late subscriber gets the whole history, then the end.
     again = [n for n, _ in read_events(url, started["jobId"])]
-    assert again.count("round_applied") == 6 and again[-1] == "end"
+    assert again.count("round_applied") == 5 and again[-1] == "end"
 
     # Each request's answer: text for the text round, an image URL for the image round.
     _, job, _ = call(f"{url}/api/job/{started['jobId']}")

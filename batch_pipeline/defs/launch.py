@@ -49,6 +49,9 @@ class LaunchSessionConfig(dg.Config):
                              description="image model")
     image_size: Literal["1024x1024", "1024x1536", "1536x1024"] = Field(default="1024x1024", description="image size")
     image_quality: Literal["low", "medium", "high"] = Field(default="low", description="image quality")
+    rounds_per_iteration: int = Field(
+        default=2, ge=2, le=3, description="2: the vision round also writes the next candidates (fewer batch waits); 3: a text "
+                               "round every iteration")
     session_id: str | None = Field(default=None, description="letters, digits, '-' or '_'; default: a random id")
 
 
@@ -65,7 +68,8 @@ def session_config_from(config: LaunchSessionConfig) -> SessionConfig:
 def _core_config(config: LaunchSessionConfig) -> SessionConfig:
     params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed,
               "text_model": config.text_model, "vision_model": config.vision_model, "image_model": config.image_model,
-              "image_size": config.image_size, "image_quality": config.image_quality}
+              "image_size": config.image_size, "image_quality": config.image_quality,
+              "rounds_per_iteration": config.rounds_per_iteration}
     return SessionConfig(
         prompt=config.prompt, params=SearchParams(**params), tier=config.tier,
         deadline_hours=config.deadline_hours, session_id=config.session_id,

@@ -12,9 +12,9 @@ from batch_pipeline.simulator import FaultRule
 from tests.integration.support import drive, runtime_for
 
 PROMPT = "a lighthouse in a storm"
-# The seeded expectations below (rising scores, flex on text) were recorded with these models; they are
-# deprecated but still priced, so a session may name them.
-OLD_MODELS = {"text_model": "gpt-5-mini", "vision_model": "gpt-5-nano"}
+# The seeded expectations below (rising scores, flex on text, three rounds) were recorded with these
+# models and the 3-round iteration; the models are deprecated but still priced, so a session may name them.
+OLD_MODELS = {"text_model": "gpt-5-mini", "vision_model": "gpt-5-nano", "rounds_per_iteration": 3}
 PARAMS = SearchParams(N=9, M=3, K=3, E=3, seed=7, **OLD_MODELS)
 SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3, **OLD_MODELS)
 

@@ -11,7 +11,7 @@ from batch_pipeline.batching.pricing import UnpricedModelError
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.driver import Driver
 from batch_pipeline.runtime import build_runtime
-from batch_pipeline.search import SearchParams
+from batch_pipeline.search import SearchParams, expected_call_counts
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.settings import load_settings
 from batch_pipeline.simulator import ManualClock, Simulator, SimulatorConfig
@@ -139,3 +139,22 @@ def test_cache_savings_are_reported_apart_from_batch_savings(base_url, tmp_path)
     assert paid_first.paid * 2 == paid_first.standard_for_calls and paid_first.cache_avoided == 0
     assert paid_again.paid == 0 and paid_again.standard_for_calls == 0 and paid_again.tier_saved == 0
     assert paid_again.cache_avoided == paid_first.standard_for_calls and paid_again.cache_hits == paid_first.calls
+
+
+def test_two_rounds_per_iteration_write_children_in_the_vision_round(base_url, tmp_path):
+    runtime = runtime_for(base_url, tmp_path)
+    params = SearchParams(N=4, M=2, K=2, E=1, seed=2, rounds_per_iteration=2)
+    sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, tier="batch", session_id="tworound", params=params))
+    assert drive(runtime, sid).status == "completed"
+    state = runtime.sessions.state(sid)
+    assert [(r.iteration, r.round) for r in state.rounds] == [(0, "text"), (0, "image"), (0, "vision"),
+                                                              (1, "image"), (1, "vision")]
+    assert [r.calls for r in state.rounds] == [4, 4, 6 + 4, 4, 14]  # the first vision round critiques 4 images
+    assert [c.text + c.image + c.vision for c in expected_call_counts(params)] == [4 + 4 + 10, 4 + 14]
+    children = state.candidates_of(1)
+    survivors = set(state.iterations[0].survivors)
+    assert len(children) == 4 and {c.parent_id for c in children} == survivors
+    assert all(c.critique and c.combined and not c.failed for c in children)
+    with runtime.ledger.connect() as con:
+        ops = dict(con.execute("SELECT operation, count(*) FROM requests GROUP BY 1").fetchall())
+    assert ops == {"expand": 4, "image": 8, "compare": 6 + 14, "critique": 4}
