@@ -4,10 +4,12 @@ Orchestrators (run_search here, or Dagster runs hours apart) execute the calls a
 """
 from __future__ import annotations
 
-# Each iteration takes three dependent rounds, because on the batch tier every round may wait hours:
+# Each iteration takes at most three dependent rounds, because on the batch tier every round may wait hours:
 #   text   -> N candidates' WHAT, HOW and combined prompt (one fused structured-output call each)
 #   image  -> one image per candidate whose text succeeded
 #   vision -> every pair of the pool not compared before, x E votes, all at once; ranked by Bradley-Terry
+# With rounds_per_iteration=2 (the default) the vision round also critiques each pooled image and writes its
+# children, so iterations after the first start at the image round.
 
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar

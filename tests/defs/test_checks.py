@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from batch_pipeline.ledger import Ledger
-from tests.defs.support import checks, flush, ingest, launch, step
+from tests.defs.support import checks, flush, ingest, launch, metadata, step
 
 
 def test_a_corrupt_applied_round_fails_the_blocking_check_and_skips_the_views(instance, resources):
@@ -25,17 +25,16 @@ def test_a_corrupt_applied_round_fails_the_blocking_check_and_skips_the_views(in
     assert materialized == {"queued_requests"}, "the views downstream of a blocking failure are not rendered"
 
 
-def test_spend_over_the_budget_warns_without_stopping_the_session(instance, resources):
+def test_a_round_over_the_budget_is_never_sent_and_the_session_stops(instance, resources):
     assert launch(instance, resources, "s1", budget_usd=0.000001).success
-    assert checks(step(instance, resources, "s1"))["queued_requests_budget_check"] == (True, "WARN"), "nothing spent yet"
-    flush(instance, resources)
-    ingest(instance, resources)
     result = step(instance, resources, "s1")
     assert result.success
-    assert checks(result)["queued_requests_budget_check"] == (False, "WARN")
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "queued_requests_budget_check"]
-    assert evaluation.description.startswith("spent $0.00") and evaluation.description.endswith("of a $0.000001 budget")
-    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} >= {"ranked_results"}
+    assert checks(result)["queued_requests_budget_check"] == (True, "WARN"), "nothing was spent"
+    meta = metadata(result, "queued_requests")
+    assert meta["status"] == "stopped" and meta["error"].startswith("budget: round i0-text")
+    assert meta["cost_paid"] == "$0" and meta["budget"] == "$0.0000010"
+    ledger = Ledger(resources["ledger"].database)
+    assert ledger.request_states(session_id="s1") == {} and ledger.session("s1").status == "stopped"
 
 
 def test_broken_ledger_invariants_fail_both_invariant_checks(instance, resources):
