@@ -166,7 +166,8 @@ ALTER TABLE batches ADD COLUMN IF NOT EXISTS deadline_reason VARCHAR;
 
 -- Observed batch turnaround (create sent -> seen completed), by model, endpoint and size: the basis of
 -- completion estimates and of the tier policy's expected wait. Duplicates and batches we cancelled are no sample.
-CREATE OR REPLACE VIEW batch_turnaround AS
+-- (IF NOT EXISTS: opening a ledger must not write it; a changed definition needs a new view name.)
+CREATE VIEW IF NOT EXISTS batch_turnaround AS
     SELECT model, endpoint, request_count, ended_at - coalesce(create_sent_at, created_at) AS seconds, ended_at
     FROM batches
     WHERE status = 'completed' AND ended_at IS NOT NULL AND duplicate_of IS NULL AND deadline_tier IS NULL;
