@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--vision-model", default=SearchParams.model_fields["vision_model"].default,
                         help="vision (judge) model")
     search.add_argument("--image-model", default=SearchParams.model_fields["image_model"].default, help="image model")
-    search.add_argument("--image-size", default="1024x1024", choices=["1024x1024", "1024x1536", "1536x1024"])
-    search.add_argument("--image-quality", default="low", choices=["low", "medium", "high"])
+    search.add_argument("--image-size", default="1024x1024", choices=["1024x1024", "1024x1536", "1536x1024"],
+                        help="image size (priced per size)")
+    search.add_argument("--image-quality", default="low", choices=["low", "medium", "high"],
+                        help="image quality (priced per quality)")
     search.add_argument("--rounds-per-iteration", type=int, choices=[2, 3], default=2,
                         help="2: the vision round also writes the next candidates (fewer batch waits); 3: a text "
                              "round every iteration (docs/PERFORMANCE.md compares them)")
