@@ -37,10 +37,9 @@ from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.polling import progress as batch_progress
 from batch_pipeline.driver import Driver, Tick
+from batch_pipeline.errors import BatchPipelineError, LedgerBusy, is_ledger_busy, is_lock_error
 from batch_pipeline.estimates import estimate_session, session_completion
 from batch_pipeline.estimates import iso_utc as _iso
-from batch_pipeline.ledger.db import is_lock_error
-from batch_pipeline.ledger.reports import LedgerBusy
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchParams, dependent_rounds
 from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict
@@ -53,7 +52,7 @@ RETRY_AFTER_SECONDS = 5  # what a 503 (ledger held by another process) asks the 
 MAX_SEED = 2**53 - 1  # the largest integer a browser's JSON numbers carry exactly
 
 
-class ApiConfigError(ValueError):
+class ApiConfigError(BatchPipelineError, ValueError):
     """The API cannot start safely with this configuration (e.g. a public bind without a token)."""
 
 
@@ -302,7 +301,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
                 try:
                     snapshot = await run_in_threadpool(_progress_snapshot, runtime, session_id) or snapshot
                 except (LedgerBusy, duckdb.IOException) as exc:  # another process writes: try again next time
-                    if not isinstance(exc, LedgerBusy) and not is_lock_error(exc):
+                    if not is_ledger_busy(exc):
                         raise
 
         return StreamingResponse(stream(), media_type="text/event-stream",

@@ -127,8 +127,7 @@ def startup_failure(exc: BaseException) -> str | None:
     import duckdb
 
     from batch_pipeline.api import ApiConfigError
-    from batch_pipeline.ledger.db import is_lock_error
-    from batch_pipeline.ledger.reports import LedgerBusy
+    from batch_pipeline.errors import is_ledger_busy
 
     if isinstance(exc, ApiConfigError):
         return str(exc)
@@ -136,7 +135,7 @@ def startup_failure(exc: BaseException) -> str | None:
         where = exc.filename or "the home directory"
         return (f"cannot write {where} ({exc.strerror or exc}); set BATCH_PIPELINE_HOME or --home to a writable "
                 "directory")
-    if isinstance(exc, LedgerBusy) or is_lock_error(exc):
+    if is_ledger_busy(exc):
         return ("the ledger is locked by another process (a Dagster run, another CLI or API); stop it or use "
                 "another --home / BATCH_PIPELINE_HOME")
     if isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InvalidInputException,

@@ -25,7 +25,8 @@ import dagster as dg
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
-from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader
+from batch_pipeline.errors import LedgerBusy
+from batch_pipeline.ledger.reports import LedgerReader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python

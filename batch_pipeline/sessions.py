@@ -21,6 +21,7 @@ from batch_pipeline.batching.jobs import BatchJobManager
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.deadlines import round_deadline
 from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
@@ -73,7 +74,7 @@ class SessionProgress(BaseModel):
         return self.status in FINISHED
 
 
-class SessionConflict(ValueError):
+class SessionConflict(BatchPipelineError, ValueError):
     """A session id that exists already with other settings: starting it again would not be idempotent."""
 
 

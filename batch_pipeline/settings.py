@@ -20,6 +20,8 @@ from pydantic_core import ErrorDetails
 log = logging.getLogger(__name__)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from batch_pipeline.errors import BatchPipelineError
+
 # The Batch API accepts exactly one completion window, "24h"; waiting longer than that is never useful.
 BATCH_COMPLETION_WINDOW_HOURS = 24.0
 # Per-input-file limits of the Batch API.
@@ -67,7 +69,7 @@ def _split_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-class SettingsError(ValueError):
+class SettingsError(BatchPipelineError, ValueError):
     """The environment holds values the pipeline cannot run with.
 
     The message names every offending environment variable and what it may hold, one per

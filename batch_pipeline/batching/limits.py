@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-# Source: OpenAI API reference (Batch), collected 2026-11. See docs/reference in ARCHITECTURE.md.
+# Source: the OpenAI API reference (Batch), collected 2026-11.
 MAX_REQUESTS_PER_FILE = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 COMPLETION_WINDOW = "24h"
 BATCH_WINDOW_SECONDS = 24 * 3600
 MAX_CUSTOM_ID_CHARS = 64
-MAX_METADATA_PAIRS = 16
 
 # Per-model enqueued-prompt-token queue (usage tier 1). Over it a batch fails validation with
 # `token_limit_exceeded`; unknown models get the conservative default.

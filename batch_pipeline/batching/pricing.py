@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from batch_pipeline.batching.models import Tier
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import CostFigures
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ CENT = Decimal("0.01")
 _DATED_SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 
 
-class UnknownPriceError(LookupError):
+class UnknownPriceError(BatchPipelineError, LookupError):
     """The catalog holds no price for this model (or its snapshot) on this tier."""
 
     def __init__(self, model: str, tier: Tier | str | None, reason: str) -> None:
@@ -200,7 +201,7 @@ class _ExtraPricesFile(BaseModel):
     images: dict[str, ImageModelPrices] = Field(default_factory=dict)
 
 
-class UnpricedModelError(ValueError):
+class UnpricedModelError(BatchPipelineError, ValueError):
     """A session names a model (or an image size/quality) the price catalog cannot cost: refused at launch,
     because a cost of $0 would be a lie and a budget could not hold."""
 

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
 from batch_pipeline.batching.models import Endpoint, Tier
@@ -25,7 +26,7 @@ _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765, "original": 765}
 
 
-class RequestValidationError(ValueError):
+class RequestValidationError(BatchPipelineError, ValueError):
     """A request that must not be queued; names the request and the offending field."""
 
     def __init__(self, key: str, field: str, message: str):

@@ -15,13 +15,14 @@ import orjson
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
+from batch_pipeline.errors import BatchPipelineError
 
 # Worth another attempt: throttling, timeouts, conflicts and server errors (the SDK's own retry set).
 RETRYABLE_STATUS = {408, 409, 429}
 NEVER_RAN = {"batch_expired": Outcome.EXPIRED, "batch_cancelled": Outcome.CANCELLED}
 
 
-class ResultFileError(ValueError):
+class ResultFileError(BatchPipelineError, ValueError):
     """A downloaded file that is not valid JSONL: re-download rather than ingest half of it."""
 
 

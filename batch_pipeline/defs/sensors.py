@@ -28,7 +28,8 @@ from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.resources import LedgerResource, OpenAIResource
 from batch_pipeline.defs.run_history import PARTITION_TAG, prior_runs, runs_in_progress
 from batch_pipeline.defs.session_assets import session_step_job
-from batch_pipeline.ledger.reports import LedgerBusy, LedgerReader, WatchedBatch
+from batch_pipeline.errors import LedgerBusy
+from batch_pipeline.ledger.reports import LedgerReader, WatchedBatch
 from batch_pipeline.settings import load_settings
 
 # Per tick, batches missing from the list are fetched one by one; past this many they wait a tick,

@@ -1,22 +1,9 @@
-"""Small pieces every ledger module shares: its errors, lock detection and the bulk insert."""
+"""The bulk insert every ledger module shares."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import duckdb
-
-
-class LedgerError(RuntimeError):
-    pass
-
-
-class StateTransitionError(LedgerError):
-    """A change the state machine does not allow: a bug, never silently ignored."""
-
-
-def is_lock_error(exc: BaseException) -> bool:
-    """Another process holds the DuckDB file (its single-writer lock): worth a short, bounded retry."""
-    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:

@@ -22,7 +22,8 @@ import orjson
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batch_pipeline.ledger.db import LedgerError, StateTransitionError, insert_rows, is_lock_error
+from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
+from batch_pipeline.ledger.db import insert_rows
 from batch_pipeline.ledger.sessions import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (

@@ -17,15 +17,11 @@ import duckdb
 import orjson
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batch_pipeline.ledger.db import is_lock_error
+from batch_pipeline.errors import LedgerBusy, is_lock_error
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.vocabulary import ENDED_STATUSES
 
 _TERMINAL = tuple(str(s) for s in TERMINAL_REQUEST_STATES)
-_ENDED_REMOTE = ("completed", "failed", "expired", "cancelled")
-
-
-class LedgerBusy(RuntimeError):
-    """A writer held the ledger for longer than the reader was willing to wait."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ class WatchedBatch:
 
     @property
     def ended(self) -> bool:
-        return self.status in _ENDED_REMOTE
+        return self.status in ENDED_STATUSES
 
 
 @dataclass(frozen=True)

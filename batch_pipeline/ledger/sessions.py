@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from batch_pipeline.ledger.db import LedgerError, insert_rows
+from batch_pipeline.errors import LedgerError
+from batch_pipeline.ledger.db import insert_rows
 
 
 class SessionRow(BaseModel):

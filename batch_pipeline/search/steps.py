@@ -16,6 +16,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from batch_pipeline.errors import BatchPipelineError
+
 from . import prompts
 from .calls import (
     Call,
@@ -58,7 +60,7 @@ Executor = Callable[[list[Call]], dict[str, CallResult]]
 _Output = TypeVar("_Output", bound=BaseModel)
 
 
-class SearchFailed(RuntimeError):
+class SearchFailed(BatchPipelineError):
     """More than half of an iteration's new candidates failed: the original pipeline's rule to stop.
 
     `state` is the state with the failures recorded, for the orchestrator to store as the session's end.

@@ -11,7 +11,7 @@ import openai
 
 from batch_pipeline.dagster_demo import DemoPaths, free_port, prepare_instance, start_daemon, start_simulator, stop
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerBusy
+from batch_pipeline.errors import LedgerBusy
 
 REPO = Path(__file__).resolve().parents[2]
 

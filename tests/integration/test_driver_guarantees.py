@@ -5,6 +5,7 @@ SDK, the simulator and DuckDB. The SIGKILL-and-rerun tests of the CLI are in tes
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -163,22 +164,30 @@ def test_a_ledger_held_by_another_process_is_waited_for_not_fatal(tmp_path):
     assert ledger.check_invariants() == []
 
 
-def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_answers_used(tmp_path):
+@contextlib.contextmanager
+def _create_landing_late(tmp_path, *faults: FaultRule):
+    """Three requests whose batch create the server answers only after the client gave up and the settle
+    window passed (on the client's clock), so the batch is created again: two batches, both completed."""
     clock = ManualClock(time.time())
     sim = Simulator(SimulatorConfig(data_dir=tmp_path / "sim", phase_seconds={"validating": 0.2, "in_progress": 0.2}))
     with sim.serve() as url:
         client = openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0, timeout=10)
         ledger = Ledger(tmp_path / "ledger.duckdb", clock=clock)
         manager = make_manager(client, ledger, tmp_path, clock=clock, create_timeout_s=0.3)
-        # The server holds the first create for 2 s and then creates the batch, long after the client gave up;
-        # by then the settle window has passed (on the client's clock) and the batch was created again.
         sim.add_fault(FaultRule(kind="slow", path=r"^/v1/batches$", method="POST", times=1, params={"seconds": 2}))
+        for fault in faults:
+            sim.add_fault(fault)
         ledger.enqueue(chat_requests(3))
         (key,) = manager.submit_queued()
         clock.advance(manager.create_settle_s + 1)
         manager.submit_queued()
         assert ledger.batch(key).phase == BatchPhase.CREATED
         wait_until(lambda: [b.status for b in client.batches.list()] == ["completed", "completed"], timeout=30)
+        yield sim, ledger, manager, key
+
+
+def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_answers_used(tmp_path):
+    with _create_landing_late(tmp_path) as (_sim, ledger, manager, key):
         # Other batches come and go; the sweep for the late create goes on regardless.
         wait_until(lambda: (manager.refresh(), manager.ingest_ended(), ledger.state_counts())[-1] == {"succeeded": 3}
                    and all(b.phase == BatchPhase.INGESTED for b in ledger.batches()), timeout=30, interval=0.1)
@@ -195,20 +204,8 @@ def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_
 
 
 def test_a_duplicate_still_running_is_cancelled_and_its_answers_used_by_requests_waiting_for_them(tmp_path):
-    clock = ManualClock(time.time())
-    sim = Simulator(SimulatorConfig(data_dir=tmp_path / "sim", phase_seconds={"validating": 0.2, "in_progress": 0.2}))
-    with sim.serve() as url:
-        client = openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0, timeout=10)
-        ledger = Ledger(tmp_path / "ledger.duckdb", clock=clock)
-        manager = make_manager(client, ledger, tmp_path, clock=clock, create_timeout_s=0.3)
-        sim.add_fault(FaultRule(kind="slow", path=r"^/v1/batches$", method="POST", times=1, params={"seconds": 2}))
-        # The batch that was recorded fails every line; the one that landed late answers them all.
-        sim.add_fault(FaultRule(kind="all_fail", times=1))
-        ledger.enqueue(chat_requests(3))
-        (key,) = manager.submit_queued()
-        clock.advance(manager.create_settle_s + 1)
-        manager.submit_queued()
-        wait_until(lambda: [b.status for b in client.batches.list()] == ["completed", "completed"], timeout=30)
+    # The batch that was recorded fails every line; the one that landed late answers them all.
+    with _create_landing_late(tmp_path, FaultRule(kind="all_fail", times=1)) as (sim, ledger, manager, key):
         manager.refresh()
         ingested = manager.ingest_ended()
         assert key in ingested
