@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_jsonl.py
 	$(PY) benchmarks/bench_stream_memory.py
 	$(PY) benchmarks/bench_sensor_tick.py
+	$(PY) benchmarks/bench_rounds_per_iteration.py
 
 clean:
 	rm -rf $(VENV) var

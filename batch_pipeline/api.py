@@ -33,12 +33,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_pipeline.batching.image_store import REF_PREFIX
+from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.polling import progress as batch_progress
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.errors import BatchPipelineError, LedgerBusy, is_ledger_busy, is_lock_error
+from batch_pipeline.estimates import estimate_session, session_completion
+from batch_pipeline.estimates import iso_utc as _iso
 from batch_pipeline.runtime import Runtime
-from batch_pipeline.search import SearchParams
+from batch_pipeline.search import SearchParams, dependent_rounds
 from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict
 from batch_pipeline.settings import is_loopback_host
 from batch_pipeline.vocabulary import ENDED_STATUSES
@@ -70,7 +73,17 @@ class BeamSearchRequest(BaseModel):
         "deferred", description="deferred: answer at once and let the job run, follow it on eventsUrl; "
                                 "poll: answer at once, poll statusUrl every pollIntervalSeconds")
     tier: Literal["standard", "flex", "batch", "hybrid"] | None = Field(None, description="overrides useBatch")
-    deadlineHours: float = Field(24.0, gt=0, le=24, allow_inf_nan=False, description="finish within this many hours")
+    deadlineHours: float | None = Field(None, gt=0, le=24, allow_inf_nan=False,
+                                        description="finish within this many hours (default BATCH_MAX_WAIT_HOURS)")
+    budgetUsd: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                    description="spend limit: a round that would go over it is not sent; the job ends stopped")
+    textModel: str | None = Field(None, min_length=1, max_length=100, description="text model (default: current)")
+    visionModel: str | None = Field(None, min_length=1, max_length=100, description="vision (judge) model")
+    imageModel: str | None = Field(None, min_length=1, max_length=100, description="image model")
+    imageSize: Literal["1024x1024", "1024x1536", "1536x1024"] | None = Field(None, description="image size")
+    imageQuality: Literal["low", "medium", "high"] | None = Field(None, description="image quality")
+    roundsPerIteration: Literal[2, 3] | None = Field(
+        None, description="2 (default): the vision round also writes the next candidates; 3: a text round each iteration")
     sessionId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                   description="idempotency: the same id again answers the same job, never a second one")
 
@@ -94,6 +107,9 @@ class BeamSearchRequest(BaseModel):
 
 # The core's names for the request's fields (errors from the core are reported under the request's).
 _REQUEST_FIELD = {"N": "n", "M": "m", "K": "iterations", "E": "ensembleSize", "deadline_hours": "deadlineHours",
+                  "budget_usd": "budgetUsd", "text_model": "textModel", "vision_model": "visionModel",
+                  "image_model": "imageModel", "image_size": "imageSize", "image_quality": "imageQuality",
+                  "rounds_per_iteration": "roundsPerIteration",
                   "prompt": "prompt", "alpha": "alpha", "seed": "seed", "tier": "tier", "session_id": "sessionId"}
 POLL_INTERVAL_SECONDS = 5
 
@@ -160,22 +176,29 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         except ValidationError as exc:
             return _validation_error(exc)
         tier = body.tier or ("batch" if body.useBatch else "standard")
+        models = {name: value for name, value in (
+            ("text_model", body.textModel), ("vision_model", body.visionModel), ("image_model", body.imageModel),
+            ("image_size", body.imageSize), ("image_quality", body.imageQuality),
+            ("rounds_per_iteration", body.roundsPerIteration)) if value is not None}
         try:
             config = SessionConfig(
                 prompt=body.prompt, tier=tier, deadline_hours=body.deadlineHours, driver="api", session_id=body.sessionId,
+                budget_usd=None if body.budgetUsd is None else Decimal(str(body.budgetUsd)),
                 params=SearchParams(N=body.n, M=body.m, K=body.iterations, E=body.ensembleSize, alpha=body.alpha,
-                                    seed=body.seed))
+                                    seed=body.seed, **models))
         except ValidationError as exc:  # the core's rules, reported under the request's field names
             return _validation_error(exc, rename=_REQUEST_FIELD)
         try:
             session_id = await run_in_threadpool(runtime.sessions.start, config)
         except SessionConflict as exc:
             return _error(409, f"sessionId: {exc}")
+        except UnpricedModelError as exc:
+            return _error(400, f"{_REQUEST_FIELD[exc.field]}: {exc}", field=_REQUEST_FIELD[exc.field])
         answer = {
             "jobId": session_id, "status": "running", "params": config.params.model_dump(mode="json"),
-            "tier": tier, "batchId": None, "batchWaitMode": body.batchWaitMode,
-            "estimatedWaitHours": body.deadlineHours if tier in ("batch", "hybrid") else 0,
-            "statusUrl": f"/api/job/{session_id}", "eventsUrl": f"/api/job/{session_id}/events"}
+            "tier": tier, "batchWaitMode": body.batchWaitMode,
+            "statusUrl": f"/api/job/{session_id}", "eventsUrl": f"/api/job/{session_id}/events",
+            **await run_in_threadpool(_estimates, runtime, session_id)}
         if body.batchWaitMode == "poll":
             answer["pollIntervalSeconds"] = POLL_INTERVAL_SECONDS
         return JSONResponse(status_code=202, content=answer, headers={"Location": answer["statusUrl"]})
@@ -501,7 +524,7 @@ def _job_or_none(runtime: Runtime, session_id: str) -> dict[str, Any] | None:
 def _job(runtime: Runtime, row, brief: bool = False) -> dict[str, Any]:
     """The seed's job view: status, progress, batches in flight and the winner once done."""
     state = runtime.sessions.state(row.session_id)
-    total_rounds = 3 * state.params.K
+    total_rounds = dependent_rounds(state.params)
     done = row.status in FINISHED
     job: dict[str, Any] = {
         "jobId": row.session_id, "prompt": row.user_prompt,
@@ -513,25 +536,47 @@ def _job(runtime: Runtime, row, brief: bool = False) -> dict[str, Any]:
     }
     if brief:
         return job
-    batches = runtime.ledger.batches_of_session(row.session_id)
-    inflight = [b for b, _ in batches if b.status not in ENDED_STATUSES]
-    job["batchId"] = inflight[0].openai_batch_id if inflight else None
-    job["batchIds"] = [b.openai_batch_id for b, _ in batches]
-    job["estimatedCompletionTime"] = None if done else _iso(row.deadline_at)
+    job |= _batch_ids(runtime, row.session_id)
+    if done:
+        job |= {"estimatedCompletionTime": None, "estimatedWaitHours": 0, "estimateBasis": "finished"}
+    else:
+        job |= _completion(runtime, row)
+    job["deadline"] = _iso(row.deadline_at)
     job["error"] = row.error
     job["cost"] = _cost(runtime, row.session_id)
-    if state.winner_id:
-        winner = state.candidate(state.winner_id)
+    winner_id = state.winner_id or row.winner_id  # a stopped session names its best candidate so far
+    if winner_id:
+        winner = state.candidate(winner_id)
         job["winner"] = {"candidateId": winner.id, "prompt": winner.combined, "what": winner.what, "how": winner.how,
                          "imageUrl": f"/api/job/{row.session_id}/images/{winner.id}", "lineage": state.lineage}
     return job
 
 
-def _cost(runtime: Runtime, session_id: str) -> dict[str, str]:
-    costs = runtime.ledger.session_costs(session_id)
-    actual = sum((c["cost_usd"] for c in costs.values()), Decimal(0))
-    standard = sum((c["standard_cost_usd"] for c in costs.values()), Decimal(0))
-    return {"actualUsd": str(actual), "standardUsd": str(standard), "savedUsd": str(standard - actual)}
+def _cost(runtime: Runtime, session_id: str) -> dict[str, Any]:
+    """The three figures: paid, the standard tier for the same calls, what the cache avoided."""
+    return cost_json(runtime.ledger.cost_figures(session_id=session_id))
+
+
+def _batch_ids(runtime: Runtime, session_id: str) -> dict[str, Any]:
+    """Every remote batch of the job as soon as it exists; `batchId`: the one in flight, else the latest."""
+    created = [b for b, _ in runtime.ledger.batches_of_session(session_id) if b.openai_batch_id is not None]
+    inflight = [b for b in created if b.status not in ENDED_STATUSES]
+    latest = inflight[0] if inflight else (created[-1] if created else None)
+    return {"batchId": latest.openai_batch_id if latest else None, "batchIds": [b.openai_batch_id for b in created]}
+
+
+def _completion(runtime: Runtime, row) -> dict[str, Any]:
+    return session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(row.session_id),
+                              mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround()).to_json()
+
+
+def _estimates(runtime: Runtime, session_id: str) -> dict[str, Any]:
+    """The POST answer's estimates: cost on every tier (catalog and call counts) and completion (history)."""
+    row = runtime.ledger.session(session_id)
+    config = SessionConfig.model_validate({k: v for k, v in row.config.items() if k != "fingerprint"})
+    cost = estimate_session(config.prompt, config.params, runtime.catalog, history=runtime.ledger.observed_output_tokens())
+    return {**_batch_ids(runtime, session_id), **_completion(runtime, row),
+            "deadline": _iso(row.deadline_at), "estimate": cost.to_json()}
 
 
 def _candidate(session_id: str, c) -> dict[str, Any]:
@@ -652,10 +697,6 @@ def _sse(event: str, data: Any, number: int) -> str:
     return f"id: {number}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 # -- OpenAPI -----------------------------------------------------------------------------------------
 
 def openapi_document() -> dict[str, Any]:
@@ -709,13 +750,15 @@ def openapi_document() -> dict[str, Any]:
             "/api/health": {"get": op("liveness and the worker thread", json_ok("{status, worker}"), public=True)},
             "/api/beam-search": {"post": op(
                 "start a beam-search session (answers at once; batchWaitMode says how to follow it)",
-                json_ok("{jobId, status, params, tier, batchId, batchWaitMode, estimatedWaitHours, statusUrl, "
-                        "eventsUrl, pollIntervalSeconds (poll mode)}"), body=True, ok_status="202")},
+                json_ok("{jobId, status, params, tier, batchId, batchIds, batchWaitMode, estimatedWaitHours, "
+                        "estimatedCompletionTime, estimateBasis, deadline, estimate: {calls, costUsd, cost, basis}, "
+                        "statusUrl, eventsUrl, pollIntervalSeconds (poll mode)}"), body=True, ok_status="202")},
             "/api/jobs": {"get": op("every job, newest first, briefly", json_ok("{jobs: [...]}"))},
             "/api/job/{job_id}": {"get": op(
                 "a job's status, progress, batches, cost and winner",
                 json_ok("{jobId, status, iteration, round, progress, batchId, batchIds, estimatedCompletionTime, "
-                        "error, cost, winner}"), params=[job_id])},
+                        "estimatedWaitHours, estimateBasis, deadline, error, cost: {paid, standard, tierSaved, "
+                        "cacheAvoided (+Usd exact)}, winner}"), params=[job_id])},
             "/api/job/{job_id}/events": {"get": op(
                 "server-sent events: snapshot, round_queued, batch_created, batch_progress, round_applied, cost, "
                 "winner, status, end", {"description": "text/event-stream", "content": {"text/event-stream": {}}},

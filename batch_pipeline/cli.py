@@ -13,6 +13,7 @@ import logging
 import sys
 import tempfile
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 
 import openai
@@ -20,11 +21,12 @@ from tqdm import tqdm
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.batching.pricing import round_cents
+from batch_pipeline.batching.pricing import cost_lines
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.runtime import Runtime, build_runtime
+from batch_pipeline.search import SearchParams
 from batch_pipeline.settings import SettingsError, is_loopback_host, load_settings, mask_url
 from batch_pipeline.vocabulary import Tier
 
@@ -54,7 +56,26 @@ def main(argv: list[str] | None = None) -> int:
         search.add_argument(f"-{name}", type=int, default=default, help=meaning)
     search.add_argument("--alpha", type=float, default=0.7, help="weight of alignment against aesthetics (0..1)")
     search.add_argument("--seed", type=int, default=0, help="the only source of randomness")
-    search.add_argument("--deadline-hours", type=float, default=24.0, help="finish within this many hours (<= 24)")
+    search.add_argument("--deadline-hours", type=float, default=None,
+                        help="finish within this many hours (<= 24; default BATCH_MAX_WAIT_HOURS, 24)")
+    search.add_argument("--budget", type=Decimal, default=None, metavar="USD",
+                        help="spend limit: a round that would go over it is not sent; the session ends stopped (budget)")
+    search.add_argument("--estimate", action="store_true",
+                        help="print what the session would cost on each tier (and how long), then exit without spending")
+    search.add_argument("--text-model", default=SearchParams.model_fields["text_model"].default, help="text model")
+    search.add_argument("--vision-model", default=SearchParams.model_fields["vision_model"].default,
+                        help="vision (judge) model")
+    search.add_argument("--image-model", default=SearchParams.model_fields["image_model"].default, help="image model")
+    search.add_argument("--image-size", default="1024x1024", choices=["1024x1024", "1024x1536", "1536x1024"],
+                        help="image size (priced per size)")
+    search.add_argument("--image-quality", default="low", choices=["low", "medium", "high"],
+                        help="image quality (priced per quality)")
+    search.add_argument("--rounds-per-iteration", type=int, choices=[2, 3], default=2,
+                        help="2: the vision round also writes the next candidates (fewer batch waits); 3: a text "
+                             "round every iteration (docs/PERFORMANCE.md compares them)")
+    search.add_argument("--prices", type=Path, default=None, metavar="FILE",
+                        help="prices for models the catalog lacks (JSON, the shape of batching/prices.json); "
+                             "the same as BATCH_PRICES_FILE")
     search.add_argument("--home", type=Path, default=None, help="ledger and images; unset means var/search")
     resume = search.add_mutually_exclusive_group()
     resume.add_argument("--new", action="store_true",
@@ -279,10 +300,8 @@ def print_summary(ledger: Ledger) -> None:
     print("\n" + header + "\n" + "-" * len(header))
     for op, model, n, tin, tout, imgs, cost, std in by_op:
         print(f"{op:<10} {model:<17} {n:>5} {tin:>8} {tout:>8} {imgs:>6} {cost:>10.6f} {std:>11.6f}")
-    totals = ledger.cost_totals()
     print("-" * len(header))
-    print(f"total spent ${round_cents(totals['actual'])} (exact {totals['actual']:.6f}); at standard prices "
-          f"${round_cents(totals['standard'])} (exact {totals['standard']:.6f}); saved {totals['saved']:.6f}")
+    print("\n".join(cost_lines(ledger.cost_figures())))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The cost report: ledger result rows -> spend by day, model, tier and operation, with savings versus standard.
+"""The cost report: ledger result rows -> spend by day, model, tier and operation, with the three figures:
+paid, the standard tier's price for the calls made (batch/flex savings), and what the cache avoided (its own
+column: a cache hit is no call, so it never counts as a batch discount).
 
 Framework-free (the `cost_report` asset and tests call it): a markdown table to the cent, a CSV with the
 exact Decimal amounts and a PNG chart per day, written under BATCH_PIPELINE_HOME/reports/.
@@ -14,27 +16,30 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from batch_pipeline.batching.pricing import round_cents
+from batch_pipeline.batching.pricing import format_usd as money
 from batch_pipeline.ledger.reports import CostRow, LedgerReader
 
 CSV_COLUMNS = ("day", "model", "tier", "operation", "calls", "input_tokens", "output_tokens", "images",
-               "cost_usd", "standard_cost_usd", "saved_usd", "saved_share")
+               "cost_usd", "standard_cost_usd", "saved_usd", "saved_share", "cache_avoided_usd")
+
+
+def standard_for_calls(row: CostRow) -> Decimal:
+    """What the standard tier would have charged for the calls this row made (a cache hit made none)."""
+    return Decimal(0) if row.tier == "cache" else row.standard_cost_usd
+
+
+def cache_avoided(row: CostRow) -> Decimal:
+    return row.standard_cost_usd if row.tier == "cache" else Decimal(0)
 
 
 def saved(row: CostRow) -> Decimal:
-    return row.standard_cost_usd - row.cost_usd
+    """The batch/flex discount: standard price of the calls made, less what was paid."""
+    return standard_for_calls(row) - row.cost_usd
 
 
 def saved_share(paid: Decimal, standard: Decimal) -> Decimal | None:
     """Savings as a share of the standard price (exact); None when nothing would have been paid."""
     return (standard - paid) / standard if standard else None
-
-
-def money(amount: Decimal) -> str:
-    """Dollars to the cent; an amount that is not zero but rounds to it says so rather than `$0.00`."""
-    if amount and round_cents(amount) == 0:
-        return "<$0.01" if amount > 0 else ">-$0.01"
-    return f"${round_cents(amount):,.2f}"
 
 
 def percent(share: Decimal | None) -> str:
@@ -57,10 +62,15 @@ class CostReport:
 
     @property
     def standard(self) -> Decimal:
-        return sum((r.standard_cost_usd for r in self.rows), Decimal(0))
+        """The standard tier's price of the calls made (cache hits excluded)."""
+        return sum((standard_for_calls(r) for r in self.rows), Decimal(0))
+
+    @property
+    def cache_avoided(self) -> Decimal:
+        return sum((cache_avoided(r) for r in self.rows), Decimal(0))
 
     def by_tier(self) -> dict[str, tuple[Decimal, Decimal]]:
-        """tier -> (paid, standard price of the same usage)."""
+        """tier -> (paid, standard price of the calls made)."""
         return self._totals(lambda r: r.tier)
 
     def by_day(self) -> dict[str, tuple[Decimal, Decimal]]:
@@ -71,21 +81,22 @@ class CostReport:
         totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
         for r in self.rows:
             totals[key(r)][0] += r.cost_usd
-            totals[key(r)][1] += r.standard_cost_usd
+            totals[key(r)][1] += standard_for_calls(r)
         return {k: (p, s) for k, (p, s) in sorted(totals.items())}
 
     def to_markdown(self) -> str:
         if not self.rows:
             return "_No results recorded yet._"
-        lines = ["| day | model | tier | operation | calls | input tok | output tok | images | spent | standard price"
-                 " | saved | saved % |", "|" + "---|" * 12]
+        lines = ["| day | model | tier | operation | calls | input tok | output tok | images | paid"
+                 " | standard for these calls | batch/flex saved | saved % | cache avoided |", "|" + "---|" * 13]
         for r in self.rows:
             lines.append(f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
-                         f" | {r.output_tokens:,} | {r.images:,} | {money(r.cost_usd)} | {money(r.standard_cost_usd)}"
-                         f" | {money(saved(r))} | {percent(saved_share(r.cost_usd, r.standard_cost_usd))} |")
+                         f" | {r.output_tokens:,} | {r.images:,} | {money(r.cost_usd)} | {money(standard_for_calls(r))}"
+                         f" | {money(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
+                         f" | {money(cache_avoided(r))} |")
         lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{money(self.paid)}**"
                      f" | {money(self.standard)} | **{money(self.standard - self.paid)}**"
-                     f" | {percent(saved_share(self.paid, self.standard))} |")
+                     f" | {percent(saved_share(self.paid, self.standard))} | **{money(self.cache_avoided)}** |")
         return "\n".join(lines)
 
     def write_csv(self, path: Path) -> Path:
@@ -95,10 +106,10 @@ class CostReport:
             writer = csv.writer(fh)
             writer.writerow(CSV_COLUMNS)
             for r in self.rows:
-                share = saved_share(r.cost_usd, r.standard_cost_usd)
+                share = saved_share(r.cost_usd, standard_for_calls(r))
                 writer.writerow([r.day.isoformat(), r.model, r.tier, r.operation, r.calls, r.input_tokens,
-                                 r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, saved(r),
-                                 "" if share is None else share.normalize()])
+                                 r.output_tokens, r.images, r.cost_usd, standard_for_calls(r), saved(r),
+                                 "" if share is None else share.normalize(), cache_avoided(r)])
         return path
 
     def write_chart(self, path: Path) -> Path:
@@ -109,7 +120,7 @@ class CostReport:
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)
         font, small = ImageFont.load_default(16), ImageFont.load_default(12)
-        draw.text((left, 20), "Spend per day: paid vs. standard-tier price of the same usage", fill="black", font=font)
+        draw.text((left, 20), "Spend per day: paid vs. standard-tier price of the calls made", fill="black", font=font)
         peak = max((s for _, (_p, s) in days), default=Decimal(0)) or Decimal(1)
         plot_h = height - top - bottom
         draw.line([(left, top), (left, height - bottom), (width - 20, height - bottom)], fill="black")
@@ -117,7 +128,7 @@ class CostReport:
             value = peak * tick / 4
             y = height - bottom - plot_h * tick / 4
             draw.line([(left - 5, y), (left, y)], fill="black")
-            draw.text((8, y - 7), f"${value:.4f}" if peak < 1 else f"${value:,.2f}", fill="black", font=small)
+            draw.text((8, y - 7), money(value), fill="black", font=small)
         slot = (width - left - 40) / max(1, len(days))
         bar = min(60, slot / 3)
         for i, (day, (paid, standard)) in enumerate(days):

@@ -22,6 +22,7 @@ from typing import IO
 
 import dagster as dg
 
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
@@ -301,10 +302,10 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
             last = status
             if state == "completed":
                 print(f"winner: {winner}: {reader.candidate_prompt(session_id, winner)}")
-                paid, standard = reader.session_spend(session_id)
-                # Four decimals: a demo session costs a fraction of a cent.
-                print(f"cost: paid ${paid:.4f}; the standard tier would have cost ${standard:.4f} "
-                      f"(saved {percent(saved_share(paid, standard))}). Full report: materialise cost_report.")
+                paid, standard, avoided = reader.session_spend(session_id)
+                print(f"cost: paid {format_usd(paid)}; the standard tier would have cost {format_usd(standard)} for the "
+                      f"same calls (saved {percent(saved_share(paid, standard))}); the cache avoided {format_usd(avoided)}. "
+                      "Full report: materialise cost_report.")
                 if exit_when_done:
                     # The step that completed the session still renders its views: let it finish.
                     wait_for_runs_to_finish(paths, timeout_s=120)

@@ -1,7 +1,7 @@
 """The session driver: one `tick` that moves the sessions a driver owns forward, and one loop around it.
 
 A tick recovers calls lost by a dead process, advances every owned running session (apply finished
-rounds, queue the next; standard/flex calls run now), flushes the owned batch-tier queue (per
+rounds, queue the next; standard/flex calls run now), holds their round deadlines (`deadlines.py`), flushes the owned batch-tier queue (per
 BATCH_API_MODE and the flush thresholds), polls the owned batches and sweeps for late duplicates, then
 ingests what ended. `run` repeats it on the poll policy until a condition holds. The CLI, the HTTP
 API's worker and `batch-pipeline demo` are thin calls of this; the Dagster runs call the same
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.deadlines import DeadlineAction, enforce_round_deadlines
 from batch_pipeline.errors import is_auth_error, is_ledger_busy, is_transient
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.sessions import FINISHED, SessionProgress
@@ -56,6 +57,7 @@ class Tick:
     planned: int = 0
     ingested: int = 0
     error: str | None = None
+    deadline_actions: list[DeadlineAction] = field(default_factory=list)
 
     @property
     def moved(self) -> bool:
@@ -112,6 +114,8 @@ class Driver:
             tick.recovered = len(rt.executor.sync.recover_lost(session_ids=owned))
             for session_id in self.running(owned):
                 tick.progress[session_id] = self._advance(session_id)
+            tick.deadline_actions = enforce_round_deadlines(rt.ledger, rt.manager, rt.executor.policy, rt.catalog,
+                                                            session_ids=owned, now=self.clock)
             self._flush(owned, tick)
             rt.manager.refresh(session_ids=owned)
             tick.ingested = len(rt.manager.ingest_ended(session_ids=owned))

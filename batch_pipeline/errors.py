@@ -7,6 +7,7 @@ Every error the project raises descends from one root; a `Transient` one is wait
     ├── ApiConfigError (ValueError)       api.py: the API's security settings do not fit the bind address
     ├── RequestValidationError (ValueError)  batching/requests.py: a request the API would refuse
     ├── UnknownPriceError (LookupError)   batching/pricing.py: a model or size the catalog does not price
+    ├── UnpricedModelError (ValueError)   batching/pricing.py: a session names such a model: refused at launch
     ├── ResultFileError (ValueError)      batching/results.py: a result line that cannot be read
     ├── SessionConflict (ValueError)      sessions.py: a session id reused with other settings
     ├── SearchFailed                      search/steps.py: a round cannot go on (too few answers)

@@ -56,3 +56,20 @@ class RequestOutcome(BaseModel):
     cost_usd: Decimal = Decimal(0)
     standard_cost_usd: Decimal = Decimal(0)
     price_version: str | None = None
+
+
+class CostFigures(BaseModel):
+    """The three figures every report shows (README, "What was paid and what was saved"): what was paid, what
+    the standard tier would have charged for the calls actually made (so paid vs this is the batch/flex
+    discount), and what the cache avoided (cache hits at the standard price) on a line of its own."""
+
+    paid: Decimal
+    standard_for_calls: Decimal
+    cache_avoided: Decimal
+    calls: int = 0
+    cache_hits: int = 0
+    unpriced_calls: int = 0  # answered by a model without a price: their cost is unknown, never $0
+
+    @property
+    def tier_saved(self) -> Decimal:
+        return self.standard_for_calls - self.paid

@@ -56,7 +56,7 @@ def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, le
     client = client or openai.OpenAI(**settings.openai_client_kwargs())
     ledger = ledger or Ledger(settings.ledger_path, clock=clock)
     image_store = image_store or ImageStore(settings.image_root)
-    catalog = PriceCatalog.load()
+    catalog = PriceCatalog.load(extra=settings.batch_prices_file)
     manager = BatchJobManager(
         client, ledger, files_dir=settings.batch_files_dir, image_store=image_store, catalog=catalog,
         limits=SplitLimits(max_requests=settings.batch_max_requests_per_file, max_bytes=settings.batch_max_file_bytes),
@@ -68,6 +68,7 @@ def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, le
     executor = RoundExecutor(ledger, sync_runner, image_store=image_store, catalog=catalog,
                              policy=tier_policy_from(settings, **(policy_overrides or {})),
                              max_attempts=settings.batch_max_attempts, clock=clock)
-    sessions = SessionService(ledger, executor, manager, batch_mode=settings.batch_api_mode, clock=clock)
+    sessions = SessionService(ledger, executor, manager, batch_mode=settings.batch_api_mode, clock=clock,
+                              default_deadline_hours=settings.batch_max_wait_hours)
     return Runtime(settings=settings, client=client, ledger=ledger, image_store=image_store, catalog=catalog,
                    manager=manager, executor=executor, sessions=sessions)

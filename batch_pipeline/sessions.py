@@ -18,6 +18,9 @@ import orjson
 from pydantic import BaseModel, Field, field_validator
 
 from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.pricing import format_usd
+from batch_pipeline.deadlines import round_deadline
+from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
@@ -30,7 +33,8 @@ from batch_pipeline.vocabulary import ENDED_STATUSES
 log = logging.getLogger(__name__)
 
 
-FINISHED = ("completed", "failed", "cancelled")
+# `stopped`: ended by a limit the user set (the budget), with the best candidate it had; `error` says which.
+FINISHED = ("completed", "failed", "cancelled", "stopped")
 
 
 class SessionConfig(BaseModel):
@@ -39,8 +43,11 @@ class SessionConfig(BaseModel):
     prompt: str = Field(min_length=1, max_length=2000, description="the short user prompt to improve")
     params: SearchParams
     tier: TierMode = Field("batch", description="standard | flex | batch | hybrid (hybrid picks per round)")
-    deadline_hours: float = Field(24.0, gt=0, le=24, description="the session must finish within this many hours")
-    budget_usd: Decimal | None = Field(None, ge=0, description="optional spend limit (a warning when exceeded)")
+    deadline_hours: float | None = Field(
+        None, gt=0, le=24, description="the session must finish within this many hours (default: BATCH_MAX_WAIT_HOURS)")
+    budget_usd: Decimal | None = Field(
+        None, ge=0, description="spend limit: a round that would take the session over it is not sent; the session "
+                                "ends `stopped` (budget) with the best candidate so far")
     session_id: str | None = Field(None, description="default: a new random id")
     driver: Literal["dagster", "api", "cli"] = Field(
         "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process")
@@ -55,7 +62,7 @@ class SessionConfig(BaseModel):
 
 class SessionProgress(BaseModel):
     session_id: str
-    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
+    status: Literal["running", "waiting", "completed", "failed", "cancelled", "stopped"]
     iteration: int
     next_round: str | None
     pending_requests: int = 0
@@ -81,16 +88,31 @@ class SessionService:
     """Start, advance and cancel sessions over the ledger; the drivers (`driver.py`, Dagster) call these."""
 
     def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchJobManager, *,
-                 batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time):
+                 batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time,
+                 default_deadline_hours: float = 24.0):
         self.ledger = ledger
         self.executor = executor
         self.manager = manager
         self.batch_mode = batch_mode
         self.clock = clock
+        self.default_deadline_hours = default_deadline_hours
+
+    def resolve(self, config: SessionConfig) -> SessionConfig:
+        """The config as it will run: the deadline defaulted (BATCH_MAX_WAIT_HOURS), and its models checked
+        against the price catalog (`UnpricedModelError` naming the field: nothing is costed at $0)."""
+        if config.deadline_hours is None:
+            config = config.model_copy(update={"deadline_hours": self.default_deadline_hours})
+        p = config.params
+        self.executor.catalog.check_search_models(text_model=p.text_model, vision_model=p.vision_model,
+                                                  image_model=p.image_model, image_size=p.image_size,
+                                                  image_quality=p.image_quality)
+        return config
 
     def start(self, config: SessionConfig) -> str:
         """Record a new session. Idempotent for an explicit `session_id`: the same launch again returns the
-        same session (never a second one); the same id with other settings is a `SessionConflict`."""
+        same session (never a second one); the same id with other settings is a `SessionConflict`.
+        A model the price catalog cannot cost is refused here (`UnpricedModelError`)."""
+        config = self.resolve(config)
         session_id = config.session_id or secrets.token_hex(4)
         fingerprint = config_fingerprint(config)
         state = start_search(config.prompt, config.params, session_id)
@@ -106,6 +128,7 @@ class SessionService:
     def resume_or_start(self, config: SessionConfig, *, new: bool = False) -> tuple[str, bool]:
         """The session to drive for this launch, and whether it is resumed: a named session (config.session_id),
         else the unfinished session launched with the same settings by the same driver, else a new one."""
+        config = self.resolve(config)
         if config.session_id is not None:
             existing = self.ledger.session(config.session_id)
             return self.start(config), existing is not None
@@ -131,12 +154,21 @@ class SessionService:
         if row.status in FINISHED:
             return self._progress(state, row.status, error=row.error)
         mode: TierMode = row.config.get("tier", "batch")
+        budget = row.config.get("budget_usd")
         while not state.done:
             calls = plan_round(state)
             results = {}
             if calls:
-                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at,
-                                     round_key=f"i{state.iteration}-{state.next_round}")
+                round_key = f"i{state.iteration}-{state.next_round}"
+                requests = None
+                if self.ledger.round_started_at(session_id, round_key) is None:  # not sent yet: plan, then price
+                    round_due = round_deadline(round_started_at=self.clock(), session_deadline_at=row.deadline_at,
+                                               rounds_left=len(rounds_left(state)))
+                    requests = self.executor.plan(session_id, calls, mode=mode, deadline_at=round_due, round_key=round_key)
+                    if budget is not None and (stop := self._over_budget(session_id, round_key, requests, Decimal(budget))):
+                        return self._stop(state, stop)
+                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at, round_key=round_key,
+                                     requests=requests)
                 failpoint("round-queued")
                 self.executor.apply_fallback(session_id, deadline_at=row.deadline_at)
                 if self.batch_mode == "immediate":
@@ -156,6 +188,46 @@ class SessionService:
             if not self._save(state, "completed" if state.done else "running"):
                 return self._ended(session_id)
         return self._progress(state, "completed")
+
+    def _over_budget(self, session_id: str, round_key: str, requests, budget: Decimal) -> str | None:
+        """Why this round must not be sent (it would take the session over its budget), or None."""
+        spent = self.ledger.cost_figures(session_id=session_id).paid
+        estimate = self.executor.estimate_cost(requests)
+        if spent + estimate <= budget:
+            return None
+        return (f"budget: round {round_key} ({len(requests)} calls) would cost about {format_usd(estimate)}; "
+                f"{format_usd(spent)} of the {format_usd(budget)} budget is spent, so it was not sent")
+
+    def _stop(self, state: SearchState, reason: str) -> SessionProgress:
+        """End a session `stopped` with the best candidate of its last ranking as its winner."""
+        best = None
+        if state.iterations:
+            ranks = state.iterations[-1].ranks
+            best = min(ranks, key=ranks.get) if ranks else None
+        log.warning("session %s stopped: %s", state.session_id, reason)
+        self.ledger.end_session(state.session_id, "stopped", reason, winner_id=best)
+        return self._ended(state.session_id)
+
+    def money_and_time(self, session_id: str, *, estimate: bool = False) -> dict[str, str]:
+        """The session's deadline, completion estimate (with its basis) and three cost figures, as text for
+        metadata (launch run, session assets); `estimate` adds the whole session priced on every tier."""
+        row = self.ledger.session(session_id)
+        state = self.state(session_id)
+        figures = self.ledger.cost_figures(session_id=session_id)
+        out = {"deadline": iso_utc(row.deadline_at), "budget": format_usd(Decimal(row.config["budget_usd"]))
+               if row.config.get("budget_usd") is not None else "none",
+               "cost_paid": format_usd(figures.paid), "cost_standard_for_calls": format_usd(figures.standard_for_calls),
+               "cost_batch_flex_saved": format_usd(figures.tier_saved), "cost_cache_avoided": format_usd(figures.cache_avoided)}
+        if row.status == "running":
+            done = session_completion(now=self.clock(), deadline_at=row.deadline_at, state=state,
+                                      mode=row.config.get("tier", "batch"), turnaround=self.ledger.observed_turnaround())
+            out |= {"estimated_completion": iso_utc(done.at), "estimate_basis": done.basis}
+        if estimate:
+            priced = estimate_session(row.user_prompt, state.params, self.executor.catalog,
+                                      history=self.ledger.observed_output_tokens())
+            out |= {f"estimate_{tier}": format_usd(cost) for tier, cost in priced.per_tier.items()}
+            out["estimate_basis_cost"] = "; ".join(priced.basis)
+        return out
 
     def cancel(self, session_id: str, reason: str = "cancelled by the user") -> SessionProgress:
         """Stop a session: one ledger transaction marks it cancelled and ends its queued requests; batches
@@ -190,7 +262,8 @@ class SessionService:
 
     def _ended(self, session_id: str) -> SessionProgress:
         row = self.ledger.session(session_id)
-        return self._progress(self.state(session_id), row.status, error=row.error)
+        progress = self._progress(self.state(session_id), row.status, error=row.error)
+        return progress.model_copy(update={"winner_id": progress.winner_id or row.winner_id})
 
     @staticmethod
     def _progress(state: SearchState, status: str, *, pending: int = 0, error: str | None = None) -> SessionProgress:

@@ -4,6 +4,8 @@ Every other module receives its knobs from here; nothing else reads `os.environ`
 """
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -14,6 +16,8 @@ import annotated_types
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
+
+log = logging.getLogger(__name__)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batch_pipeline.errors import BatchPipelineError
@@ -137,7 +141,6 @@ class Settings(BaseSettings):
     batch_llm_enabled: EnvBool = Field(default=True, description="critique, refinement and other text calls")
     batch_images_enabled: EnvBool = True
     batch_fallback_to_standard: EnvBool = True
-    batch_cost_tracking: EnvBool = True
     batch_hybrid_mode: EnvBool = False
 
     # Deferred mode: the queue is flushed into a batch when either threshold is reached.
@@ -154,6 +157,9 @@ class Settings(BaseSettings):
     )
     # How often one request may be submitted before it ends failed/expired.
     batch_max_attempts: int = Field(default=3, ge=1)
+    # Prices for models the packaged catalog lacks (same JSON shape as batching/prices.json's models/images);
+    # without them a session naming such a model is refused at launch, never costed at $0.
+    batch_prices_file: Path | None = None
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -238,11 +244,21 @@ class Settings(BaseSettings):
         return kwargs
 
 
+# Variables the seed named that no longer do anything: said so once at start-up rather than silently ignored.
+REMOVED_VARIABLES = {
+    "BATCH_COST_TRACKING": "costs are always recorded in the ledger (paid, standard price, cache avoided); "
+                           "turning that off would leave budgets and reports blind",
+}
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from `env` (default: the process environment) or raise `SettingsError`.
 
     An explicit `env` is the whole environment: `os.environ` is not consulted for anything it lacks.
     """
+    for name, why in REMOVED_VARIABLES.items():
+        if name in (os.environ if env is None else env):
+            log.warning("%s is no longer read: %s", name, why)
     token = _EXPLICIT_ENVIRON.set(env)
     try:
         return Settings()

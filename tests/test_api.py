@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from decimal import Decimal
 
 import pytest
 
@@ -120,10 +121,29 @@ def test_start_a_batch_session_and_follow_it_to_a_winner(api):
     status, started, headers = call(f"{url}/api/beam-search", "POST", SMALL)
     assert status == 202 and started["status"] == "running" and started["tier"] == "batch"
     assert started["batchWaitMode"] == "deferred" and started["eventsUrl"] == f"/api/job/{started['jobId']}/events"
+    # Priced before spending, on every tier; no batch observed yet, so the wait is the API's window, capped
+    # by the deadline (BATCH_MAX_WAIT_HOURS), and the basis says so.
+    estimate = started["estimate"]
+    assert set(estimate["costUsd"]) == {"standard", "flex", "batch"}
+    assert Decimal(estimate["costUsd"]["batch"]) * 2 == Decimal(estimate["costUsd"]["standard"]) > 0
+    # C(4,2) votes and 4 critiques (the children of iteration 1 are written in its vision round), then C(6,2) - C(2,2)
+    assert estimate["calls"] == {"text": 4, "image": 8, "vision": 6 + 4 + 14}
+    assert started["estimatedWaitHours"] == pytest.approx(24, abs=0.01) and "24 h window" in started["estimateBasis"]
+    assert started["batchId"] is None and started["batchIds"] == []  # no batch exists yet when POST answers
+    first = wait_until(lambda: (j := call(f"{url}/api/job/{started['jobId']}")[1])["batchId"] and j)
+    assert first["batchIds"] and first["batchId"] in first["batchIds"] and first["batchId"].startswith("batch_")
     job = wait_for_status(url, started["jobId"], "completed")
     assert job["progress"] == 1.0 and job["winner"]["prompt"]
-    assert len(job["batchIds"]) == 6, "one batch per round: 2 iterations x (text, image, vision)"
-    assert job["cost"]["actualUsd"] != "0" and float(job["cost"]["savedUsd"]) == float(job["cost"]["actualUsd"])
+    assert len(job["batchIds"]) == 5, "one batch per round: text, image, vision, then image, vision"
+    cost = job["cost"]
+    assert Decimal(cost["paidUsd"]) > 0 and Decimal(cost["tierSavedUsd"]) == Decimal(cost["paidUsd"])
+    assert Decimal(cost["cacheAvoidedUsd"]) == 0 and cost["paid"].startswith("$0.0")
+    assert job["estimatedCompletionTime"] is None and job["estimateBasis"] == "finished"
+
+    # With batches observed, the next job's wait estimate rests on their median turnaround, not the window.
+    _, second, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"seed": 9})
+    assert "observed median" in second["estimateBasis"] and second["estimatedWaitHours"] < 1
+    wait_for_status(url, second["jobId"], "completed")
 
     status, image, _ = call(url + job["winner"]["imageUrl"])
     assert status == 200 and image[:8] == b"\x89PNG\r\n\x1a\n"
@@ -134,10 +154,34 @@ def test_start_a_batch_session_and_follow_it_to_a_winner(api):
     assert "answer" not in batch["results"][0]
 
     _, listing, _ = call(f"{url}/api/jobs")
-    assert [j["jobId"] for j in listing["jobs"]] == [started["jobId"]]
+    assert [j["jobId"] for j in listing["jobs"]] == [second["jobId"], started["jobId"]]
 
     _, ranked, _ = call(f"{url}/api/job/{started['jobId']}/candidates")
     assert ranked["candidates"][0]["rank"] == 1 and ranked["candidates"][0]["imageUrl"]
+
+
+def test_models_size_and_quality_are_settable_and_an_unpriced_model_is_refused(api):
+    url, runtime = api
+    status, refused, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"textModel": "gpt-9-turbo"})
+    assert status == 400 and refused["errors"][0]["field"] == "textModel" and "price catalog" in refused["error"]
+    status, refused, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"imageSize": "512x512"})
+    assert status == 400 and refused["errors"][0]["field"] == "imageSize"
+    chosen = {"textModel": "gpt-5", "visionModel": "gpt-4.1-mini", "imageQuality": "medium", "imageSize": "1536x1024",
+              "budgetUsd": 0.5, "deadlineHours": 2}
+    status, started, _ = call(f"{url}/api/beam-search", "POST", SMALL | chosen | {"tier": "standard"})
+    assert status == 202
+    params = started["params"]
+    assert (params["text_model"], params["vision_model"], params["image_quality"], params["image_size"]) == (
+        "gpt-5", "gpt-4.1-mini", "medium", "1536x1024")
+    # Two hours from now, give or take the request's own time.
+    assert abs(time.time() + 2 * 3600 - _epoch(started["deadline"])) < 120
+    call(f"{url}/api/job/{started['jobId']}/cancel", "POST", {})
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def test_event_stream_shows_each_step_to_the_winner_and_results_carry_answers(api):
@@ -149,16 +193,16 @@ def test_event_stream_shows_each_step_to_the_winner_and_results_carry_answers(ap
     for step in ("round_queued", "batch_created", "batch_progress", "round_applied", "cost", "winner"):
         assert step in names, f"no {step} event in {names}"
     applied = [(d["iteration"], d["round"]) for n, d in events if n == "round_applied"]
-    assert applied == [(i, r) for i in range(2) for r in ("text", "image", "vision")]
+    assert applied == [(0, "text"), (0, "image"), (0, "vision"), (1, "image"), (1, "vision")]
     assert names.index("winner") > names.index("round_applied")
-    costs = [float(d["actualUsd"]) for n, d in events if n == "cost"]
+    costs = [float(d["paidUsd"]) for n, d in events if n == "cost"]
     assert costs == sorted(costs) and costs[-1] > 0, "cost so far only grows"
     finished = [d for n, d in events if n == "batch_progress" and d["status"] == "completed"]
-    assert len({d["batchId"] for d in finished}) == 6
+    assert len({d["batchId"] for d in finished}) == 5
 
     # A late subscriber gets the whole history, then the end.
     again = [n for n, _ in read_events(url, started["jobId"])]
-    assert again.count("round_applied") == 6 and again[-1] == "end"
+    assert again.count("round_applied") == 5 and again[-1] == "end"
 
     # Each request's answer: text for the text round, an image URL for the image round.
     _, job, _ = call(f"{url}/api/job/{started['jobId']}")

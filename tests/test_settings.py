@@ -21,7 +21,7 @@ def test_empty_environment_gives_documented_defaults() -> None:
     assert settings.batch_max_wait_hours == 24
     assert settings.batch_poll_interval_ms == 30_000
     assert settings.batch_vision_enabled and settings.batch_llm_enabled and settings.batch_images_enabled
-    assert settings.batch_fallback_to_standard and settings.batch_cost_tracking
+    assert settings.batch_fallback_to_standard
     assert settings.batch_hybrid_mode is False
     assert settings.batch_flush_max_requests == 1000
     assert settings.batch_flush_max_age_seconds == 300
@@ -135,7 +135,7 @@ def test_every_bad_variable_is_named_in_one_error() -> None:
         load_settings(
             {
                 "BATCH_API_MODE": "sometimes",
-                "BATCH_COST_TRACKING": "maybe",
+                "BATCH_HYBRID_MODE": "maybe",
                 "BATCH_MAX_WAIT_HOURS": "48",
                 "BATCH_API_ENABLED": "true",  # valid: must not be reported
             }
@@ -143,7 +143,7 @@ def test_every_bad_variable_is_named_in_one_error() -> None:
 
     error = caught.value
     assert len(error.problems) == 3
-    for variable in ("BATCH_API_MODE", "BATCH_COST_TRACKING", "BATCH_MAX_WAIT_HOURS"):
+    for variable in ("BATCH_API_MODE", "BATCH_HYBRID_MODE", "BATCH_MAX_WAIT_HOURS"):
         assert variable in str(error)
     assert "BATCH_API_ENABLED" not in str(error)
 
@@ -188,3 +188,9 @@ def test_settings_are_immutable() -> None:
 
     with pytest.raises(ValueError):
         settings.batch_api_enabled = True  # type: ignore[misc]
+
+
+def test_the_removed_cost_tracking_switch_is_named_when_set(caplog) -> None:
+    with caplog.at_level("WARNING"):
+        load_settings({"BATCH_COST_TRACKING": "false"})
+    assert "BATCH_COST_TRACKING" in caplog.text and "always recorded" in caplog.text

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from batch_pipeline.batching.models import Tier
 from batch_pipeline.errors import BatchPipelineError
+from batch_pipeline.records import CostFigures
 
 if TYPE_CHECKING:
     from openai.types import CompletionUsage
@@ -105,6 +106,43 @@ def round_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
+def format_usd(amount: Decimal | float | int | None) -> str:
+    """The one way money is shown: whole cents from $1 up ($12.34, $1,234.50), below that enough digits
+    to read two significant figures ($0.0034, $0.000012), and $0 only for exactly nothing."""
+    if amount is None:
+        return "-"
+    value = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"{sign}${round_cents(value):,.2f}"
+    # Two significant figures, never fewer than four decimals (so $0.5 reads $0.5000, $0.0034 stays).
+    places = max(4, -value.adjusted() + 1)
+    return f"{sign}${value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):.{places}f}"
+
+
+def cost_lines(figures: CostFigures) -> list[str]:
+    """The three cost figures as lines of text (CLI, demo, metadata): one wording everywhere."""
+    lines = [f"paid {format_usd(figures.paid)} for {figures.calls} calls",
+             f"standard tier for the same calls {format_usd(figures.standard_for_calls)}: "
+             f"batch/flex saved {format_usd(figures.tier_saved)}"
+             + (f" ({figures.tier_saved / figures.standard_for_calls:.0%})" if figures.standard_for_calls else ""),
+             f"cache avoided {format_usd(figures.cache_avoided)} ({figures.cache_hits} calls answered from the ledger)"]
+    if figures.unpriced_calls:
+        lines.append(f"{figures.unpriced_calls} calls have no price in the catalog: their cost is unknown, not $0")
+    return lines
+
+
+def cost_json(figures: CostFigures) -> dict[str, Any]:
+    """The three figures for JSON answers and metadata: exact decimal strings plus the formatted text."""
+    return {"paidUsd": str(figures.paid), "standardUsd": str(figures.standard_for_calls),
+            "tierSavedUsd": str(figures.tier_saved), "cacheAvoidedUsd": str(figures.cache_avoided),
+            "calls": figures.calls, "cacheHits": figures.cache_hits, "unpricedCalls": figures.unpriced_calls,
+            "paid": format_usd(figures.paid), "standard": format_usd(figures.standard_for_calls),
+            "tierSaved": format_usd(figures.tier_saved), "cacheAvoided": format_usd(figures.cache_avoided)}
+
+
 class TokenPrices(BaseModel):
     """USD per 1M tokens on one tier."""
 
@@ -149,6 +187,27 @@ class _CatalogFile(BaseModel):
     units: dict[str, str]
     models: dict[str, TextModelPrices]
     images: dict[str, ImageModelPrices]
+    # Models the provider marks deprecated (model -> note): still priced, never a default.
+    deprecated: dict[str, str] = Field(default_factory=dict)
+
+
+class _ExtraPricesFile(BaseModel):
+    """Prices a user passes for models the catalog lacks (BATCH_PRICES_FILE / --prices): same shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = "user"
+    models: dict[str, TextModelPrices] = Field(default_factory=dict)
+    images: dict[str, ImageModelPrices] = Field(default_factory=dict)
+
+
+class UnpricedModelError(BatchPipelineError, ValueError):
+    """A session names a model (or an image size/quality) the price catalog cannot cost: refused at launch,
+    because a cost of $0 would be a lie and a budget could not hold."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class PriceCatalog:
@@ -158,14 +217,22 @@ class PriceCatalog:
         self._data = data
 
     @classmethod
-    def load(cls, path: Path | None = None) -> PriceCatalog:
-        """Read a catalog file; by default the one packaged with batch_pipeline."""
+    def load(cls, path: Path | None = None, *, extra: Path | None = None) -> PriceCatalog:
+        """Read a catalog file; by default the one packaged with batch_pipeline. `extra` adds (or
+        replaces) the prices of the models it names; the version then says so (`2026-11-01+user`)."""
         if path is None:
             text = resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8")
         else:
             text = path.read_text(encoding="utf-8")
         # parse_float=Decimal: a price must never pass through a binary float, or 0.1 stops being 0.1.
-        return cls(_CatalogFile.model_validate(json.loads(text, parse_float=Decimal)))
+        data = _CatalogFile.model_validate(json.loads(text, parse_float=Decimal))
+        if extra is not None:
+            added = _ExtraPricesFile.model_validate(json.loads(extra.read_text(encoding="utf-8"), parse_float=Decimal))
+            data = data.model_copy(update={"version": f"{data.version}+{added.version}",
+                                           "models": data.models | added.models, "images": data.images | added.images,
+                                           "deprecated": {m: n for m, n in data.deprecated.items()
+                                                          if m not in added.models and m not in added.images}})
+        return cls(data)
 
     @property
     def version(self) -> str:
@@ -196,6 +263,43 @@ class PriceCatalog:
             if alias in self._data.models or alias in self._data.images:
                 return alias
         raise UnknownPriceError(model, None, f"not in price catalog {self.version}")
+
+    def deprecation(self, model: str) -> str | None:
+        """The catalog's note if the provider marks this model deprecated, else None."""
+        try:
+            return self._data.deprecated.get(self.resolve_model(model))
+        except UnknownPriceError:
+            return None
+
+    def check_search_models(self, *, text_model: str, vision_model: str, image_model: str, image_size: str,
+                            image_quality: str) -> list[str]:
+        """Refuse (UnpricedModelError naming the field) any model this catalog cannot cost on every tier
+        the session may use; return notes (deprecated models) for the user."""
+        hint = "pass its prices in a file (BATCH_PRICES_FILE, or --prices on the CLI) to use it"
+        notes = []
+        for field, model in (("text_model", text_model), ("vision_model", vision_model)):
+            try:
+                key = self.resolve_model(model)
+            except UnknownPriceError:
+                raise UnpricedModelError(field, f"{model!r} is not in price catalog {self.version}: {hint}") from None
+            if key not in self._data.models:
+                raise UnpricedModelError(field, f"{model!r} is an image model, not a text model")
+            if note := self._data.deprecated.get(key):
+                notes.append(f"{field} {model} is deprecated ({note})")
+        try:
+            key = self.resolve_model(image_model)
+        except UnknownPriceError:
+            raise UnpricedModelError("image_model", f"{image_model!r} is not in price catalog {self.version}: {hint}") from None
+        prices = self._data.images.get(key)
+        if prices is None:
+            raise UnpricedModelError("image_model", f"{image_model!r} is a text model, not an image model")
+        for tier in (Tier.STANDARD, Tier.BATCH):
+            if getattr(prices, tier.value).get(image_quality, {}).get(image_size) is None:
+                raise UnpricedModelError("image_size", f"{image_model} has no {tier} price for quality {image_quality!r} "
+                                                       f"at {image_size}: {hint}")
+        if note := self._data.deprecated.get(key):
+            notes.append(f"image_model {image_model} is deprecated ({note})")
+        return notes
 
     def supports_flex(self, model: str) -> bool:
         """Whether the model accepts service_tier="flex"; False for models the catalog does not know."""

@@ -8,6 +8,7 @@ warning.
 
 import dagster as dg
 
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reports import LedgerReader
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
@@ -21,8 +22,8 @@ ROUNDS_TERMINAL = dg.AssetCheckSpec(
                 "(that session's views are not recorded).")
 BUDGETS = dg.AssetCheckSpec(
     "session_budgets", asset="session_steps",
-    description="Each session the tick moved is within its optional budget_usd (a warning: the money is "
-                "already spent; the check makes it visible).")
+    description="Each session the tick moved is within its optional budget_usd. The budget is a hard stop in "
+                "the core (a round that would exceed it is never sent); this check shows any breach.")
 INVARIANTS = dg.AssetCheckSpec(
     "ledger_invariants", asset="batch_results", blocking=True,
     description="The ledger's invariants hold (no request finished twice, none left in a finished batch, no "
@@ -53,9 +54,9 @@ def budgets_result(reader: LedgerReader, session_ids: list[str]) -> dg.AssetChec
         budget = reader.session_budget(session_id)
         if budget is None:
             continue
-        paid, _standard = reader.session_spend(session_id)
+        paid, _standard, _avoided = reader.session_spend(session_id)
         if paid > budget:
-            over[session_id] = f"spent ${paid:.4f} of a ${budget} budget"
+            over[session_id] = f"spent {format_usd(paid)} of a {format_usd(budget)} budget"
     return dg.AssetCheckResult(
         check_name=BUDGETS.name, asset_key=BUDGETS.asset_key, passed=not over,
         severity=dg.AssetCheckSeverity.WARN, description="; ".join(f"{s}: {w}" for s, w in over.items()) or None,

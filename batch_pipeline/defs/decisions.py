@@ -224,7 +224,9 @@ def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[Watc
              mode: Literal["immediate", "deferred"], max_requests: int, max_age_s: float, now: float) -> TickDue | None:
     """Whether a tick run is due, and under which base run key: one run for everything due now.
 
-    Due: a session step (`step_due`), a flush (`flush_due`) or an ended batch to ingest. The key is a hash
+    Due: a session step (`step_due`), a flush (`flush_due`), an ended batch to ingest, or a round whose
+    deadline passed with requests still out (the tick cancels its batch and sends the rest on another
+    tier; `deadlines.py`). The key is a hash
     of what is due, so the same work is never requested twice and a change in it makes a new key. A retry
     step is asked for once (the tick may rightly leave its requests for the next batch): the cursor keeps
     the retry keys requested, and forgets those no longer due.
@@ -244,6 +246,10 @@ def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[Watc
     if ended:
         parts.append(ingest_base_key(ended))
         reasons.append(f"{len(ended)} batch(es) ended")
+    late = [r for r in rounds if r.pending and r.round_due_at is not None and now >= r.round_due_at]
+    if late:
+        parts += [f"{r.session_id}:i{r.iteration}:{r.next_round}:deadline" for r in late]
+        reasons.append(f"{len(late)} round(s) past their deadline: " + ", ".join(r.session_id for r in late[:5]))
     if not parts:
         return None
     return TickDue(f"tick:{short_hash(parts)}", "; ".join(reasons),

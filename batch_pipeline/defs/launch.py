@@ -3,13 +3,16 @@
 The first step of the data flow; from here `pipeline_sensor` (sensors.py) requests the tick runs that take it forward.
 """
 
+import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field, ValidationError
 
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
+from batch_pipeline.batching.pricing import PriceCatalog, UnpricedModelError
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 
@@ -33,9 +36,22 @@ class LaunchSessionConfig(dg.Config):
     seed: int = Field(default=0, ge=0, le=2**53 - 1, description="the only source of randomness (0..2^53-1)")
     tier: Literal["standard", "flex", "batch", "hybrid"] = Field(
         default="batch", description="batch: half price, hours; standard/flex: now; hybrid: cheapest that meets the deadline")
-    deadline_hours: float = Field(default=24.0, gt=0, le=24,
-                                  description="the session must finish within this many hours (0 < h <= 24)")
-    budget_usd: float | None = Field(default=None, ge=0, description="optional spend limit; exceeding it is a warning")
+    deadline_hours: float | None = Field(default=None, gt=0, le=24,
+                                         description="the session must finish within this many hours (0 < h <= 24; "
+                                                     "default BATCH_MAX_WAIT_HOURS)")
+    budget_usd: float | None = Field(default=None, ge=0, description="spend limit: a round that would go over it is not "
+                                                                     "sent and the session ends stopped (budget)")
+    text_model: str = Field(default=SearchParams.model_fields["text_model"].default, min_length=1,
+                            description="text model (must be in the price catalog, or priced in BATCH_PRICES_FILE)")
+    vision_model: str = Field(default=SearchParams.model_fields["vision_model"].default, min_length=1,
+                              description="vision model that judges the images pairwise")
+    image_model: str = Field(default=SearchParams.model_fields["image_model"].default, min_length=1,
+                             description="image model")
+    image_size: Literal["1024x1024", "1024x1536", "1536x1024"] = Field(default="1024x1024", description="image size")
+    image_quality: Literal["low", "medium", "high"] = Field(default="low", description="image quality")
+    rounds_per_iteration: int = Field(
+        default=2, ge=2, le=3, description="2: the vision round also writes the next candidates (fewer batch waits); 3: a text "
+                               "round every iteration")
     session_id: str | None = Field(default=None, description="letters, digits, '-' or '_'; default: a random id")
 
 
@@ -50,7 +66,10 @@ def session_config_from(config: LaunchSessionConfig) -> SessionConfig:
 
 
 def _core_config(config: LaunchSessionConfig) -> SessionConfig:
-    params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed}
+    params = {"N": config.N, "M": config.M, "K": config.K, "E": config.E, "alpha": config.alpha, "seed": config.seed,
+              "text_model": config.text_model, "vision_model": config.vision_model, "image_model": config.image_model,
+              "image_size": config.image_size, "image_quality": config.image_quality,
+              "rounds_per_iteration": config.rounds_per_iteration}
     return SessionConfig(
         prompt=config.prompt, params=SearchParams(**params), tier=config.tier,
         deadline_hours=config.deadline_hours, session_id=config.session_id,
@@ -67,9 +86,16 @@ def checked_launch_config(config: dict) -> dict:
     """Validate the launchpad's values before a run exists: out-of-range values, a blank prompt or an M
     that does not divide N are refused at launch (DagsterInvalidConfigError naming the field)."""
     try:
-        _core_config(LaunchSessionConfig(**config))
+        params = _core_config(LaunchSessionConfig(**config)).params
+        # The price catalog (plus BATCH_PRICES_FILE) must cost every model: nothing is ever costed at $0.
+        extra = os.environ.get("BATCH_PRICES_FILE")
+        PriceCatalog.load(extra=Path(extra) if extra else None).check_search_models(
+            text_model=params.text_model, vision_model=params.vision_model, image_model=params.image_model,
+            image_size=params.image_size, image_quality=params.image_quality)
     except ValidationError as exc:
         raise dg.DagsterInvalidConfigError("invalid session config: " + "; ".join(_problems(exc)), [], config) from None
+    except UnpricedModelError as exc:
+        raise dg.DagsterInvalidConfigError(f"invalid session config: {exc.field}: {exc}", [], config) from None
     return {"ops": {"start_session": {"config": config}}}
 
 
@@ -86,12 +112,15 @@ def start_session(context: dg.OpExecutionContext, config: LaunchSessionConfig, o
     runtime = runtime_from(openai, ledger, image_store)
     try:
         session_id = runtime.sessions.start(session_config)
+    except UnpricedModelError as exc:
+        raise dg.Failure(description=f"{exc.field}: {exc}") from None
     except ValueError as exc:  # e.g. a session id the search's keys cannot carry
         raise dg.Failure(description=f"session_id: {exc}") from None
     # The driver sensor adds missing partitions too, so a crash right here loses nothing.
     context.instance.add_dynamic_partitions(SESSIONS.name, [session_id])
     context.add_output_metadata({"session_id": session_id, "tier": session_config.tier,
-                                 "params": dg.MetadataValue.json(session_config.params.model_dump())})
+                                 "params": dg.MetadataValue.json(session_config.params.model_dump()),
+                                 **runtime.sessions.money_and_time(session_id, estimate=True)})
     context.log.info(f"session {session_id} started; pipeline_sensor requests the tick that steps it")
 
 

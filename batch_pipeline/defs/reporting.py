@@ -18,7 +18,7 @@ from batch_pipeline.defs.session_assets import queued_requests
     deps=[batch_results, queued_requests], pool=LEDGER_POOL, group_name="reports", kinds={"duckdb", "csv"},
     description=(
         "Spend by day, model, tier and operation over every recorded result, next to the standard-tier "
-        "price of the same tokens and images, and the savings. A markdown table (to the cent) in the "
+        "price of the calls made, the batch/flex savings and, apart, what the cache avoided. A markdown table (to the cent) in the "
         "metadata, a CSV with exact amounts and a PNG chart under BATCH_PIPELINE_HOME/reports/. "
         "Materialised daily by `daily_cost_report_schedule`, or by hand."),
 )
@@ -35,6 +35,9 @@ def cost_report(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg
         "standard_price_usd": float(report.standard),
         "saved_usd": float(report.standard - report.paid),
         "saved_share": percent(saved_share(report.paid, report.standard)),
+        "cache_avoided_usd": float(report.cache_avoided),
+        "figures": f"paid {money(report.paid)}; standard for the calls made {money(report.standard)}; "
+                   f"batch/flex saved {money(report.standard - report.paid)}; cache avoided {money(report.cache_avoided)}",
         "batch_saved_share": percent(saved_share(*batch)) if batch else "-",
         "csv": dg.MetadataValue.path(str(files.csv)),
         "chart": dg.MetadataValue.path(str(files.chart)),

@@ -83,6 +83,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
         "pending_requests": step.pending_requests,
         "requests_by_state": dg.MetadataValue.json(ledger.state_counts(session_id=session_id)),
         "batch_api_mode": runtime.settings.batch_api_mode,
+        **runtime.sessions.money_and_time(session_id),
     }
     if step.next_round is not None:
         tiers = reader.round_tiers(session_id, f"i{step.iteration}-{step.next_round}")

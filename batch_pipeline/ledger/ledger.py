@@ -25,6 +25,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
 from batch_pipeline.ledger.db import insert_rows
 from batch_pipeline.ledger.sessions import SessionRecords
+from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
@@ -108,7 +109,7 @@ _OUTCOME_COLUMNS = ("r.request_id, r.outcome, r.status_code, r.response, r.error
                     " r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, r.price_version")
 
 
-class Ledger(SessionRecords):
+class Ledger(SessionRecords, SpendingRecords):
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
         self.path = Path(path)
         self.clock = clock
@@ -542,7 +543,17 @@ class Ledger(SessionRecords):
             for rid in members.keys() - by_id.keys():
                 by_id[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=missing_reason)
             self._insert_results(con, [(o, members[o.request_id], batch_key, Tier.BATCH) for o in by_id.values()], now)
-            self._apply_outcomes(con, list(by_id.values()), members, batch_key, max_attempts)
+            deadline_tier, deadline_reason = con.execute(
+                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+            unrun = [rid for rid, o in by_id.items() if deadline_tier and o.outcome == Outcome.CANCELLED]
+            self._apply_outcomes(con, [o for rid, o in by_id.items() if rid not in unrun], members, batch_key, max_attempts)
+            if unrun:
+                # We cancelled this batch at its round's deadline: what never ran is finished on another tier
+                # (an attempt that was not the request's fault, so it does not count against max_attempts).
+                self._requeue_or_end(con, unrun, RequestState.CANCELLED, batch_key, deadline_reason, max_attempts=2**31,
+                                     errors={rid: deadline_reason for rid in unrun}, attempts=members)
+                con.execute("UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?))"
+                            " AND state = 'queued'", [deadline_tier, deadline_reason, unrun])
             self._move_batch(con, batch_key, BatchPhase.INGESTED)
         return True
 

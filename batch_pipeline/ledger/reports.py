@@ -35,6 +35,7 @@ class SessionRound:
     requests: int  # requests of this round in the ledger (0: not queued yet)
     pending: int  # of them, not in a terminal state
     requeued_attempts: int  # highest attempt count among requests back in the queue after a failed try
+    round_due_at: float | None = None  # when this round is due (deadlines.py), once it is queued
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class LedgerReader:
             rows = con.execute(
                 "SELECT s.session_id, s.iteration, s.next_round, count(q.request_id),"
                 " count(q.request_id) FILTER (WHERE q.state NOT IN (SELECT unnest(?))),"
-                " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0)"
+                " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0), s.round_due_at"
                 " FROM sessions s LEFT JOIN requests q ON q.session_id = s.session_id"
                 "  AND q.round_key = 'i' || s.iteration || '-' || s.next_round"
                 " WHERE s.status = 'running' AND coalesce(s.config->>'driver', 'dagster') = 'dagster'"
@@ -217,13 +218,14 @@ class LedgerReader:
                 " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
                 " ORDER BY 1").fetchall()
 
-    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal]:
-        """(paid, standard price of the same usage) over every result row of a session."""
+    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal, Decimal]:
+        """(paid, standard price of the calls made, what the cache avoided) over a session's result rows."""
         with self.connect() as con:
-            paid, standard = con.execute(
-                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd), 0) FROM results r"
+            paid, standard, avoided = con.execute(
+                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
+                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier = 'cache'), 0) FROM results r"
                 " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]).fetchone()
-        return Decimal(paid), Decimal(standard)
+        return Decimal(paid), Decimal(standard), Decimal(avoided)
 
     def session_budget(self, session_id: str) -> Decimal | None:
         with self.connect() as con:

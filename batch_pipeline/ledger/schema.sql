@@ -158,3 +158,18 @@ CREATE TABLE IF NOT EXISTS rounds (
     standard_cost_usd DECIMAL(24, 12) NOT NULL,
     PRIMARY KEY (session_id, iteration, round)
 );
+
+-- A batch we cancelled because it ran past its round's deadline: its members that never ran go to this
+-- tier (flex or standard, per BATCH_FALLBACK_TO_STANDARD) instead of ending cancelled, with the reason.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS deadline_tier VARCHAR;
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS deadline_reason VARCHAR;
+-- When the session's current round is due (deadlines.py plans it); the Dagster sensor ticks once it passes.
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS round_due_at DOUBLE;
+
+-- Observed batch turnaround (create sent -> seen completed), by model, endpoint and size: the basis of
+-- completion estimates and of the tier policy's expected wait. Duplicates and batches we cancelled are no sample.
+-- (IF NOT EXISTS: opening a ledger must not write it; a changed definition needs a new view name.)
+CREATE VIEW IF NOT EXISTS batch_turnaround AS
+    SELECT model, endpoint, request_count, ended_at - coalesce(create_sent_at, created_at) AS seconds, ended_at
+    FROM batches
+    WHERE status = 'completed' AND ended_at IS NOT NULL AND duplicate_of IS NULL AND deadline_tier IS NULL;

@@ -106,13 +106,13 @@ class SessionRecords:
                 [session_id, session_id])
         return True
 
-    def end_session(self, session_id: str, status: str, error: str | None = None) -> bool:
+    def end_session(self, session_id: str, status: str, error: str | None = None, *, winner_id: str | None = None) -> bool:
         """running -> `status` (failed, or stopped for a reason) in one transaction with its queued requests,
-        which end cancelled; False if it had ended already."""
+        which end cancelled; False if it had ended already. A stopped session names its best candidate so far."""
         with self.transaction() as con:
-            ended = bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?"
+            ended = bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?, winner_id = coalesce(?, winner_id)"
                                      " WHERE session_id = ? AND status = 'running' RETURNING session_id",
-                                     [status, error, self.clock(), session_id]).fetchall())
+                                     [status, error, self.clock(), winner_id, session_id]).fetchall())
             if ended:
                 self._cancel_queued(con, session_id, f"session {status}: {error}")
             return ended

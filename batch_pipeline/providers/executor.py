@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRequest, build_request, make_custom_id
+from batch_pipeline.estimates import request_cost
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.vocabulary import Endpoint
 from batch_pipeline.providers.capabilities import providers_for
 from batch_pipeline.providers.sync_tiers import SyncTierRunner
 from batch_pipeline.providers.tier_policy import TierMode, TierPolicy
@@ -28,7 +31,7 @@ CONTENT_POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
 
 class RoundExecutor:
     def __init__(self, ledger: Ledger, sync_runner: SyncTierRunner, *, image_store: ImageStore, catalog: PriceCatalog,
-                 policy: TierPolicy, max_attempts: int = 3, rephrase_model: str = "gpt-5-mini",
+                 policy: TierPolicy, max_attempts: int = 3, rephrase_model: str = "gpt-4o-mini",
                  clock: Callable[[], float] = time.time):
         self.ledger = ledger
         self.sync = sync_runner
@@ -42,20 +45,37 @@ class RoundExecutor:
 
     # -- submit -----------------------------------------------------------------------------
 
-    def submit(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-               round_key: str | None = None) -> list[str]:
-        """Queue a round's calls (once), answer what the cache can, run what is synchronous."""
-        if not calls:
-            return []
+    def plan(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
+             round_key: str | None = None) -> list[QueuedRequest]:
+        """A round's calls as requests on the tier the policy picks for the time this round has
+        (`deadline_at`: the round's planned deadline) and the ledger's observed batch turnaround."""
         seconds_left = deadline_at - self.clock()
+        turnaround = self.ledger.observed_turnaround()
         by_operation: dict[str, list[Call]] = {}
         for call in calls:
             by_operation.setdefault(call.operation, []).append(call)
         requests: list[QueuedRequest] = []
         for operation, group in by_operation.items():
+            endpoint = Endpoint.IMAGES if group[0].kind == "image" else Endpoint.CHAT
+            observed = turnaround.get((group[0].model, str(endpoint)), (None, 0))[0]
             choice = self.policy.choose(mode=mode, operation=operation, model=group[0].model, round_size=len(calls),
-                                        seconds_left=seconds_left, catalog=self.catalog)
+                                        seconds_left=seconds_left, catalog=self.catalog, observed_s=observed)
             requests += [self._request(session_id, call, choice.tier, choice.reason, round_key) for call in group]
+        return requests
+
+    def estimate_cost(self, requests: Sequence[QueuedRequest]) -> Decimal:
+        """What these requests will likely cost on their tiers; what the cache will answer costs nothing."""
+        hits = self.ledger.find_cached_results([r.body_hash for r in requests])
+        history = self.ledger.observed_output_tokens()
+        return sum((request_cost(r, self.catalog, history) for r in requests if r.body_hash not in hits), Decimal(0))
+
+    def submit(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
+               round_key: str | None = None, requests: Sequence[QueuedRequest] | None = None) -> list[str]:
+        """Queue a round's calls (once), answer what the cache can, run what is synchronous."""
+        if not calls:
+            return []
+        if requests is None:
+            requests = self.plan(session_id, calls, mode=mode, deadline_at=deadline_at, round_key=round_key)
         new_ids = set(self.ledger.enqueue(requests))
         self._answer_from_cache([r for r in requests if r.request_id in new_ids])
         self.run_sync(session_id)

@@ -8,7 +8,7 @@ Framework-free and tier-agnostic: orchestrators drive it step by step; providers
 #     while not state.done:
 #         state = apply_round(state, execute(plan_round(state)))
 from .calls import Call, CallResult, ImageCall, TextCall, VisionCall, calls_adapter
-from .params import IterationCallCounts, SearchParams, expected_call_counts
+from .params import IterationCallCounts, SearchParams, dependent_rounds, expected_call_counts
 from .ranking import CandidateScore, fit_log_strengths, rank_candidates, score_candidates
 from .schemas import Comparison, Expansion, RefineHow, Refinement, RefineWhat, strict_json_schema
 from .state import Candidate, IterationRecord, RoundStats, SearchState, Vote
@@ -38,6 +38,7 @@ __all__ = [
     "apply_round",
     "calls_adapter",
     "expected_call_counts",
+    "dependent_rounds",
     "fit_log_strengths",
     "plan_round",
     "rank_candidates",

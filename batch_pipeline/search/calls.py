@@ -51,18 +51,19 @@ class ImageCall(BaseModel):
 
 
 class VisionCall(BaseModel):
-    """One vote of a pairwise comparison; the provider turns the paths into data-URL image parts."""
+    """One vote of a pairwise comparison (two images), or a critique of one candidate's image that writes its
+    children (2-round iterations); the provider turns the paths into data-URL image parts."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["vision"] = "vision"
     key: str
-    operation: Literal["compare"] = "compare"
+    operation: Literal["compare", "critique"] = "compare"
     model: str
     system: str
     text: str
-    # (A, B): already in the randomised presentation order of this vote.
-    image_paths: tuple[str, str]
+    # (A, B): already in the randomised presentation order of this vote; one path for a critique.
+    image_paths: tuple[str, str] | tuple[str]
     detail: str
     response_schema_name: str
     response_schema: dict[str, Any]
@@ -111,6 +112,10 @@ def text_key(session_id: str, iteration: int, operation: Literal["expand", "refi
 
 def image_key(session_id: str, iteration: int, index: int) -> str:
     return f"s{session_id}-i{iteration}-img-c{index:02d}"
+
+
+def critique_key(session_id: str, iteration: int, candidate_id: str) -> str:
+    return f"s{session_id}-i{iteration}-crt-{candidate_id}"
 
 
 def vote_key(session_id: str, iteration: int, a: str, b: str, vote_index: int) -> str:

@@ -118,5 +118,31 @@ def judge_system(params: SearchParams) -> str:
     )
 
 
+def critique_messages(user_prompt: str, params: SearchParams, dimension: Dimension, what: str, how: str,
+                      strengths: Sequence[str], weaknesses: Sequence[str]) -> tuple[str, str]:
+    """2-round iterations: (system, text) of the vision call that critiques one candidate's image and writes
+    its children, so the next iteration needs no text round."""
+    kept: Dimension = "how" if dimension == "what" else "what"
+    part, other = dimension.upper(), kept.upper()
+    system = "\n".join(
+        [
+            "You improve an image prompt by looking at the image it produced. The image is attached; the "
+            "prompt's two parts and what a judge said of it against other images are under the request.",
+            f"The part to improve is {part}, {_SCOPE[dimension]}. Keep {other} unchanged.",
+            "Return:",
+            f"- critique: what the image shows wrongly, weakly or not at all, judged against the user's request;",
+            f"- recommendation: the concrete change to make to {part};",
+            f"- children: {params.children_per_parent} variants, each with the complete new {part} (not a list "
+            f"of edits) and combined, one image prompt fusing it with the unchanged {other}. Make each "
+            "variant's change its own.",
+            f"{_LENGTH[params.descriptiveness]} {_FORM[params.prompt_style]}",
+        ]
+    )
+    feedback = [f"- won: {s}" for s in strengths] + [f"- lost: {w}" for w in weaknesses]
+    material = "\n".join([f"User prompt: {user_prompt}", f"WHAT: {what}", f"HOW: {how}", "Feedback:",
+                          *(feedback or ["- none yet"])])
+    return system, material
+
+
 def judge_text(user_prompt: str, vote_index: int, votes: int) -> str:
     return f"User prompt: {user_prompt}\nVote {vote_index} of {votes}"

@@ -90,6 +90,59 @@ class Comparison(BaseModel):
     reason: str = Field(description="one sentence justifying the verdict")
 
 
+class ChildWhat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    what: str = Field(description="the complete new WHAT of this child")
+    combined: str = Field(description="one image prompt fusing this new WHAT with the unchanged HOW")
+
+    _check = field_validator("what", "combined")(_not_blank)
+
+
+class ChildHow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    how: str = Field(description="the complete new HOW of this child")
+    combined: str = Field(description="one image prompt fusing the unchanged WHAT with this new HOW")
+
+    _check = field_validator("how", "combined")(_not_blank)
+
+
+class CritiqueWhat(BaseModel):
+    """2-round iterations: the vision model looks at one candidate's image and writes its children (WHAT)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str = Field(description="what the image shows wrongly or leaves out of the user prompt")
+    recommendation: str = Field(description="the concrete change to make to WHAT")
+    children: list[ChildWhat] = Field(description="the refined variants, each its own change")
+
+    def refinements(self) -> list[Refinement]:
+        return [Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.what,
+                           combined=c.combined) for c in self.children]
+
+
+class CritiqueHow(BaseModel):
+    """2-round iterations: the vision model looks at one candidate's image and writes its children (HOW)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str = Field(description="what the image does poorly as a picture for this prompt")
+    recommendation: str = Field(description="the concrete change to make to HOW")
+    children: list[ChildHow] = Field(description="the refined variants, each its own change")
+
+    def refinements(self) -> list[Refinement]:
+        return [Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.how,
+                           combined=c.combined) for c in self.children]
+
+
+def critique_schema(model: type[CritiqueWhat] | type[CritiqueHow], children: int) -> dict[str, Any]:
+    """The strict schema of a critique call asking for exactly `children` variants."""
+    schema = strict_json_schema(model)
+    schema["properties"]["children"] |= {"minItems": children, "maxItems": children}
+    return schema
+
+
 # Names sent as json_schema.name; the provider and the ledger see them, so they are part of the wire format.
 SCHEMA_NAMES: dict[type[BaseModel], str] = {
     Expansion: "expansion",
@@ -97,6 +150,8 @@ SCHEMA_NAMES: dict[type[BaseModel], str] = {
     RefineWhat: "refine_what",
     RefineHow: "refine_how",
     Comparison: "comparison",
+    CritiqueWhat: "critique_what",
+    CritiqueHow: "critique_how",
 }
 
 

@@ -4,10 +4,12 @@ Orchestrators (run_search here, or Dagster runs hours apart) execute the calls a
 """
 from __future__ import annotations
 
-# Each iteration takes three dependent rounds, because on the batch tier every round may wait hours:
+# Each iteration takes at most three dependent rounds, because on the batch tier every round may wait hours:
 #   text   -> N candidates' WHAT, HOW and combined prompt (one fused structured-output call each)
 #   image  -> one image per candidate whose text succeeded
 #   vision -> every pair of the pool not compared before, x E votes, all at once; ranked by Bradley-Terry
+# With rounds_per_iteration=2 (the default) the vision round also critiques each pooled image and writes its
+# children, so iterations after the first start at the image round.
 
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
@@ -17,7 +19,18 @@ from pydantic import BaseModel, ValidationError
 from batch_pipeline.errors import BatchPipelineError
 
 from . import prompts
-from .calls import Call, CallResult, ImageCall, TextCall, VisionCall, check_session_id, image_key, text_key, vote_key
+from .calls import (
+    Call,
+    CallResult,
+    ImageCall,
+    TextCall,
+    VisionCall,
+    check_session_id,
+    critique_key,
+    image_key,
+    text_key,
+    vote_key,
+)
 from .candidates import (
     NewCandidate,
     current_pool,
@@ -30,7 +43,17 @@ from .candidates import (
 )
 from .params import SearchParams
 from .ranking import rank_candidates, score_candidates
-from .schemas import SCHEMA_NAMES, Comparison, Expansion, RefineHow, RefineWhat, strict_json_schema
+from .schemas import (
+    SCHEMA_NAMES,
+    Comparison,
+    CritiqueHow,
+    CritiqueWhat,
+    Expansion,
+    RefineHow,
+    RefineWhat,
+    critique_schema,
+    strict_json_schema,
+)
 from .state import Candidate, IterationRecord, RoundName, RoundStats, SearchState, Vote
 
 Executor = Callable[[list[Call]], dict[str, CallResult]]
@@ -262,7 +285,63 @@ def _vision_calls(state: SearchState) -> list[Call]:
             seed=params.seed,
         )
         for vote in planned_votes(state)
-    ]
+    ] + _critique_calls(state)
+
+
+def _refines_in_vision(state: SearchState) -> bool:
+    """2-round iterations: this vision round also writes the next iteration's candidates."""
+    return state.params.rounds_per_iteration == 2 and state.iteration + 1 < state.params.K
+
+
+def _critique_model(iteration: int) -> type[CritiqueWhat] | type[CritiqueHow]:
+    return CritiqueWhat if refined_dimension(iteration) == "what" else CritiqueHow
+
+
+def _critique_calls(state: SearchState) -> list[Call]:
+    """One call per pooled candidate: the vision model sees its image and writes its c children for the next
+    iteration (only the survivors' are used; which survive is known only once this round's votes are in)."""
+    if not _refines_in_vision(state):
+        return []
+    params, nxt = state.params, state.iteration + 1
+    model = _critique_model(nxt)
+    calls: list[Call] = []
+    for cid in current_pool(state):
+        candidate = state.candidate(cid)
+        strengths, weaknesses = ranking_feedback(state, cid)
+        system, text = prompts.critique_messages(state.user_prompt, params, refined_dimension(nxt), candidate.what,
+                                                 candidate.how, strengths, weaknesses)
+        calls.append(VisionCall(
+            key=critique_key(state.session_id, state.iteration, cid), operation="critique", model=params.vision_model,
+            system=system, text=text, image_paths=(candidate.image_path,), detail=params.vision_detail,
+            response_schema_name=SCHEMA_NAMES[model], response_schema=critique_schema(model, params.children_per_parent),
+            max_completion_tokens=params.max_completion_tokens, seed=params.seed))
+    return calls
+
+
+def _apply_critiques(state: SearchState, results: Mapping[str, CallResult]) -> None:
+    """The new iteration's candidates from its parents' critique calls (2-round iterations), as the text round
+    would have made them: the refined part replaces one dimension, the other is inherited."""
+    k = state.iteration
+    model = _critique_model(k)
+    by_parent: dict[str, tuple[list, str | None]] = {}
+    for spec in new_candidates(state):
+        if spec.parent_id not in by_parent:
+            parsed, error = _parse(results.get(critique_key(state.session_id, k - 1, spec.parent_id)), model)
+            by_parent[spec.parent_id] = (parsed.refinements() if parsed is not None else [], error)
+        refinements, error = by_parent[spec.parent_id]
+        candidate = Candidate(id=spec.id, iteration=k, parent_id=spec.parent_id)
+        if spec.variant <= len(refinements):
+            refinement, parent = refinements[spec.variant - 1], state.candidate(spec.parent_id)
+            if refined_dimension(k) == "what":
+                candidate.what, candidate.how = refinement.refined, parent.how
+            else:
+                candidate.what, candidate.how = parent.what, refinement.refined
+            candidate.combined, candidate.critique = refinement.combined, refinement.critique
+            candidate.recommendation = refinement.recommendation
+        else:
+            candidate.failed, candidate.error = True, f"critique: {error or 'too few children'}"
+        state.candidates.append(candidate)
+    _raise_if_most_failed(state, planned=len(new_candidates(state)))
 
 
 def _apply_vision(state: SearchState, results: Mapping[str, CallResult]) -> None:
@@ -292,7 +371,9 @@ def _apply_vision(state: SearchState, results: Mapping[str, CallResult]) -> None
                 reason=comparison.reason,
             )
         )
-    state.rounds.append(_round_stats(state, "vision", keys, results, succeeded=succeeded))
+    critiques = [critique_key(state.session_id, k, cid) for cid in current_pool(state)] if _refines_in_vision(state) else []
+    succeeded += sum(1 for key in critiques if (r := results.get(key)) is not None and r.ok)
+    state.rounds.append(_round_stats(state, "vision", keys + critiques, results, succeeded=succeeded))
 
     # One fit over every vote of the session: earlier votes (parents against their old rivals) still
     # inform this iteration, and the parents' mutual order is known without being asked again.
@@ -311,6 +392,10 @@ def _apply_vision(state: SearchState, results: Mapping[str, CallResult]) -> None
         )
     )
     if k + 1 < state.params.K:
+        if critiques:  # 2-round iterations: the children are written already; the next round draws them
+            state.iteration, state.next_round = k + 1, "image"
+            _apply_critiques(state, results)
+            return
         state.iteration, state.next_round = k + 1, "text"
         return
     state.done = True

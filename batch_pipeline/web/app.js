@@ -33,7 +33,11 @@ function text(tag, value, cls) {
   if (cls) el.className = cls;
   return el;
 }
-function usd(value) { return "$" + Number(value).toFixed(4); }
+// Money arrives formatted by the server (pricing.format_usd): one formatting rule everywhere.
+function costLine(c) {
+  return `paid ${c.paid} · standard for the same calls ${c.standard} · batch/flex saved ${c.tierSaved}` +
+    ` · cache avoided ${c.cacheAvoided}`;
+}
 
 async function loadJobs() {
   const { jobs } = await api("/api/jobs");
@@ -53,7 +57,7 @@ function logEvent(name, data) {
     batch_created: (d) => `batch created: ${d.batchId} (${d.requestCount} requests, ${d.model})`,
     batch_progress: (d) => `batch ${d.batchId}: ${d.status} ${d.completed ?? 0}/${d.requestCount}`,
     round_applied: (d) => `round applied: iteration ${d.iteration} ${d.round} (${d.succeeded}/${d.calls} ok)`,
-    cost: (d) => `cost so far: ${usd(d.actualUsd)} (standard ${usd(d.standardUsd)})`,
+    cost: (d) => `cost so far: ${costLine(d)}`,
     winner: (d) => `winner: ${d.candidateId}`,
     status: (d) => `status: ${d.status}${d.error ? " — " + d.error : ""}`,
     end: (d) => `finished: ${d.status}`,
@@ -70,8 +74,7 @@ function render(job) {
   $("job-status").textContent = job.status;
   $("job-status").dataset.status = job.status;
   $("job-progress").value = job.progress;
-  if (job.cost) $("job-cost").textContent =
-    `paid ${usd(job.cost.actualUsd)} · standard ${usd(job.cost.standardUsd)} · saved ${usd(job.cost.savedUsd)}`;
+  if (job.cost) $("job-cost").textContent = costLine(job.cost);
   $("job-error").textContent = job.error || "";
 }
 
@@ -119,8 +122,7 @@ async function follow(jobId) {
 async function onEvent(jobId, name, data) {
   if (name === "snapshot") { render(data); return; }
   logEvent(name, data);
-  if (name === "cost") $("job-cost").textContent =
-    `paid ${usd(data.actualUsd)} · standard ${usd(data.standardUsd)} · saved ${usd(data.savedUsd)}`;
+  if (name === "cost") $("job-cost").textContent = costLine(data);
   if (name === "round_applied" || name === "status" || name === "end") render(await api(`/api/job/${encodeURIComponent(jobId)}`));
   if (name === "winner") {
     $("winner").hidden = false;

@@ -3,7 +3,7 @@ broken invariants fail the run, the budget only warns."""
 from __future__ import annotations
 
 from batch_pipeline.ledger import Ledger
-from tests.defs.support import checks, launch, moved, tick
+from tests.defs.support import checks, launch, moved, session_metadata, tick
 
 
 def _answered_text_round(instance, resources, monkeypatch, session_ids=("s1",)) -> Ledger:
@@ -28,16 +28,16 @@ def test_a_corrupt_applied_round_fails_its_check_and_skips_that_session_s_views_
     assert "s1" not in moved(result), "the views of a corrupt session are not recorded"
 
 
-def test_spend_over_the_budget_warns_without_stopping_the_session(instance, resources, monkeypatch):
+def test_a_round_over_the_budget_is_never_sent_and_the_session_stops(instance, resources):
     assert launch(instance, resources, "s1", budget_usd=0.000001).success
-    assert checks(tick(instance, resources))["session_budgets"] == (True, "WARN"), "nothing spent yet"
-    monkeypatch.setenv("BATCH_FLUSH_MAX_AGE_SECONDS", "0")
     result = tick(instance, resources)
     assert result.success
-    assert checks(result)["session_budgets"] == (False, "WARN")
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "session_budgets"]
-    assert evaluation.description.startswith("s1: spent $0.00") and evaluation.description.endswith("of a $0.000001 budget")
-    assert "s1" in moved(result)
+    assert checks(result)["session_budgets"] == (True, "WARN"), "nothing was spent"
+    meta = session_metadata(result, "queued_requests", "s1")
+    assert meta["status"] == "stopped" and meta["error"].startswith("budget: round i0-text")
+    assert meta["cost_paid"] == "$0" and meta["budget"] == "$0.0000010"
+    ledger = Ledger(resources["ledger"].database)
+    assert ledger.request_states(session_id="s1") == {} and ledger.session("s1").status == "stopped"
 
 
 def test_broken_ledger_invariants_fail_the_blocking_check_and_the_run(instance, resources, monkeypatch):

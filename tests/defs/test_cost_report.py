@@ -22,7 +22,7 @@ def test_cost_report_materialises_table_csv_and_chart_with_half_price_batches(in
     result = dg.materialize([cost_report], instance=instance, resources=resources)
     meta = metadata(result, "cost_report")
     assert meta["batch_saved_share"] == "50.0%"
-    assert "| gpt-5-mini | batch | expand | 2 |" in meta["report"]
+    assert "| gpt-4.1-mini | batch | expand | 2 |" in meta["report"]
     assert "| gpt-image-1-mini | batch | image | 2 |" in meta["report"]
 
     with open(meta["csv"], newline="") as fh:
@@ -43,15 +43,16 @@ def test_the_report_runs_daily_and_by_hand():
     assert daily_cost_report_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
-def test_amounts_round_to_the_cent_but_tiny_spend_is_not_shown_as_zero():
+def test_money_reads_with_enough_digits_and_cache_hits_are_their_own_column():
     assert money(Decimal("1.005")) == "$1.00" and money(Decimal("1.015")) == "$1.02"  # banker's rounding
-    assert money(Decimal("0.0004")) == "<$0.01"
-    assert money(Decimal(0)) == "$0.00"
+    assert money(Decimal("0.0034")) == "$0.0034" and money(Decimal("0.0000123")) == "$0.000012"
+    assert money(Decimal(0)) == "$0" and money(Decimal("1234.5")) == "$1,234.50"
     report = CostReport([CostRow(date(2026, 11, 1), "gpt-5-mini", "standard", "expand", 1, 10, 10, 0,
                                  Decimal("0.25"), Decimal("0.25")),
                          CostRow(date(2026, 11, 1), "gpt-5-mini", "cache", "expand", 1, 10, 10, 0,
                                  Decimal(0), Decimal("0.25"))])
     table = report.to_markdown()
-    assert "| standard | expand | 1 | 10 | 10 | 0 | $0.25 | $0.25 | $0.00 | 0.0% |" in table
-    assert "| cache | expand | 1 | 10 | 10 | 0 | $0.00 | $0.25 | $0.25 | 100.0% |" in table
-    assert "| **total** | | | | 2 | | | | **$0.25** | $0.50 | **$0.25** | 50.0% |" in table
+    assert "| standard | expand | 1 | 10 | 10 | 0 | $0.2500 | $0.2500 | $0 | 0.0% | $0 |" in table
+    # A cache hit made no call: nothing at the standard price, no batch saving, the avoided cost apart.
+    assert "| cache | expand | 1 | 10 | 10 | 0 | $0 | $0 | $0 | - | $0.2500 |" in table
+    assert "| **total** | | | | 2 | | | | **$0.2500** | $0.2500 | **$0** | 0.0% | **$0.2500** |" in table

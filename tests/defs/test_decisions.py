@@ -13,6 +13,7 @@ from batch_pipeline.defs.decisions import (
     next_attempt,
     record_polls,
     step_due,
+    tick_due,
 )
 from batch_pipeline.ledger.reports import QueueState, SessionRound, WatchedBatch
 
@@ -104,3 +105,16 @@ def test_the_cursor_round_trips_and_forgets_ingested_batches():
 def test_the_ingest_key_names_the_set_of_ended_batches():
     a, b = watched(2)
     assert ingest_base_key([a, b]) == ingest_base_key([b, a]) != ingest_base_key([a])
+
+
+def test_a_round_past_its_deadline_with_requests_out_makes_a_tick_due_once():
+    idle = QueueState(queued=0, oldest_queued_at=None, half_sent=())
+    kwargs = {"mode": "deferred", "max_requests": 10, "max_age_s": 30}
+    in_flight = SessionRound("s", 0, "image", 4, 4, 0, round_due_at=1000.0)
+    assert tick_due([in_flight], idle, [], BatchCursor(), now=999.0, **kwargs) is None
+    due = tick_due([in_flight], idle, [], BatchCursor(), now=1000.0, **kwargs)
+    assert "past their deadline: s" in due.reason
+    # The same late round asks for the same run key: a repeated tick of the sensor requests nothing new.
+    assert tick_due([in_flight], idle, [], BatchCursor(), now=5000.0, **kwargs).base_key == due.base_key
+    answered = SessionRound("s", 0, "image", 4, 0, 0, round_due_at=1000.0)
+    assert "deadline" not in tick_due([answered], idle, [], BatchCursor(), now=5000.0, **kwargs).reason

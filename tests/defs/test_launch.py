@@ -21,7 +21,11 @@ def test_launch_records_the_session_and_adds_its_partition(instance, resources):
     assert reader.session_status("s1") == ("running", 0, "text", None)
     assert reader.session_budget("s1") == pytest.approx(0.5)
     (materialization_free_output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    assert materialization_free_output.step_output_data.metadata["session_id"].value == "s1"
+    metadata = materialization_free_output.step_output_data.metadata
+    assert metadata["session_id"].value == "s1"
+    # Priced before spending, on every tier, with the deadline (BATCH_MAX_WAIT_HOURS) and the budget.
+    assert {"estimate_standard", "estimate_flex", "estimate_batch", "deadline", "estimated_completion"} <= set(metadata)
+    assert metadata["estimate_batch"].value.startswith("$0.0") and metadata["budget"].value == "$0.5000"
 
 
 @pytest.mark.parametrize(("config", "field"), [
@@ -36,6 +40,8 @@ def test_launch_records_the_session_and_adds_its_partition(instance, resources):
     ({"alpha": 1.5}, "alpha"),
     ({"seed": -1}, "seed"),
     ({"budget_usd": -1}, "budget_usd"),
+    ({"text_model": "gpt-9-turbo"}, "text_model"),
+    ({"image_model": "gpt-4o-mini"}, "image_model"),
 ])
 def test_invalid_config_is_refused_before_the_run_naming_the_field(instance, resources, config, field):
     with pytest.raises(dg.DagsterInvalidConfigError) as refused:

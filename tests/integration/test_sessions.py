@@ -12,8 +12,11 @@ from batch_pipeline.simulator import FaultRule
 from tests.integration.support import drive, runtime_for
 
 PROMPT = "a lighthouse in a storm"
-PARAMS = SearchParams(N=9, M=3, K=3, E=3, seed=7)
-SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3)
+# The seeded expectations below (rising scores, flex on text, three rounds) were recorded with these
+# models and the 3-round iteration; the models are deprecated but still priced, so a session may name them.
+OLD_MODELS = {"text_model": "gpt-5-mini", "vision_model": "gpt-5-nano", "rounds_per_iteration": 3}
+PARAMS = SearchParams(N=9, M=3, K=3, E=3, seed=7, **OLD_MODELS)
+SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3, **OLD_MODELS)
 
 
 def run_session(runtime, tier: str, session_id: str, params: SearchParams = PARAMS, **config):
@@ -148,7 +151,7 @@ def test_expired_batch_is_resubmitted_as_a_batch_when_there_is_time(base_url, si
 def test_flex_429_is_backed_off_then_falls_back_to_standard(base_url, sim, tmp_path):
     sim.add_fault(FaultRule(kind="http_429", service_tier="flex", params={"message": "Resource Unavailable"}))
     runtime = runtime_for(base_url, tmp_path)
-    run_session(runtime, "flex", "flex429", SearchParams(N=2, M=1, K=1, E=1))
+    run_session(runtime, "flex", "flex429", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         rows = con.execute("SELECT DISTINCT tier, tier_reason FROM requests WHERE operation != 'image'").fetchall()
     assert rows == [("standard", "flex unavailable (429 after retries); fell back to standard")]
@@ -157,7 +160,7 @@ def test_flex_429_is_backed_off_then_falls_back_to_standard(base_url, sim, tmp_p
 def test_flex_429_once_is_retried_on_flex(base_url, sim, tmp_path):
     sim.add_fault(FaultRule(kind="http_429", service_tier="flex", times=1))
     runtime = runtime_for(base_url, tmp_path)
-    run_session(runtime, "flex", "flexok", SearchParams(N=2, M=1, K=1, E=1))
+    run_session(runtime, "flex", "flexok", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     assert set(runtime.ledger.session_costs("flexok")) == {"flex", "standard"}  # images have no flex
     with runtime.ledger.connect() as con:
         assert con.execute("SELECT count(*) FROM requests WHERE tier_reason LIKE 'flex unavailable%'").fetchone() == (0,)
@@ -184,7 +187,7 @@ def test_hybrid_mode_avoids_batch_when_the_deadline_is_close(base_url, tmp_path)
 
 def test_batch_disabled_runs_on_standard_and_says_why(base_url, tmp_path):
     runtime = runtime_for(base_url, tmp_path, BATCH_API_ENABLED="false")
-    run_session(runtime, "batch", "nobatch", SearchParams(N=2, M=1, K=1, E=1))
+    run_session(runtime, "batch", "nobatch", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         reasons = {r for (r,) in con.execute("SELECT DISTINCT tier_reason FROM requests").fetchall()}
     assert reasons == {"batch requested but BATCH_API_ENABLED is off"}
@@ -192,7 +195,7 @@ def test_batch_disabled_runs_on_standard_and_says_why(base_url, tmp_path):
 
 def test_vision_switch_off_keeps_votes_on_standard(base_url, tmp_path):
     runtime = runtime_for(base_url, tmp_path, BATCH_VISION_ENABLED="false")
-    run_session(runtime, "batch", "novis", SearchParams(N=2, M=1, K=1, E=1))
+    run_session(runtime, "batch", "novis", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         tiers = dict(con.execute("SELECT operation, any_value(tier) FROM requests GROUP BY 1").fetchall())
     assert tiers == {"expand": "batch", "image": "batch", "compare": "standard"}
@@ -201,7 +204,7 @@ def test_vision_switch_off_keeps_votes_on_standard(base_url, tmp_path):
 def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path):
     sim.add_fault(FaultRule(kind="content_policy", path=r"/v1/images/generations", times=1))
     runtime = runtime_for(base_url, tmp_path)
-    state = run_session(runtime, "standard", "policy", SearchParams(N=2, M=1, K=1, E=1))
+    state = run_session(runtime, "standard", "policy", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     assert not any(c.failed for c in state.candidates)
     with runtime.ledger.connect() as con:
         ops = dict(con.execute("SELECT operation, count(*) FROM requests GROUP BY 1").fetchall())
@@ -211,7 +214,7 @@ def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path):
 def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
     sim.add_fault(FaultRule(kind="http_500", path=r"/v1/images/generations"))
     runtime = runtime_for(base_url, tmp_path)
-    sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1),
+    sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS),
                                                tier="standard", session_id="fails"))
     progress = drive(runtime, sid, timeout_s=60)
     assert progress.status == "failed" and "image" in (progress.error or "")

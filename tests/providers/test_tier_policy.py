@@ -72,3 +72,24 @@ def test_fallback_uses_standard_for_the_last_attempt():
 
 def test_no_fallback_when_switched_off():
     assert TierPolicy(fallback_to_standard=False).fallback(attempts=2, max_attempts=3, seconds_left=60) is None
+
+
+def test_batch_tier_skips_the_batch_when_the_rounds_time_is_shorter_than_observed_turnaround():
+    observed = TierPolicy().choose(mode="batch", operation="compare", model="gpt-5-nano", round_size=50,
+                                   seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=2 * HOUR)
+    assert observed.tier == Tier.STANDARD and observed.reason.startswith("deadline: 30 min left")
+    unknown = TierPolicy().choose(mode="batch", operation="compare", model="gpt-5-nano", round_size=50,
+                                  seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=None)
+    assert unknown.tier == Tier.BATCH, "no history: the batch is tried; the round deadline cancels it if late"
+
+
+def test_hybrid_compares_the_observed_turnaround_when_there_is_one():
+    quick = TierPolicy(hybrid=True).choose(mode="hybrid", operation="compare", model="gpt-5-nano", round_size=50,
+                                           seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=60)
+    assert quick.tier == Tier.BATCH
+
+
+@pytest.mark.parametrize("to_standard, model, tier", [(True, "gpt-5", Tier.STANDARD), (False, "gpt-5", Tier.FLEX),
+                                                      (False, "gpt-4o-mini", Tier.STANDARD)])
+def test_deadline_fallback_tier_follows_batch_fallback_to_standard(to_standard, model, tier):
+    assert TierPolicy(fallback_to_standard=to_standard).deadline_tier(model, CATALOG) == tier

@@ -16,7 +16,7 @@ from batch_pipeline.search import (
 )
 
 PROMPT = "a lighthouse in a storm"
-NINE = SearchParams(N=9, M=3, K=2, E=3)
+NINE = SearchParams(rounds_per_iteration=3, N=9, M=3, K=2, E=3)
 
 
 def images_of(ids):
@@ -103,7 +103,7 @@ def test_failed_votes_are_missing_evidence_not_a_failure(executor_factory):
 
 def test_a_pool_of_one_needs_no_votes_and_the_search_still_finishes(executor_factory):
     execute = executor_factory(fail=images_of({"i0c01"}))
-    state = start_search(PROMPT, SearchParams(N=2, M=1, K=1, E=3), "t1")
+    state = start_search(PROMPT, SearchParams(rounds_per_iteration=3, N=2, M=1, K=1, E=3), "t1")
     state = apply_round(state, execute(plan_round(state)))
     state = apply_round(state, execute(plan_round(state)))
     assert plan_round(state) == []

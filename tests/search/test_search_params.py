@@ -14,9 +14,10 @@ def error_of(**fields) -> tuple[tuple, str]:
 
 def test_defaults_follow_the_original_pipeline_and_cheapest_current_models():
     params = SearchParams(N=4, M=2, K=2)
+    assert params.rounds_per_iteration == 2
     assert (params.E, params.alpha, params.temperature) == (3, 0.7, 0.7)
     models = (params.text_model, params.vision_model, params.image_model)
-    assert models == ("gpt-5-mini", "gpt-5-nano", "gpt-image-1-mini")
+    assert models == ("gpt-4.1-mini", "gpt-4o-mini", "gpt-image-1-mini")
     assert (params.image_size, params.image_quality, params.vision_detail) == ("1024x1024", "low", "low")
     assert (params.max_completion_tokens, params.seed) == (800, 0)
     assert params.children_per_parent == 2
@@ -55,7 +56,7 @@ def test_unknown_fields_are_rejected_rather_than_ignored():
 
 
 def test_expected_call_counts_for_n9_m3_k3_e3():
-    counts = expected_call_counts(SearchParams(N=9, M=3, K=3, E=3))
+    counts = expected_call_counts(SearchParams(rounds_per_iteration=3, N=9, M=3, K=3, E=3))
     assert [(c.iteration, c.text, c.image, c.vision) for c in counts] == [
         (0, 9, 9, 108),  # C(9,2) * 3
         (1, 9, 9, 189),  # (C(12,2) - C(3,2)) * 3

@@ -17,7 +17,7 @@ from batch_pipeline.search import (
 from batch_pipeline.search.candidates import ranking_feedback
 
 PROMPT = "a lighthouse in a storm"
-NINE = SearchParams(N=9, M=3, K=3, E=3)
+NINE = SearchParams(rounds_per_iteration=3, N=9, M=3, K=3, E=3)
 
 
 def recording(execute, log):
@@ -87,7 +87,7 @@ def test_expansion_siblings_are_independent_samples_with_distinct_nonces():
 
 def test_descriptiveness_and_prompt_style_change_instructions_not_material():
     plain = plan_round(start_search(PROMPT, NINE, "t1"))[0]
-    terse = SearchParams(N=9, M=3, K=3, E=3, prompt_style="tags", descriptiveness="concise")
+    terse = SearchParams(rounds_per_iteration=3, N=9, M=3, K=3, E=3, prompt_style="tags", descriptiveness="concise")
     tagged = plan_round(start_search(PROMPT, terse, "t1"))[0]
     assert plain.messages[0] != tagged.messages[0]
     assert "comma-separated tags" in tagged.messages[0]["content"]
@@ -192,7 +192,7 @@ def test_apply_round_returns_a_new_state_and_leaves_its_input_alone(execute):
 
 
 def test_a_finished_search_plans_nothing_and_refuses_more_results(execute):
-    state = run_search(PROMPT, SearchParams(N=2, M=1, K=1, E=1), "t1", execute)
+    state = run_search(PROMPT, SearchParams(rounds_per_iteration=3, N=2, M=1, K=1, E=1), "t1", execute)
     assert state.done and plan_round(state) == []
     with pytest.raises(ValueError, match="already done"):
         apply_round(state, {})
@@ -200,7 +200,7 @@ def test_a_finished_search_plans_nothing_and_refuses_more_results(execute):
 
 def test_keys_are_unique_url_safe_and_at_most_48_characters_at_the_largest_settings(execute):
     log = []
-    widest = SearchParams(N=16, M=8, K=10, E=1)  # E only adds v1..v5, one character either way
+    widest = SearchParams(rounds_per_iteration=3, N=16, M=8, K=10, E=1)  # E only adds v1..v5, one character either way
     run_search(PROMPT, widest, "S" * 16, recording(execute, log))
     keys = [c.key for c in log]
     assert len(keys) == len(set(keys))
