@@ -42,7 +42,7 @@ from batch_pipeline.estimates import estimate_session, session_completion
 from batch_pipeline.estimates import iso_utc as _iso
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchParams, dependent_rounds
-from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict
+from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict, UserPrompt
 from batch_pipeline.settings import is_loopback_host
 from batch_pipeline.vocabulary import ENDED_STATUSES
 
@@ -61,7 +61,7 @@ class BeamSearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=2000, description="the short user prompt to improve")
+    prompt: UserPrompt
     n: int = Field(9, ge=2, le=16, description="beam width N: new candidates per iteration")
     m: int = Field(3, ge=1, le=8, description="survivors M per iteration: at most n/2 and a divisor of n")
     iterations: int = Field(3, ge=1, le=10, description="iterations K, counting iteration 0")
@@ -86,13 +86,6 @@ class BeamSearchRequest(BaseModel):
         None, description="2 (default): the vision round also writes the next candidates; 3: a text round each iteration")
     sessionId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                   description="idempotency: the same id again answers the same job, never a second one")
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("must not be blank")
-        return prompt
 
     @field_validator("m")
     @classmethod

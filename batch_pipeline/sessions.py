@@ -12,10 +12,10 @@ import secrets
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from batch_pipeline.batching.jobs import BatchJobManager
 from batch_pipeline.batching.pricing import format_usd
@@ -28,6 +28,7 @@ from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
 from batch_pipeline.providers.executor import RoundExecutor
 from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
+from batch_pipeline.search.schemas import not_blank
 from batch_pipeline.vocabulary import ENDED_STATUSES
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,15 @@ log = logging.getLogger(__name__)
 FINISHED = ("completed", "failed", "cancelled", "stopped")
 
 
+# The short prompt a user starts a session with, as every entry point takes it.
+UserPrompt = Annotated[str, Field(min_length=1, max_length=2000, description="the short user prompt to improve"),
+                       AfterValidator(not_blank)]
+
+
 class SessionConfig(BaseModel):
     """What a user chooses when starting a session (the Dagster launchpad and the CLI take this)."""
 
-    prompt: str = Field(min_length=1, max_length=2000, description="the short user prompt to improve")
+    prompt: UserPrompt
     params: SearchParams
     tier: TierMode = Field("batch", description="standard | flex | batch | hybrid (hybrid picks per round)")
     deadline_hours: float | None = Field(
@@ -51,13 +57,6 @@ class SessionConfig(BaseModel):
     session_id: str | None = Field(None, description="default: a new random id")
     driver: Literal["dagster", "api", "cli"] = Field(
         "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process")
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("must not be blank")
-        return prompt
 
 
 class SessionProgress(BaseModel):

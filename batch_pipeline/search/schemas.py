@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-def _not_blank(value: str) -> str:
+def not_blank(value: str) -> str:
     # A blank prompt would only fail later, at the image call, with a less helpful error.
     if not value.strip():
         raise ValueError("must not be blank")
@@ -27,7 +27,7 @@ class Expansion(BaseModel):
     how: str = Field(description="the visual style: medium, lighting, composition, palette, texture; no content")
     combined: str = Field(description="one image prompt fusing what and how")
 
-    _check = field_validator("what", "how", "combined")(_not_blank)
+    _check = field_validator("what", "how", "combined")(not_blank)
 
 
 class Refinement(BaseModel):
@@ -44,7 +44,7 @@ class Refinement(BaseModel):
     refined: str = Field(description="the complete new text of the part being improved")
     combined: str = Field(description="one image prompt fusing the refined part with the unchanged part")
 
-    _check = field_validator("refined", "combined")(_not_blank)
+    _check = field_validator("refined", "combined")(not_blank)
 
 
 class RefineWhat(BaseModel):
@@ -96,7 +96,7 @@ class ChildWhat(BaseModel):
     what: str = Field(description="the complete new WHAT of this child")
     combined: str = Field(description="one image prompt fusing this new WHAT with the unchanged HOW")
 
-    _check = field_validator("what", "combined")(_not_blank)
+    _check = field_validator("what", "combined")(not_blank)
 
 
 class ChildHow(BaseModel):
@@ -105,7 +105,7 @@ class ChildHow(BaseModel):
     how: str = Field(description="the complete new HOW of this child")
     combined: str = Field(description="one image prompt fusing the unchanged WHAT with this new HOW")
 
-    _check = field_validator("how", "combined")(_not_blank)
+    _check = field_validator("how", "combined")(not_blank)
 
 
 class CritiqueWhat(BaseModel):
