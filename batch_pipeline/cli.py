@@ -33,8 +33,18 @@ from batch_pipeline.vocabulary import Tier
 SUBJECTS = ["a lighthouse in a storm", "a fox in a snowy forest", "a city market at dusk", "a koi pond in autumn"]
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none to say
+    (an unset value or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help ends with its default
+    fmt = HelpWithDefaults
     parser = argparse.ArgumentParser(prog="batch-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,api,simulator}")
@@ -45,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--use-env", action="store_true",
                       help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
     search = sub.add_parser("search", formatter_class=fmt,
-                            help="run one beam-search session headless and print its winner and costs")
+                            help="run one beam-search session headless and print its winner and costs",
+                            description="Run one beam-search session in this process and print its winner, scores, "
+                                        "rounds and the three cost figures. Killed or stopped, the same command "
+                                        "resumes it; --estimate prices it first without spending.")
     search.add_argument("prompt", help='the short user prompt, e.g. "a lighthouse in a storm"')
     search.add_argument("--tier", choices=["standard", "flex", "batch", "hybrid"], default="batch",
                         help="batch: half price, hours; standard/flex: now; hybrid: per round by deadline")
@@ -87,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--use-env", action="store_true",
                         help="use OPENAI_API_KEY / OPENAI_BASE_URL instead of the bundled simulator (real money!)")
     api = sub.add_parser("api", formatter_class=fmt,
-                         help="the seed's HTTP API and web page: POST /api/beam-search, GET /api/job/{id}, ...")
+                         help="the seed's HTTP API and web page: POST /api/beam-search, GET /api/job/{id}, ...",
+                         description="Serve the seed's HTTP API, its OpenAPI document (/openapi.json) and the web page "
+                                     "(/). Guarded by BATCH_API_TOKEN, BATCH_API_ALLOWED_HOSTS, BATCH_API_CORS_ORIGINS "
+                                     "and BATCH_API_MAX_BODY_BYTES (README: 'HTTP API').")
     api.add_argument("--host", default="127.0.0.1",
                      help="address to bind; anything but loopback needs BATCH_API_TOKEN")
     api.add_argument("--port", type=int, default=8700, help="port to bind")

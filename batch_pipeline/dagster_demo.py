@@ -22,6 +22,7 @@ from typing import IO
 
 import dagster as dg
 
+from batch_pipeline.cli import HelpWithDefaults
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
@@ -226,7 +227,7 @@ def _group_alive(pgid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batch_pipeline.dagster_demo", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (0 picks a free one)")
     parser.add_argument("--simulator-port", type=int, default=8800, help="simulator port (0 picks a free one)")
     parser.add_argument("--prompt", default="a lighthouse in a storm", help="the demo session's prompt")
