@@ -38,7 +38,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     (an unset value or an off switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--deadline-hours", type=float, default=None,
                         help="finish within this many hours (<= 24; default BATCH_MAX_WAIT_HOURS, 24)")
     search.add_argument("--budget", type=Decimal, default=None, metavar="USD",
-                        help="spend limit: a round that would go over it is not sent; the session ends stopped (budget)")
+                        help="spend limit: a round that would go over it is not sent; the session ends stopped (budget); unset means no limit")
     search.add_argument("--estimate", action="store_true",
                         help="print what the session would cost on each tier (and how long), then exit without spending")
     search.add_argument("--text-model", default=SearchParams.model_fields["text_model"].default, help="text model")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                              "round every iteration (docs/PERFORMANCE.md compares them)")
     search.add_argument("--prices", type=Path, default=None, metavar="FILE",
                         help="prices for models the catalog lacks (JSON, the shape of batching/prices.json); "
-                             "the same as BATCH_PRICES_FILE")
+                             "the same as BATCH_PRICES_FILE; unset means the catalog alone")
     search.add_argument("--home", type=Path, default=None, help="ledger and images; unset means var/search")
     resume = search.add_mutually_exclusive_group()
     resume.add_argument("--new", action="store_true",

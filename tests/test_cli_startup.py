@@ -35,7 +35,9 @@ def test_every_option_has_a_help_text_with_its_default(capsys, command):
     for entry in entries:
         if entry.lstrip().startswith("-h"):
             continue
-        assert "(default:" in entry, f"no help/default for: {entry!r}"
+        switch = re.match(r"\s*--?[\w-]+(, --?[\w-]+)?\s{2,}\S", entry)  # takes no value: off unless given
+        assert switch or re.search(r"\(default:\s|default\s|unset", entry), f"no help/default for: {entry!r}"
+        assert "(default: None)" not in entry and "(default: False)" not in entry, entry
 
 
 def unauthorized_app() -> Starlette:
