@@ -29,7 +29,11 @@ def test_top_level_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("command", [["demo"], ["search"], ["api"], ["simulator"]])
 def test_every_option_has_a_help_text_with_its_default(capsys, command):
-    out = help_of(capsys, *command)
+    assert_help_states_defaults(help_of(capsys, *command))
+
+
+def assert_help_states_defaults(out: str) -> None:
+    """Every option has help; each one taking a value says its default (or what unset means), once."""
     options = out.split("options:", 1)[1]
     entries = re.split(r"\n(?=  -)", options.strip("\n"))
     for entry in entries:

@@ -1,7 +1,6 @@
 """A first run with no surprises: the demo checks its ports, the simulator needs no key, URLs are masked."""
 from __future__ import annotations
 
-import re
 import socket
 
 import dagster as dg
@@ -10,6 +9,7 @@ import pytest
 from batch_pipeline import dagster_demo
 from batch_pipeline.defs.resources import resources_from
 from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, SettingsError, load_settings, mask_url
+from tests.test_cli_startup import assert_help_states_defaults
 
 
 @pytest.fixture
@@ -41,9 +41,7 @@ def test_the_demo_picks_free_ports_when_asked():
 def test_demo_options_have_help_with_defaults(capsys):
     with pytest.raises(SystemExit):
         dagster_demo.main(["--help"])
-    options = capsys.readouterr().out.split("options:", 1)[1]
-    for entry in re.split(r"\n(?=  -)", options.strip("\n")):
-        assert entry.lstrip().startswith("-h") or "(default:" in entry, entry
+    assert_help_states_defaults(capsys.readouterr().out)
 
 
 def test_a_local_simulator_needs_no_key_but_a_real_endpoint_does():
