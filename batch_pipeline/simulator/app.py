@@ -210,7 +210,7 @@ def build_app(sim: Simulator) -> Starlette:
         return JSONResponse({"ok": True, "faults": [r.model_dump() for r in sim.faults.rules()]})
 
     async def admin_list_faults(request: Request) -> Response:
-        return JSONResponse({"faults": [r.model_dump() for r in sim.faults.rules()]})
+        return JSONResponse({"faults": sim.faults.report()})
 
     async def admin_clear_faults(request: Request) -> Response:
         sim.clear_faults()

@@ -147,6 +147,11 @@ class FaultBook:
         with self._lock:
             return [entry.rule for entry in self._entries]
 
+    def report(self) -> list[dict]:
+        """Each rule with how often it has fired (a test can wait for a fault to be under way)."""
+        with self._lock:
+            return [entry.rule.model_dump() | {"fired": entry.fired} for entry in self._entries]
+
     def fire(self, kinds: frozenset[str] | set[str], target: FaultTarget) -> list[FaultRule]:
         """Rules of the given kinds that fire for this HTTP call or line, in the order they were added."""
         return self._fire(kinds, lambda rule: matches(rule, target))
