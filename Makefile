@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 # The simulator, the Dagster webserver (http://127.0.0.1:3000) and daemon, and one demo session.
 # Ctrl-C stops everything. DEMO_ARGS="--exit-when-done --no-webserver" waits for the winner and exits.
 demo: $(STAMP)
-	$(PY) -m batch_pipeline.dagster_demo $(DEMO_ARGS)
+	$(PY) -m batch_pipeline.cli.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 simulator: $(STAMP)
-	$(PY) -m batch_pipeline.simulator --host 127.0.0.1 --port 8800 --data-dir var/simulator
+	$(PY) -m openai_simulator --host 127.0.0.1 --port 8800 --data-dir var/simulator
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_jsonl.py

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from batch_pipeline.batching.pricing import format_usd as money
-from batch_pipeline.ledger.reports import CostRow, LedgerReader
+from batch_pipeline.ledger.reader import CostRow, LedgerReader
 
 CSV_COLUMNS = ("day", "model", "tier", "operation", "calls", "input_tokens", "output_tokens", "images",
                "cost_usd", "standard_cost_usd", "saved_usd", "saved_share", "cache_avoided_usd")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.estimates import round_model, rounds_left
 from batch_pipeline.ledger import Ledger
@@ -46,7 +46,7 @@ class DeadlineAction:
     moved_queued: int
 
 
-def enforce_round_deadlines(ledger: Ledger, manager: BatchJobManager, policy: TierPolicy, catalog: PriceCatalog, *,
+def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: TierPolicy, catalog: PriceCatalog, *,
                             session_ids: Sequence[str] | None, now: Callable[[], float]) -> list[DeadlineAction]:
     """For every running session (of `session_ids`, or all) whose current round is past its deadline:
     its batch-tier queue moves to the fallback tier, and its batches still running are cancelled (once;

@@ -5,7 +5,7 @@ rounds, queue the next; standard/flex calls run now), holds their round deadline
 BATCH_API_MODE and the flush thresholds), polls the owned batches and sweeps for late duplicates, then
 ingests what ended. `run` repeats it on the poll policy until a condition holds. The CLI, the HTTP
 API's worker and `batch-pipeline demo` are thin calls of this; the Dagster runs call the same
-primitives (`SessionService.advance`, `BatchJobManager.submit_queued/refresh/ingest_ended`).
+primitives (`SessionService.advance`, `BatchLifecycle.submit_queued/refresh/ingest_ended`).
 
 What is transient, and so waited out, is decided in one place: `errors.py`.
 """

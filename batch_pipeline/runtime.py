@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import openai
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.limits import SplitLimits
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
@@ -31,7 +31,7 @@ class Runtime:
     ledger: Ledger
     image_store: ImageStore
     catalog: PriceCatalog
-    manager: BatchJobManager
+    manager: BatchLifecycle
     executor: RoundExecutor
     sessions: SessionService
 
@@ -57,7 +57,7 @@ def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, le
     ledger = ledger or Ledger(settings.ledger_path, clock=clock)
     image_store = image_store or ImageStore(settings.image_root)
     catalog = PriceCatalog.load(extra=settings.batch_prices_file)
-    manager = BatchJobManager(
+    manager = BatchLifecycle(
         client, ledger, files_dir=settings.batch_files_dir, image_store=image_store, catalog=catalog,
         limits=SplitLimits(max_requests=settings.batch_max_requests_per_file, max_bytes=settings.batch_max_file_bytes),
         max_attempts=settings.batch_max_attempts,

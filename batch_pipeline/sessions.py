@@ -17,14 +17,14 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, Field
 
-from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.deadlines import round_deadline
 from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.sessions import CandidateRow, RoundRow
+from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow
 from batch_pipeline.providers.executor import RoundExecutor
 from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
@@ -86,7 +86,7 @@ def config_fingerprint(config: SessionConfig) -> str:
 class SessionService:
     """Start, advance and cancel sessions over the ledger; the drivers (`driver.py`, Dagster) call these."""
 
-    def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchJobManager, *,
+    def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchLifecycle, *,
                  batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time,
                  default_deadline_hours: float = 24.0):
         self.ledger = ledger

@@ -25,7 +25,7 @@ from pathlib import Path
 import dagster as dg
 import openai
 
-from batch_pipeline.dagster_demo import (
+from batch_pipeline.cli.demo import (
     REPO_ROOT,
     DemoPaths,
     dagster_env,
@@ -37,7 +37,7 @@ from batch_pipeline.dagster_demo import (
 )
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.errors import LedgerBusy
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig

@@ -26,8 +26,8 @@ from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, dependent_rounds
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.settings import load_settings
-from batch_pipeline.simulator import Simulator, SimulatorConfig
-from batch_pipeline.simulator.judge import aesthetics, alignment
+from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator.judge import aesthetics, alignment
 
 PROMPT = "a lighthouse in a storm"
 

@@ -19,7 +19,7 @@ import openai
 
 from batch_pipeline.batching.requests import ChatRequest, build_request, jsonl_line
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.simulator import Simulator, SimulatorConfig
+from openai_simulator import Simulator, SimulatorConfig
 
 
 def create_batches(client: openai.OpenAI, ledger: Ledger, n: int) -> None:

@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.api import ApiConfigError, check_bind, create_app, openapi_document
-from batch_pipeline.serving import serve_in_thread
-from batch_pipeline.simulator import Simulator, SimulatorConfig
+from batch_pipeline.api.app import ApiConfigError, check_bind, create_app, openapi_document
+from openai_simulator.serving import serve_in_thread
+from openai_simulator import Simulator, SimulatorConfig
 from tests.integration.support import runtime_for, wait_until
 from tests.lock_holder import hold_lock
 
@@ -365,7 +365,7 @@ def test_openapi_document_matches_the_routes(api):
     assert documented == routes
     request = document["components"]["schemas"]["BeamSearchRequest"]
     assert request["additionalProperties"] is False and request["required"] == ["prompt"]
-    from batch_pipeline.api import BeamSearchRequest
+    from batch_pipeline.api.app import BeamSearchRequest
 
     assert set(request["properties"]) == set(BeamSearchRequest.model_fields)
 

@@ -1,7 +1,7 @@
 """The command-line entry points, run in-process against the bundled simulator."""
 from __future__ import annotations
 
-from batch_pipeline.cli import main
+from batch_pipeline.cli.main import main
 
 
 def test_demo_pushes_a_workload_through_batches_and_prints_costs(tmp_path, capsys):

@@ -10,8 +10,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from batch_pipeline.cli import main
-from batch_pipeline.serving import serve_in_thread
+from batch_pipeline.cli.main import main
+from openai_simulator.serving import serve_in_thread
 from tests.lock_holder import hold_lock
 
 

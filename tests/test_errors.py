@@ -23,7 +23,7 @@ def _project_exceptions() -> set[type[BaseException]]:
     found = set()
     for info in pkgutil.walk_packages(batch_pipeline.__path__, "batch_pipeline."):
         if ".simulator" in info.name or info.name.startswith(("batch_pipeline.defs", "batch_pipeline.definitions",
-                                                                "batch_pipeline.dagster_demo")):
+                                                                "batch_pipeline.cli.demo")):
             continue  # the simulator is a test double; Dagster's layer raises Dagster's errors
         module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):

@@ -6,7 +6,7 @@ import socket
 import dagster as dg
 import pytest
 
-from batch_pipeline import dagster_demo
+from batch_pipeline.cli import demo as dagster_demo
 from batch_pipeline.defs.resources import resources_from
 from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, SettingsError, load_settings, mask_url
 from tests.test_cli_startup import assert_help_states_defaults

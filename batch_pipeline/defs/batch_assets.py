@@ -24,7 +24,7 @@ from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.defs.session_assets import queued_requests, record_session_views
 from batch_pipeline.driver import Driver, Tick
-from batch_pipeline.ledger.reports import BatchOverview, LedgerReader, SessionRound
+from batch_pipeline.ledger.reader import BatchOverview, LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.sessions import SessionProgress
 from batch_pipeline.vocabulary import Tier

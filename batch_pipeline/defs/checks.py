@@ -10,7 +10,7 @@ import dagster as dg
 
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 
 _TERMINAL = {str(s) for s in TERMINAL_REQUEST_STATES}

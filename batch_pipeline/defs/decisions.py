@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
-from batch_pipeline.ledger.reports import QueueState, SessionRound, WatchedBatch
+from batch_pipeline.ledger.reader import QueueState, SessionRound, WatchedBatch
 
 # A run key that failed (or finished without doing the work) this many times is not requested again:
 # the problem needs a person, and a loop of failing runs would hide it.

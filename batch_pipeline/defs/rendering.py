@@ -14,8 +14,8 @@ from PIL import Image
 
 from batch_pipeline.batching.image_store import REF_PREFIX, ImageStore
 from batch_pipeline.batching.polling import progress
-from batch_pipeline.ledger.reports import BatchOverview
-from batch_pipeline.ledger.sessions import CandidateRow
+from batch_pipeline.ledger.reader import BatchOverview
+from batch_pipeline.ledger.session_rows import CandidateRow
 from batch_pipeline.search import SearchState
 
 # Real images are 1024 px or more: a few MB each as data URLs. The UI gets small thumbnails so a

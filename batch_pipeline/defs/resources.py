@@ -12,7 +12,7 @@ from pydantic import Field
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, Settings, load_settings
 

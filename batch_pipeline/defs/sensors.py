@@ -13,7 +13,7 @@ from typing import TypeVar
 import dagster as dg
 import openai as openai_sdk
 
-from batch_pipeline.batching.jobs import create_settle_s, find_batches
+from batch_pipeline.batching.lifecycle import create_settle_s, find_batches
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.defs.batch_assets import tick_job
 from batch_pipeline.defs.decisions import (
@@ -28,7 +28,7 @@ from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.resources import LedgerResource, OpenAIResource
 from batch_pipeline.defs.run_history import prior_runs, runs_in_progress
 from batch_pipeline.errors import LedgerBusy
-from batch_pipeline.ledger.reports import LedgerReader, WatchedBatch
+from batch_pipeline.ledger.reader import LedgerReader, WatchedBatch
 from batch_pipeline.settings import load_settings
 
 # Per tick, batches missing from the list are fetched one by one; past this many they wait a tick,

@@ -11,7 +11,7 @@ import dagster as dg
 
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.rendering import prompts_md, ranking_md, table, thumbnails_md
-from batch_pipeline.ledger.reports import LedgerReader, SessionRound
+from batch_pipeline.ledger.reader import LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress

@@ -24,7 +24,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
 from batch_pipeline.ledger.db import insert_rows
-from batch_pipeline.ledger.sessions import SessionRecords
+from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
@@ -377,7 +377,7 @@ class Ledger(SessionRecords, SpendingRecords):
         """Persist a batch before anything is sent: its members move queued -> submitted.
 
         This is the first half of the two-phase submit; a crash after it is recovered by
-        reconciling with the remote batch list (see `jobs.BatchJobManager.resume`).
+        reconciling with the remote batch list (see `jobs.BatchLifecycle.resume`).
         """
         if not members:
             raise LedgerError("a batch needs at least one request")

@@ -54,7 +54,7 @@ class SyncTierRunner:
         if not request_ids:
             return
         if tier == Tier.BATCH:
-            raise ValueError("batch requests go through BatchJobManager, not the synchronous runner")
+            raise ValueError("batch requests go through BatchLifecycle, not the synchronous runner")
         started = self.ledger.start_sync(request_ids, tier, reason, lease_owner=this_process(), lease_s=self.lease_s)
         rows = self.ledger.request_rows(started)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

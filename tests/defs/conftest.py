@@ -10,7 +10,7 @@ import pytest
 
 from batch_pipeline.defs.resources import resources_from
 from batch_pipeline.settings import load_settings
-from batch_pipeline.simulator import ManualClock, Simulator, SimulatorConfig
+from openai_simulator import ManualClock, Simulator, SimulatorConfig
 
 
 @pytest.fixture

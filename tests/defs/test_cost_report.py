@@ -11,7 +11,7 @@ from PIL import Image
 from batch_pipeline.cost_report import CostReport, money
 from batch_pipeline.defs.reporting import cost_report, cost_report_job, daily_cost_report_schedule
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import CostRow
+from batch_pipeline.ledger.reader import CostRow
 from tests.defs.support import launch, metadata, run_session_to_end
 
 

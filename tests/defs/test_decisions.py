@@ -15,7 +15,7 @@ from batch_pipeline.defs.decisions import (
     step_due,
     tick_due,
 )
-from batch_pipeline.ledger.reports import QueueState, SessionRound, WatchedBatch
+from batch_pipeline.ledger.reader import QueueState, SessionRound, WatchedBatch
 
 
 def runs(**by_key: PriorRun):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from tests.defs.support import launch
 
 

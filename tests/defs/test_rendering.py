@@ -8,7 +8,7 @@ from PIL import Image
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.defs.rendering import batches_md, cell, thumbnail_data_url
-from batch_pipeline.ledger.reports import BatchOverview
+from batch_pipeline.ledger.reader import BatchOverview
 
 
 def test_cells_are_one_line_with_pipes_escaped_and_long_text_cut():

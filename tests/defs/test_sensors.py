@@ -16,7 +16,7 @@ from batch_pipeline.defs.sensors import pipeline_sensor
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
-from batch_pipeline.simulator import FaultRule
+from openai_simulator import FaultRule
 from tests.lock_holder import hold_lock
 from tests.defs.support import file_digest, launch, record_prior_run
 from tests.defs.support import tick as tick_run

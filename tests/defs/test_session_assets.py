@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from tests.defs.support import checks, launch, metadata, moved, run_session_to_end, session_metadata, tick
 
 
@@ -90,7 +90,7 @@ def test_a_failing_session_is_ended_failed_and_the_others_go_on(instance, resour
 
 def test_a_step_records_the_views_its_rounds_changed():
     from batch_pipeline.defs.session_assets import changed_views
-    from batch_pipeline.ledger.reports import SessionRound
+    from batch_pipeline.ledger.reader import SessionRound
     from batch_pipeline.sessions import SessionProgress
 
     def views(was: tuple[int, str, int], now: tuple[int, str | None, str]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import openai
 
-from batch_pipeline.dagster_demo import DemoPaths, free_port, prepare_instance, start_daemon, start_simulator, stop
+from batch_pipeline.cli.demo import DemoPaths, free_port, prepare_instance, start_daemon, start_simulator, stop
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.errors import LedgerBusy
 

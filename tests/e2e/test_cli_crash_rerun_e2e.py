@@ -27,7 +27,7 @@ def search(home: Path, tier: str, failpoint: str | None = None) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BATCH_"))}
     if failpoint:
         env["BATCH_PIPELINE_FAILPOINTS"] = failpoint
-    return subprocess.run([sys.executable, "-m", "batch_pipeline.cli", "search", *ARGS, "--tier", tier,
+    return subprocess.run([sys.executable, "-m", "batch_pipeline.cli.main", "search", *ARGS, "--tier", tier,
                            "--home", str(home)], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 

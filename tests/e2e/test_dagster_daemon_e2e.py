@@ -15,8 +15,8 @@ from decimal import Decimal
 import dagster as dg
 import pytest
 
-from batch_pipeline.dagster_demo import dagster_env, launch_job, launch_session, stop
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.cli.demo import dagster_env, launch_job, launch_session, stop
+from batch_pipeline.ledger.reader import LedgerReader
 from tests.e2e.support import assert_nothing_lost_or_sent_twice, latest_materialization, wait_for
 
 SESSIONS = ("e2e-a", "e2e-b")

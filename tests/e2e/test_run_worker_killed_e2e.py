@@ -17,8 +17,8 @@ import dagster as dg
 import httpx2
 import pytest
 
-from batch_pipeline.dagster_demo import dagster_env, launch_session
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.cli.demo import dagster_env, launch_session
+from batch_pipeline.ledger.reader import LedgerReader
 from tests.e2e.support import assert_nothing_lost_or_sent_twice, latest_materialization, wait_for
 
 CREATE_HOLD_S = 8

@@ -9,12 +9,12 @@ import openai
 import pytest
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.limits import SplitLimits
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.requests import ChatRequest, build_request
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.simulator import Simulator, SimulatorConfig
+from openai_simulator import Simulator, SimulatorConfig
 from tests.integration.support import make_manager
 
 
@@ -50,7 +50,7 @@ def image_store(tmp_path: Path) -> ImageStore:
 
 
 @pytest.fixture
-def manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore) -> BatchJobManager:
+def manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore) -> BatchLifecycle:
     return make_manager(client, ledger, tmp_path, image_store)
 
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import openai
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.jobs import BatchJobManager
+from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
 from batch_pipeline.ledger import Ledger
 
 
 def make_manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore | None = None,
-                 **kwargs) -> BatchJobManager:
+                 **kwargs) -> BatchLifecycle:
     kwargs.setdefault("poll_policy", PollPolicy(initial_s=0.01, max_s=0.05))
-    return BatchJobManager(client, ledger, files_dir=tmp_path / "batch_files", image_store=image_store, **kwargs)
+    return BatchLifecycle(client, ledger, files_dir=tmp_path / "batch_files", image_store=image_store, **kwargs)
 
 
 def chat_requests(n: int, *, session: str = "s1", model: str = "gpt-5-mini", prefix: str = "q") -> list:

@@ -17,7 +17,7 @@ from batch_pipeline.errors import is_transient
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
-from batch_pipeline.simulator import FaultRule, Simulator, SimulatorConfig
+from openai_simulator import FaultRule, Simulator, SimulatorConfig
 
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, make_manager, wait_until
@@ -244,7 +244,7 @@ def test_process_killed_between_create_and_recording_id_reattaches_on_restart(le
     ledger.enqueue(chat_requests(4))
     script = textwrap.dedent(f"""
         import os, openai
-        from batch_pipeline.batching.jobs import BatchJobManager
+        from batch_pipeline.batching.lifecycle import BatchLifecycle
         from batch_pipeline.ledger import Ledger
 
         def die(*args, **kwargs):
@@ -252,7 +252,7 @@ def test_process_killed_between_create_and_recording_id_reattaches_on_restart(le
 
         Ledger.mark_created = die
         client = openai.OpenAI(api_key="sk-test", base_url={base_url!r}, max_retries=0)
-        BatchJobManager(client, Ledger({str(ledger.path)!r}), files_dir={str(tmp_path / 'batch_files')!r}).submit_queued()
+        BatchLifecycle(client, Ledger({str(ledger.path)!r}), files_dir={str(tmp_path / 'batch_files')!r}).submit_queued()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9, proc.stderr

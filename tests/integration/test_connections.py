@@ -11,7 +11,7 @@ from batch_pipeline.driver import Driver
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
-from batch_pipeline.simulator import Simulator, SimulatorConfig
+from openai_simulator import Simulator, SimulatorConfig
 from tests.integration.support import runtime_for
 
 

@@ -19,7 +19,7 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from batch_pipeline.search import SearchParams, plan_round
 from batch_pipeline.sessions import SessionConfig
-from batch_pipeline.simulator import FaultRule, Simulator, SimulatorConfig
+from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from batch_pipeline.vocabulary import Tier
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, drive, make_manager, runtime_for, wait_until

@@ -7,7 +7,7 @@ import httpx2
 import openai
 import pytest
 
-from batch_pipeline.batching.jobs import find_batches
+from batch_pipeline.batching.lifecycle import find_batches
 from batch_pipeline.batching.requests import jsonl_line
 from tests.integration.support import chat_requests
 

@@ -8,7 +8,7 @@ import pytest
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, plan_round
 from batch_pipeline.sessions import SessionConfig
-from batch_pipeline.simulator import FaultRule
+from openai_simulator import FaultRule
 from tests.integration.support import drive, runtime_for
 
 PROMPT = "a lighthouse in a storm"
@@ -30,7 +30,7 @@ def run_session(runtime, tier: str, session_id: str, params: SearchParams = PARA
 @pytest.fixture(scope="module")
 def tier_runs(tmp_path_factory):
     """One N=9, M=3, K=3, E=3 session per tier, each in its own ledger, same seed."""
-    from batch_pipeline.simulator import Simulator, SimulatorConfig
+    from openai_simulator import Simulator, SimulatorConfig
 
     runs = {}
     for tier in ("standard", "flex", "batch"):

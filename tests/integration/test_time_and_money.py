@@ -10,12 +10,12 @@ import pytest
 from batch_pipeline.batching.pricing import UnpricedModelError
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.driver import Driver
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, expected_call_counts
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.settings import load_settings
-from batch_pipeline.simulator import ManualClock, Simulator, SimulatorConfig
+from openai_simulator import ManualClock, Simulator, SimulatorConfig
 from tests.integration.support import drive, runtime_for
 
 PROMPT = "a lighthouse in a storm"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batch_pipeline.simulator import ManualClock
+from openai_simulator import ManualClock
 
 from .support import START, Api, make_simulator, serving
 

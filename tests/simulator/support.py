@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from batch_pipeline.simulator import ManualClock, Simulator, SimulatorConfig
+from openai_simulator import ManualClock, Simulator, SimulatorConfig
 
 START = 1_700_000_000.0
 CHAT = "/v1/chat/completions"

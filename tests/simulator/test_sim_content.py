@@ -14,8 +14,8 @@ from openai.types import Batch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from batch_pipeline.simulator import STYLE_VOCABULARY
-from batch_pipeline.simulator.content import CONTENT_VOCABULARY, fill_schema
+from openai_simulator import STYLE_VOCABULARY
+from openai_simulator.content import CONTENT_VOCABULARY, fill_schema
 
 from .support import Api, image_line
 

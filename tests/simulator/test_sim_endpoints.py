@@ -17,7 +17,7 @@ from openai.types import FileDeleted, FileObject, ImagesResponse, Model
 from openai.types.chat import ChatCompletion
 from PIL import Image
 
-from batch_pipeline.simulator.content import PNG_PROMPT_KEY
+from openai_simulator.content import PNG_PROMPT_KEY
 
 from .support import START, Api
 

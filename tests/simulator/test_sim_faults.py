@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types import Batch
 
-from batch_pipeline.simulator import FaultRule
+from openai_simulator import FaultRule
 
 from .support import Api, chat_line, image_line
 

@@ -1,6 +1,6 @@
 """The main command: simulator + Dagster (webserver and daemon) + one demo session to watch in the UI.
 
-`python -m batch_pipeline.dagster_demo` starts every process, launches a session through the
+`python -m batch_pipeline.cli.demo` starts every process, launches a session through the
 `launch_session` job and runs until Ctrl-C; `--exit-when-done` waits for the winner and exits. The
 process helpers here are also what the end-to-end test uses to start and kill the real daemon.
 """
@@ -22,12 +22,12 @@ from typing import IO
 
 import dagster as dg
 
-from batch_pipeline.cli import HelpWithDefaults
+from batch_pipeline.cli.main import HelpWithDefaults
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python
@@ -123,7 +123,7 @@ def _spawn(args: list[str], *, env: Mapping[str, str], cwd: Path, log: IO[bytes]
 
 
 def start_simulator(data_dir: Path, port: int, *, phase_seconds: str = "1,3,1", log: IO[bytes], cwd: Path) -> tuple[subprocess.Popen, str]:
-    proc = _spawn([sys.executable, "-m", "batch_pipeline.simulator", "--host", "127.0.0.1", "--port", str(port),
+    proc = _spawn([sys.executable, "-m", "openai_simulator", "--host", "127.0.0.1", "--port", str(port),
                    "--data-dir", str(data_dir), "--phase-seconds", phase_seconds], env=os.environ, cwd=cwd, log=log)
     wait_for_port(port, proc, timeout_s=30)
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -226,7 +226,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.dagster_demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.cli.demo", description=__doc__,
                                      formatter_class=HelpWithDefaults)
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (0 picks a free one)")
     parser.add_argument("--simulator-port", type=int, default=8800, help="simulator port (0 picks a free one)")

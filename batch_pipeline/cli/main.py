@@ -119,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "simulator":
-            from batch_pipeline.simulator.__main__ import main as simulator_main
+            from openai_simulator.__main__ import main as simulator_main
 
             return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
         if args.command == "api":
             return run_api(args)
         if args.command == "search":
-            from batch_pipeline.search_cli import run_search_command
+            from batch_pipeline.cli.search import run_search_command
 
             return run_search_command(args)
         return run_demo(args)
@@ -142,7 +142,7 @@ def startup_failure(exc: BaseException) -> str | None:
     None for anything else (a bug: keep its traceback)."""
     import duckdb
 
-    from batch_pipeline.api import ApiConfigError
+    from batch_pipeline.api.app import ApiConfigError
     from batch_pipeline.errors import is_ledger_busy
 
     if isinstance(exc, ApiConfigError):
@@ -186,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> int:
             client = openai.OpenAI(**settings.openai_client_kwargs())
             where = mask_url(settings.openai_base_url) or "the OpenAI API"
         else:
-            from batch_pipeline.simulator import Simulator, SimulatorConfig
+            from openai_simulator import Simulator, SimulatorConfig
 
             simulator = Simulator(SimulatorConfig(
                 data_dir=home / "simulator", phase_seconds={"validating": 0.5, "in_progress": 1.5, "finalizing": 0.5}))
@@ -213,7 +213,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_api(args: argparse.Namespace) -> int:
     import os
 
-    from batch_pipeline.api import check_bind, serve
+    from batch_pipeline.api.app import check_bind, serve
     from batch_pipeline.runtime import build_runtime
 
     with ExitStack() as stack:
@@ -221,7 +221,7 @@ def run_api(args: argparse.Namespace) -> int:
         # Before anything starts: a public bind without a token is refused.
         check_bind(args.host, bool(env.get("BATCH_API_TOKEN")))
         if args.with_simulator:
-            from batch_pipeline.simulator import Simulator, SimulatorConfig
+            from openai_simulator import Simulator, SimulatorConfig
 
             home = Path(env.get("BATCH_PIPELINE_HOME", "var"))
             simulator = Simulator(SimulatorConfig(data_dir=home / "simulator",

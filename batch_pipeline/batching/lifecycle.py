@@ -62,7 +62,7 @@ def _serialised(method):
     return wrapper
 
 
-class BatchJobManager:
+class BatchLifecycle:
     def __init__(
         self,
         client: openai.OpenAI,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from batch_pipeline.serving import serve_in_thread
+from openai_simulator.serving import serve_in_thread
 
 from .app import build_app
 from .batches import BatchEngine

@@ -1,6 +1,6 @@
 """Command line: run the simulator standalone, e.g. for the Dagster UI or manual pipeline runs.
 
-`python -m batch_pipeline.simulator --port 8800 --data-dir var/simulator` prints the base URL, serves until stopped.
+`python -m openai_simulator --port 8800 --data-dir var/simulator` prints the base URL, serves until stopped.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _phase_seconds(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.simulator", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m openai_simulator", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8800, help="port to bind")

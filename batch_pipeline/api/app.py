@@ -310,7 +310,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         name = request.url.path.lstrip("/") or "index.html"
         media = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                  "app.css": "text/css; charset=utf-8"}[name]
-        return Response(resources.files("batch_pipeline.web").joinpath(name).read_bytes(), media_type=media)
+        return Response(resources.files("batch_pipeline.api.web").joinpath(name).read_bytes(), media_type=media)
 
     routes = [
         Route("/", page, methods=["GET"]),

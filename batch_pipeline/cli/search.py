@@ -44,7 +44,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         if args.prices is not None:
             env["BATCH_PRICES_FILE"] = str(args.prices.resolve())
         if not args.use_env and not args.estimate:
-            from batch_pipeline.simulator import Simulator, SimulatorConfig
+            from openai_simulator import Simulator, SimulatorConfig
 
             simulator = Simulator(SimulatorConfig(
                 data_dir=home / "simulator", phase_seconds={"validating": 0.2, "in_progress": 0.5, "finalizing": 0.2}))

@@ -1,0 +1,1 @@
+"""Entry points: the `batch-pipeline` command (`main`), its `search` subcommand and the Dagster demo (`demo`)."""
