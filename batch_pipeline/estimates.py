@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS
-from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
+from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage
 from batch_pipeline.batching.requests import IMAGE_TOKENS
 from batch_pipeline.records import QueuedRequest
 from batch_pipeline.search import SearchParams, SearchState, expected_call_counts, plan_round, start_search

@@ -34,7 +34,7 @@ class QueuedRequest(BaseModel):
     line_bytes: int = Field(description="bytes of the JSONL line once image refs are inlined")
 
     @model_validator(mode="after")
-    def _custom_id_is_valid(self) -> "QueuedRequest":
+    def _custom_id_is_valid(self) -> QueuedRequest:
         if not _CUSTOM_ID.match(self.request_id):
             raise ValueError(f"request_id {self.request_id!r} is not a valid custom_id (<=64 chars, [A-Za-z0-9_-])")
         return self

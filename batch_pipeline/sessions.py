@@ -20,8 +20,8 @@ from pydantic import AfterValidator, BaseModel, Field
 from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.deadlines import round_deadline
-from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.errors import BatchPipelineError
+from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow

@@ -40,4 +40,4 @@ RemoteBatchStatus = Literal["validating", "failed", "in_progress", "finalizing",
 ENDED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset(set(get_args(RemoteBatchStatus)) - ENDED_STATUSES)
 
-__all__ = ["Tier", "Endpoint", "Outcome", "RemoteBatchStatus", "ENDED_STATUSES", "ACTIVE_STATUSES"]
+__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "Endpoint", "Outcome", "RemoteBatchStatus", "Tier"]

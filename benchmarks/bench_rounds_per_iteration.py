@@ -19,8 +19,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.driver import Driver
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, dependent_rounds

@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 
 from batch_pipeline.api.app import ApiConfigError, check_bind, create_app, openapi_document
-from openai_simulator.serving import serve_in_thread
 from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator.serving import serve_in_thread
 from tests.integration.support import runtime_for, wait_until
 from tests.lock_holder import hold_lock
 

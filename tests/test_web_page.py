@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from batch_pipeline.api.app import create_app
-from openai_simulator.serving import serve_in_thread
 from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator.serving import serve_in_thread
 from tests.integration.support import runtime_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

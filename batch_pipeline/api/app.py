@@ -33,9 +33,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_pipeline.batching.image_store import REF_PREFIX
-from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.polling import progress as batch_progress
+from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.errors import BatchPipelineError, LedgerBusy, is_ledger_busy, is_lock_error
 from batch_pipeline.estimates import estimate_session, session_completion
@@ -797,5 +797,12 @@ def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8700) -> None:
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
 
 
-__all__ = ["create_app", "serve", "check_bind", "openapi_document", "ApiConfigError", "SessionWorker",
-           "BeamSearchRequest"]
+__all__ = [
+    "ApiConfigError",
+    "BeamSearchRequest",
+    "SessionWorker",
+    "check_bind",
+    "create_app",
+    "openapi_document",
+    "serve",
+]

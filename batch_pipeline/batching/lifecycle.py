@@ -27,8 +27,8 @@ from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.polling import ACTIVE_STATUSES, ENDED_STATUSES, PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
-from batch_pipeline.failpoints import failpoint
 from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
+from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
 from batch_pipeline.ledger.states import BatchPhase
 

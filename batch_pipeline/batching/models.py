@@ -5,4 +5,4 @@ from __future__ import annotations
 from batch_pipeline.records import RequestOutcome
 from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
-__all__ = ["Endpoint", "Outcome", "Tier", "RequestOutcome"]
+__all__ = ["Endpoint", "Outcome", "RequestOutcome", "Tier"]

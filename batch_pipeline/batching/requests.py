@@ -14,10 +14,10 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
-from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
 from batch_pipeline.batching.models import Endpoint, Tier
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import QueuedRequest
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")

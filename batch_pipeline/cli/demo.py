@@ -22,8 +22,8 @@ from typing import IO
 
 import dagster as dg
 
-from batch_pipeline.cli.main import HelpWithDefaults
 from batch_pipeline.batching.pricing import format_usd
+from batch_pipeline.cli.main import HelpWithDefaults
 from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
@@ -197,7 +197,7 @@ def wait_for_runs_to_finish(paths: DemoPaths, *, timeout_s: float) -> bool:
 
 def stop(proc: subprocess.Popen | None, *, timeout_s: float = 15) -> None:
     """Stop a child and its process group: SIGTERM, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
+    if proc is None or (proc.poll() is not None and not _group_alive(proc.pid)):
         return
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
         try:

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import UnpricedModelError, cost_lines, format_usd
-from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.estimates import estimate_completion, estimate_session, rounds_left, session_completion
+from batch_pipeline.runtime import Runtime, build_runtime
+from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
 from batch_pipeline.settings import SettingsError, load_settings, mask_url
 

@@ -17,8 +17,13 @@ from collections.abc import Sequence
 import dagster as dg
 
 from batch_pipeline.batching.polling import ACTIVE_STATUSES
-from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, open_applied_rounds, \
-    rounds_terminal_result
+from batch_pipeline.defs.checks import (
+    TICK_CHECKS,
+    budgets_result,
+    invariants_result,
+    open_applied_rounds,
+    rounds_terminal_result,
+)
 from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from

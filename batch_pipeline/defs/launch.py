@@ -11,8 +11,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, ValidationError
 
-from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.batching.pricing import PriceCatalog, UnpricedModelError
+from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 

@@ -58,7 +58,7 @@ ROUND_VIEWS = {"text": generated_prompts, "image": image_candidates, "vision": r
 def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg.AssetSpec]:
     """The views a step changed: its queued round always; a view whose round it applied; all four on a
     session's first step and when it ends. Rendering only these keeps a tick's cost to what moved."""
-    if before is None or step.status != "running" and step.status != "waiting" or \
+    if before is None or (step.status != "running" and step.status != "waiting") or \
             (before.iteration, before.next_round, before.requests) == (0, "text", 0):
         return SESSION_VIEWS
     order = list(ROUND_VIEWS)

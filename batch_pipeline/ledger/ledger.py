@@ -29,7 +29,6 @@ from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
-    TERMINAL_REQUEST_STATES,
     BatchPhase,
     RequestState,
 )

@@ -18,11 +18,11 @@ from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRe
 from batch_pipeline.estimates import request_cost
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
-from batch_pipeline.vocabulary import Endpoint
 from batch_pipeline.providers.capabilities import providers_for
 from batch_pipeline.providers.sync_tiers import SyncTierRunner
 from batch_pipeline.providers.tier_policy import TierMode, TierPolicy
 from batch_pipeline.search.calls import Call, CallResult, ImageCall
+from batch_pipeline.vocabulary import Endpoint
 
 log = logging.getLogger(__name__)
 

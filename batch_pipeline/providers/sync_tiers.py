@@ -20,8 +20,8 @@ from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Ti
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import resolve_image_refs
 from batch_pipeline.batching.results import RETRYABLE_STATUS, estimate_lost, price_outcome, store_images
-from batch_pipeline.ledger import Ledger
 from batch_pipeline.failpoints import failpoint
+from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.ledger import RequestRow
 
 log = logging.getLogger(__name__)

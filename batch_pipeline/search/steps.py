@@ -10,7 +10,6 @@ from __future__ import annotations
 #   vision -> every pair of the pool not compared before, x E votes, all at once; ranked by Bradley-Terry
 # With rounds_per_iteration=2 (the default) the vision round also critiques each pooled image and writes its
 # children, so iterations after the first start at the image round.
-
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 

@@ -17,9 +17,9 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from openai_simulator import FaultRule
-from tests.lock_holder import hold_lock
 from tests.defs.support import file_digest, launch, record_prior_run
 from tests.defs.support import tick as tick_run
+from tests.lock_holder import hold_lock
 
 API_CALLS: list[tuple[str, str]] = []
 

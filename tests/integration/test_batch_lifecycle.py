@@ -1,7 +1,6 @@
 """The batch core end to end: real SDK -> simulator -> ledger, including the failure paths."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,16 +8,14 @@ import time
 from decimal import Decimal
 
 import orjson
-import pytest
 
 from batch_pipeline.batching.limits import SplitLimits
 from batch_pipeline.batching.models import Outcome, Tier
-from batch_pipeline.errors import is_transient
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
+from batch_pipeline.errors import is_transient
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from openai_simulator import FaultRule, Simulator, SimulatorConfig
-
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, make_manager, wait_until
 

@@ -12,8 +12,8 @@ import pytest
 from batch_pipeline.batching.models import Outcome, RequestOutcome
 from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
 from batch_pipeline.ledger import Ledger
-from tests.conftest import ManualClock
 from batch_pipeline.ledger.ledger import QueuedRow, RemoteStatus
+from tests.conftest import ManualClock
 
 
 @pytest.fixture
