@@ -11,6 +11,6 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[st
     about 40x slower at 50,000 rows; see docs/PERFORMANCE.md)."""
     if not rows:
         return
-    column_lists = [list(values) for values in zip(*rows)]
+    column_lists = [list(values) for values in zip(*rows, strict=True)]
     selects = ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selects}", column_lists)

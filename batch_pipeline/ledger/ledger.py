@@ -904,7 +904,7 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
 
 
 def _request_from_row(row: tuple) -> RequestRow:
-    data = dict(zip(RequestRow.model_fields, row))
+    data = dict(zip(RequestRow.model_fields, row, strict=True))
     return RequestRow(**data | {"body": orjson.loads(data["body"])})
 
 
@@ -922,7 +922,7 @@ def _ended_sessions_of(con: duckdb.DuckDBPyConnection, request_ids: Iterable[str
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:
-    data = dict(zip(BatchRecord.model_fields, row))
+    data = dict(zip(BatchRecord.model_fields, row, strict=True))
     data["errors"] = orjson.loads(data["errors"]) if data["errors"] else None
     return BatchRecord(**data)
 

@@ -142,13 +142,13 @@ class SessionRecords:
             cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY iteration,"
                               " CASE round WHEN 'text' THEN 0 WHEN 'image' THEN 1 ELSE 2 END", [session_id])
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def session_candidates(self, session_id: str) -> list[CandidateRow]:
         with self.connect() as con:
             cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates WHERE session_id = ?"
                               " ORDER BY iteration, rank NULLS LAST, candidate_id", [session_id])
-            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row))) for row in cur.fetchall()]
+            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row, strict=True))) for row in cur.fetchall()]
 
     def session_costs(self, session_id: str) -> dict[str, dict[str, Decimal | int]]:
         """Per tier: calls, tokens, actual and standard-tier cost of a session's requests. Lines of duplicate
@@ -170,5 +170,5 @@ class SessionRecords:
 
 
 def _session_from_row(row: tuple) -> SessionRow:
-    data = dict(zip(SessionRow.model_fields, row))
+    data = dict(zip(SessionRow.model_fields, row, strict=True))
     return SessionRow(**data | {"config": orjson.loads(data["config"])})

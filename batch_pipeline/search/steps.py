@@ -191,7 +191,7 @@ def _apply_text(state: SearchState, results: Mapping[str, CallResult]) -> None:
     operation, _ = _text_operation(k)
     specs = new_candidates(state)
     keys = [text_key(state.session_id, k, operation, spec.index) for spec in specs]
-    for spec, key in zip(specs, keys):
+    for spec, key in zip(specs, keys, strict=True):
         candidate = Candidate(id=spec.id, iteration=k, parent_id=spec.parent_id)
         if spec.parent_id is None:
             expansion, error = _parse(results.get(key), Expansion)
