@@ -16,11 +16,11 @@ import annotated_types
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-
-log = logging.getLogger(__name__)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batch_pipeline.errors import BatchPipelineError
+
+log = logging.getLogger(__name__)
 
 # The Batch API accepts exactly one completion window, "24h"; waiting longer than that is never useful.
 BATCH_COMPLETION_WINDOW_HOURS = 24.0

@@ -48,7 +48,7 @@ def main() -> None:
         plan = timed("plan batches", n, lambda: plan_batches(ledger.queued_rows(), SplitLimits()))
         (batch,) = plan.batches
         ledger.create_batch_intent("bench", batch.endpoint, batch.model, batch.members)
-        path, size, lines = timed("stream the input file", n, lambda: write_batch_file(ledger, "bench", home, None))
+        _, size, _ = timed("stream the input file", n, lambda: write_batch_file(ledger, "bench", home, None))
         print(f"{'':<34} input file {size / 1e6:.1f} MB")
 
         output = home / "output.jsonl"

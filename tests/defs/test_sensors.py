@@ -86,7 +86,7 @@ def test_nothing_is_due_while_requests_are_out_then_the_answered_round_is(instan
     waiting = tick(instance, resources)
     assert keys(waiting) == [] and "nothing due" in waiting.skip_reason.skip_message, "queued, younger than 60 s"
     monkeypatch.setenv("BATCH_FLUSH_MAX_REQUESTS", "4")
-    (flush_key,) = keys(tick(instance, resources))
+    (_flush_key,) = keys(tick(instance, resources))
     assert "flush: 4 queued >= 4" in tick(instance, resources).run_requests[0].tags["batch_pipeline/tick_reason"]
     monkeypatch.setenv("BATCH_FLUSH_MAX_REQUESTS", "1000")
     # Flushed; the simulator ends the batch at once and the same run ingests it, applies the round and, the

@@ -98,7 +98,7 @@ def test_children_of_one_parent_differ_by_a_variant_nonce_and_carry_its_prompts_
     state = advance(start_search(PROMPT, NINE, "t1"), execute, 3)
     best = state.candidate(state.iterations[0].survivors[0])
     calls = plan_round(state)[:3]  # the children of the best parent come first
-    strengths, weaknesses = ranking_feedback(state, best.id)
+    strengths, _weaknesses = ranking_feedback(state, best.id)
     assert strengths  # the best parent won comparisons, so the judge named strengths
     for j, call in enumerate(calls, start=1):
         text = last_user_message(call)
