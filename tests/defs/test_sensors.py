@@ -28,7 +28,7 @@ class CountingOpenAIResource(OpenAIResource):
     """The real client, recording every HTTP call it makes (method, path)."""
 
     def get_client(self) -> openai.OpenAI:
-        hook = lambda request: API_CALLS.append((request.method, request.url.path))  # noqa: E731
+        hook = lambda request: API_CALLS.append((request.method, request.url.path))  # noqa: E731 - a one-line event hook
         return openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
                              http_client=httpx2.Client(event_hooks={"request": [hook]}))
 
