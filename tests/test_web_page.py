@@ -26,7 +26,7 @@ def _missing() -> str | None:
     if CHROMIUM is None or CHROMEDRIVER is None:
         return "no chromium/chromedriver on PATH (apt-get install chromium chromium-driver)"
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - only probes that it is installed
     except ImportError:
         return "the selenium package is not installed (pip install -e '.[dev]')"
     return None
