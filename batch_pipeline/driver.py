@@ -1,8 +1,9 @@
 """The session driver: one `tick` that moves the sessions a driver owns forward, and one loop around it.
 
 A tick recovers calls lost by a dead process, advances every owned running session (apply finished
-rounds, queue the next; standard/flex calls run now), holds their round deadlines (`deadlines.py`), flushes the owned batch-tier queue (per
-BATCH_API_MODE and the flush thresholds), polls the owned batches and sweeps for late duplicates, then
+rounds, queue the next; standard/flex calls run now), holds their round deadlines (`deadlines.py`),
+flushes the owned batch-tier queue (per BATCH_API_MODE and the flush thresholds), polls the owned
+batches and sweeps for late duplicates, then
 ingests what ended. `run` repeats it on the poll policy until a condition holds. The CLI, the HTTP
 API's worker and `batch-pipeline demo` are thin calls of this; the Dagster runs call the same
 primitives (`SessionService.advance`, `BatchLifecycle.submit_queued/refresh/ingest_ended`).

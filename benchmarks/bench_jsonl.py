@@ -34,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=50_000)
     n = parser.parse_args().lines
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{platform.python_implementation()} {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         ledger = Ledger(home / "ledger.duckdb")

@@ -776,7 +776,8 @@ def openapi_document() -> dict[str, Any]:
                 params=[{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
                         {"name": "answers", "in": "query", "required": False,
                          "schema": {"type": "boolean", "default": False},
-                         "description": "include each request's answer: {type: text, text} or {type: image, imageUrl}"}])},
+                         "description": "include each request's answer: "
+                                        "{type: text, text} or {type: image, imageUrl}"}])},
         },
     }
 

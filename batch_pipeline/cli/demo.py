@@ -305,7 +305,8 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
                 print(f"winner: {winner}: {reader.candidate_prompt(session_id, winner)}")
                 paid, standard, avoided = reader.session_spend(session_id)
                 print(f"cost: paid {format_usd(paid)}; the standard tier would have cost {format_usd(standard)} for the "
-                      f"same calls (saved {percent(saved_share(paid, standard))}); the cache avoided {format_usd(avoided)}. "
+                      f"same calls (saved {percent(saved_share(paid, standard))}); "
+                      f"the cache avoided {format_usd(avoided)}. "
                       "Full report: materialise cost_report.")
                 if exit_when_done:
                     # The step that completed the session still renders its views: let it finish.

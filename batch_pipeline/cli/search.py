@@ -75,7 +75,8 @@ def run_search_command(args: argparse.Namespace) -> int:
             print(f"{exc}: pass the same settings to resume it, or another --session-id", file=sys.stderr)
             return 2
         verb = "resuming unfinished session" if resumed else "new session"
-        print(f"{verb} {session_id} on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; "
+        target = mask_url(env.get("OPENAI_BASE_URL")) or "the OpenAI API"
+        print(f"{verb} {session_id} on tier {args.tier} against {target}; "
               f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
         print(f"estimated completion: {completion_line(runtime, session_id)}")
         progress = run_with_progress(runtime, session_id, rounds=dependent_rounds(config.params))
@@ -146,7 +147,8 @@ def print_report(runtime: Runtime, session_id: str, progress: SessionProgress) -
           + ", ".join(f"i{k}: {s:+.3f}" for k, s in enumerate(state.final_best_scores)))
     print(f"\n{'round':<10} {'calls':>6} {'ok':>5} {'failed':>6} {'in tok':>9} {'out tok':>8}")
     for r in state.rounds:
-        print(f"i{r.iteration}-{r.round:<7} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} {r.input_tokens:>9} {r.output_tokens:>8}")
+        print(f"i{r.iteration}-{r.round:<7} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} "
+              f"{r.input_tokens:>9} {r.output_tokens:>8}")
     print(f"{len(state.rounds)} rounds, {sum(r.calls for r in state.rounds)} calls")
     costs = runtime.ledger.session_costs(session_id)
     header = f"{'tier':<9} {'calls':>6} {'in tok':>9} {'out tok':>8} {'images':>6} {'paid':>10} {'standard':>10}"

@@ -319,7 +319,8 @@ class Ledger(SessionRecords, SpendingRecords):
         only_in_flight = "WHERE b.phase IN ('intent', 'uploaded', 'created')" if in_flight else ""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)}, bool_and(q.session_id = ?) AS exclusive"
+                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)},"
+                " bool_and(q.session_id = ?) AS exclusive"
                 " FROM batches b JOIN batch_members m USING (batch_key) JOIN requests q USING (request_id)"
                 f" {only_in_flight}"
                 " GROUP BY ALL HAVING bool_or(q.session_id = ?) ORDER BY b.created_at, b.batch_key",
@@ -446,7 +447,8 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.connect() as con:
             row = con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
-                " FROM requests q LEFT JOIN sessions s USING (session_id) WHERE q.batch_key = ? AND q.state = 'submitted'",
+                " FROM requests q LEFT JOIN sessions s USING (session_id)"
+                " WHERE q.batch_key = ? AND q.state = 'submitted'",
                 [batch_key]).fetchone()
         return row[0] > 0 and row[0] == row[1]
 
@@ -514,7 +516,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 con.execute(
                     "UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, completed_count = ?,"
                     " failed_count = ?, errors = ?, polls = polls + 1, updated_at = ?,"
-                    " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled') THEN coalesce(ended_at, ?) END"
+                    " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled')"
+                    " THEN coalesce(ended_at, ?) END"
                     " WHERE batch_key = ? AND phase = 'created'",
                     [s.status, s.output_file_id, s.error_file_id, s.completed_count, s.failed_count,
                      orjson.dumps(s.errors).decode() if s.errors else None, now, s.status, now, s.batch_key],
@@ -598,8 +601,8 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute(
                 "INSERT INTO batches (batch_key, endpoint, model, phase, status, request_count, input_bytes,"
                 " est_prompt_tokens, input_file_id, openai_batch_id, created_at, updated_at, duplicate_of)"
-                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens, input_file_id,"
-                " ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
+                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens,"
+                " input_file_id, ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
                 [key, status, openai_batch_id, now, now, original_key])
             con.execute("INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
                         [key, original_key])
@@ -689,7 +692,8 @@ class Ledger(SessionRecords, SpendingRecords):
         failed when out of attempts. Rows no longer running are left alone. Returns the ids recovered."""
         with self.transaction() as con:
             running = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                "SELECT request_id, attempts FROM requests"
+                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
             lost = [o for o in outcomes if o.request_id in running]
             tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
@@ -709,11 +713,13 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
                         " (SELECT unnest(?))", [str(tier), reason, [o.request_id for o in outcomes]])
             attempts = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                "SELECT request_id, attempts FROM requests"
+                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
             missing = [o.request_id for o in outcomes if o.request_id not in attempts]
             lost = {rid for (rid,) in con.execute(
-                "SELECT r.request_id FROM results r WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
+                "SELECT r.request_id FROM results r"
+                " WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
                 [missing]).fetchall()} if missing else set()
             if set(missing) - lost:
                 raise StateTransitionError(f"requests not running: {sorted(set(missing) - lost)[:5]}")
@@ -767,7 +773,8 @@ class Ledger(SessionRecords, SpendingRecords):
         problems = []
         with self.connect() as con:
             for rid, n in con.execute(
-                "SELECT request_id, count(*) FROM request_events WHERE to_state IN ('succeeded','failed','expired','cancelled')"
+                "SELECT request_id, count(*) FROM request_events"
+                " WHERE to_state IN ('succeeded','failed','expired','cancelled')"
                 " GROUP BY request_id HAVING count(*) > 1").fetchall():
                 problems.append(f"request {rid} reached a terminal state {n} times")
             for rid, state in con.execute(
@@ -775,7 +782,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 " (SELECT batch_key FROM batches WHERE phase IN ('ingested', 'abandoned'))").fetchall():
                 problems.append(f"request {rid} is {state} in a finished batch")
             for bid, n in con.execute(
-                "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1").fetchall():
+                "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL"
+                " GROUP BY 1 HAVING count(*) > 1").fetchall():
                 problems.append(f"remote batch {bid} recorded {n} times")
         return problems
 

@@ -158,10 +158,12 @@ class SessionRecords:
             rows = con.execute(
                 "SELECT tier, count(*), sum(input_tokens), sum(output_tokens), sum(images), sum(cost_usd),"
                 " sum(standard_cost_usd) FROM ("
-                " SELECT CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier, r.input_tokens,"
-                " r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id)"
+                " SELECT CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier,"
+                " r.input_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd"
+                " FROM results r JOIN requests q USING (request_id)"
                 " WHERE q.session_id = ? AND (r.outcome = 'succeeded' OR r.price_version LIKE 'estimate:%')"
-                " UNION ALL SELECT 'duplicate', d.input_tokens, d.output_tokens, d.images, d.cost_usd, d.standard_cost_usd"
+                " UNION ALL SELECT 'duplicate', d.input_tokens, d.output_tokens, d.images, d.cost_usd,"
+                " d.standard_cost_usd"
                 " FROM duplicate_results d JOIN requests q USING (request_id) WHERE q.session_id = ?)"
                 " GROUP BY 1 ORDER BY 1", [session_id, session_id]).fetchall()
         return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),

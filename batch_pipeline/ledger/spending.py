@@ -25,7 +25,8 @@ class SpendingRecords:
         params = [session_id, session_id] if session_id is not None else []
         with self.connect() as con:
             row = con.execute(
-                "SELECT coalesce(sum(cost) FILTER (tier != 'cache'), 0), coalesce(sum(standard) FILTER (tier != 'cache'), 0),"
+                "SELECT coalesce(sum(cost) FILTER (tier != 'cache'), 0),"
+                " coalesce(sum(standard) FILTER (tier != 'cache'), 0),"
                 " coalesce(sum(standard) FILTER (tier = 'cache'), 0), count(*) FILTER (tier = 'cache' AND ok),"
                 " count(*) FILTER (tier != 'cache' AND ok), count(*) FILTER (unpriced) FROM ("
                 f" SELECT r.tier, r.cost_usd AS cost, r.standard_cost_usd AS standard, r.outcome = 'succeeded' AS ok,"
@@ -70,7 +71,8 @@ class SpendingRecords:
         """(operation, model) -> (mean output tokens of answered calls, how many): the estimates' history."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT q.operation, q.model, avg(r.output_tokens), count(*) FROM results r JOIN requests q USING (request_id)"
+                "SELECT q.operation, q.model, avg(r.output_tokens), count(*)"
+                " FROM results r JOIN requests q USING (request_id)"
                 " WHERE r.outcome = 'succeeded' AND r.tier != 'cache' AND r.price_version NOT LIKE 'estimate:%'"
                 " GROUP BY 1, 2").fetchall()
         return {(op, model): (float(mean), int(n)) for op, model, mean, n in rows}

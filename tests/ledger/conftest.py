@@ -50,7 +50,7 @@ def queue(ledger: Ledger, make_request) -> Callable[..., list[str]]:
 
 @pytest.fixture
 def submit(ledger: Ledger) -> Callable[..., list[str]]:
-    """Put the given queued ids into a created batch (intent -> uploaded -> created), optionally with a remote status."""
+    """Put queued ids into a created batch (intent -> uploaded -> created), optionally with a remote status."""
 
     def make(batch_key: str, request_ids: Sequence[str], *, status: str | None = None) -> list[str]:
         rows = {r.request_id: r for r in ledger.queued_rows()}
