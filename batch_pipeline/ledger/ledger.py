@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
-from batch_pipeline.ledger.db import insert_rows
+from batch_pipeline.ledger.db import insert_rows, one_row
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
@@ -259,11 +259,12 @@ class Ledger(SessionRecords, SpendingRecords):
             sql += " AND session_id IN (SELECT unnest(?))"
             params.append(list(session_ids))
         with self.connect() as con:
-            count, oldest = con.execute(sql, params).fetchone()
+            count, oldest = one_row(con.execute(sql, params))
         return int(count), oldest
 
     def request_states(self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None) -> dict[str, RequestState]:
-        sql, params = "SELECT request_id, state FROM requests", []
+        sql = "SELECT request_id, state FROM requests"
+        params: list[Any] = []
         if request_ids is not None:
             sql += " WHERE request_id IN (SELECT unnest(?))"
             params.append(list(request_ids))
@@ -445,11 +446,11 @@ class Ledger(SessionRecords, SpendingRecords):
     def batch_serves_no_running_session(self, batch_key: str) -> bool:
         """Every request still submitted in this batch belongs to a session that has ended (cancelled)."""
         with self.connect() as con:
-            row = con.execute(
+            row = one_row(con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
                 " FROM requests q LEFT JOIN sessions s USING (session_id)"
                 " WHERE q.batch_key = ? AND q.state = 'submitted'",
-                [batch_key]).fetchone()
+                [batch_key]))
         return row[0] > 0 and row[0] == row[1]
 
     def inflight_tokens_by_model(self) -> dict[str, int]:
@@ -545,8 +546,8 @@ class Ledger(SessionRecords, SpendingRecords):
             for rid in members.keys() - by_id.keys():
                 by_id[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=missing_reason)
             self._insert_results(con, [(o, members[o.request_id], batch_key, Tier.BATCH) for o in by_id.values()], now)
-            deadline_tier, deadline_reason = con.execute(
-                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+            deadline_tier, deadline_reason = one_row(con.execute(
+                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]))
             unrun = [rid for rid, o in by_id.items() if deadline_tier and o.outcome == Outcome.CANCELLED]
             self._apply_outcomes(con, [o for rid, o in by_id.items() if rid not in unrun], members, batch_key, max_attempts)
             if unrun:
@@ -765,7 +766,7 @@ class Ledger(SessionRecords, SpendingRecords):
                " UNION ALL SELECT d.cost_usd, d.standard_cost_usd FROM duplicate_results d"
                f" JOIN requests q USING (request_id) {where})")
         with self.connect() as con:
-            actual, standard, n = con.execute(sql, params).fetchone()
+            actual, standard, n = one_row(con.execute(sql, params))
         return {"actual": Decimal(actual), "standard": Decimal(standard), "saved": Decimal(standard) - Decimal(actual), "rows": n}
 
     def check_invariants(self) -> list[str]:

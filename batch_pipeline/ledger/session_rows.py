@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel
 
 from batch_pipeline.errors import LedgerError
-from batch_pipeline.ledger.db import insert_rows
+from batch_pipeline.ledger.db import LedgerCore, insert_rows
 
 
 class SessionRow(BaseModel):
@@ -60,7 +60,7 @@ class RoundRow(BaseModel):
 _SESSION_COLUMNS = ", ".join(SessionRow.model_fields)
 
 
-class SessionRecords:
+class SessionRecords(LedgerCore):
     """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
 
     def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,

@@ -9,13 +9,14 @@ from __future__ import annotations
 from decimal import Decimal
 from statistics import median
 
+from batch_pipeline.ledger.db import LedgerCore, one_row
 from batch_pipeline.records import CostFigures
 
 # Rows whose cost is an estimate (an answer lost in flight) or unknown (a model without a price).
 _UNPRICED = "r.price_version LIKE 'unpriced:%' OR r.price_version LIKE 'estimate:unpriced:%'"
 
 
-class SpendingRecords:
+class SpendingRecords(LedgerCore):
     """Ledger methods for costs and turnaround (see `schema.sql`: results, duplicate_results, batch_turnaround)."""
 
     def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
@@ -24,7 +25,7 @@ class SpendingRecords:
         where = "WHERE q.session_id = ?" if session_id is not None else ""
         params = [session_id, session_id] if session_id is not None else []
         with self.connect() as con:
-            row = con.execute(
+            row = one_row(con.execute(
                 "SELECT coalesce(sum(cost) FILTER (tier != 'cache'), 0),"
                 " coalesce(sum(standard) FILTER (tier != 'cache'), 0),"
                 " coalesce(sum(standard) FILTER (tier = 'cache'), 0), count(*) FILTER (tier = 'cache' AND ok),"
@@ -32,7 +33,7 @@ class SpendingRecords:
                 f" SELECT r.tier, r.cost_usd AS cost, r.standard_cost_usd AS standard, r.outcome = 'succeeded' AS ok,"
                 f" ({_UNPRICED}) AS unpriced FROM results r JOIN requests q USING (request_id) {where}"
                 " UNION ALL SELECT 'batch', d.cost_usd, d.standard_cost_usd, true, false FROM duplicate_results d"
-                f" JOIN requests q USING (request_id) {where})", params).fetchone()
+                f" JOIN requests q USING (request_id) {where})", params))
         paid, standard, avoided, hits, calls, unpriced = row
         return CostFigures(paid=Decimal(paid), standard_for_calls=Decimal(standard), cache_avoided=Decimal(avoided),
                            cache_hits=hits, calls=calls, unpriced_calls=unpriced)
@@ -80,6 +81,6 @@ class SpendingRecords:
     def round_started_at(self, session_id: str, round_key: str) -> float | None:
         """When a session's round was first queued (None: not yet)."""
         with self.connect() as con:
-            (started,) = con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND round_key = ?",
-                                     [session_id, round_key]).fetchone()
+            (started,) = one_row(con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND round_key = ?",
+                                     [session_id, round_key]))
         return started
