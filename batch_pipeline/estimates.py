@@ -45,7 +45,7 @@ def _output_tokens(operation: str, model: str, max_tokens: int, history: OutputH
     return max_tokens, False
 
 
-def call_cost(*, model: str, tier: Tier | str, input_tokens: int = 0, output_tokens: int = 0,
+def call_cost(*, model: str, tier: Tier, input_tokens: int = 0, output_tokens: int = 0,
               images: int = 0, quality: str | None = None, size: str | None = None,
               catalog: PriceCatalog) -> Decimal:
     """One call's cost on `tier` (raises UnknownPriceError: nothing is ever costed at $0 by default)."""

@@ -33,7 +33,7 @@ _DATED_SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 class UnknownPriceError(BatchPipelineError, LookupError):
     """The catalog holds no price for this model (or its snapshot) on this tier."""
 
-    def __init__(self, model: str, tier: Tier | str | None, reason: str) -> None:
+    def __init__(self, model: str, tier: Tier | None, reason: str) -> None:
         self.model = model
         self.tier = tier
         on_tier = f" on tier {str(tier)!r}" if tier is not None else ""
@@ -310,9 +310,8 @@ class PriceCatalog:
         text_prices = self._data.models.get(key)
         return text_prices is not None and text_prices.flex is not None
 
-    def cost(self, model: str, tier: Tier | str, usage: TokenUsage) -> Decimal:
+    def cost(self, model: str, tier: Tier, usage: TokenUsage) -> Decimal:
         """Exact USD cost of `usage` on `tier`; raises UnknownPriceError when there is no price."""
-        tier = Tier(tier)
         key = self.resolve_model(model)
         # Price blocks are named after the Tier values, so a tier selects its block by name.
         text_prices = self._data.models.get(key)
@@ -326,7 +325,7 @@ class PriceCatalog:
             raise UnknownPriceError(model, tier, "the catalog prices image models per image, not per token")
         return self._image_cost(model, tier, getattr(self._data.images[key], tier.value), usage)
 
-    def cost_breakdown(self, model: str, tier: Tier | str, usage: TokenUsage) -> CostBreakdown:
+    def cost_breakdown(self, model: str, tier: Tier, usage: TokenUsage) -> CostBreakdown:
         """The cost on `tier` and, for the savings report, on the standard tier for the same usage."""
         return CostBreakdown(
             actual=self.cost(model, tier, usage),

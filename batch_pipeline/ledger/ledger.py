@@ -645,7 +645,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     # -- synchronous tiers and the cache -----------------------------------------------------
 
-    def start_sync(self, request_ids: Sequence[str], tier: Tier | str, reason: str | None = None, *,
+    def start_sync(self, request_ids: Sequence[str], tier: Tier, reason: str | None = None, *,
                    lease_owner: str | None = None, lease_s: float = 3600.0) -> list[str]:
         """queued -> running for a synchronous call; `reason` replaces the tier reason only if given.
 
@@ -706,7 +706,7 @@ class Ledger(SessionRecords, SpendingRecords):
                         [[o.request_id for o in lost]])
         return [o.request_id for o in lost]
 
-    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier | str, *, max_attempts: int,
+    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int,
                              reason: str | None = None) -> None:
         """Results of synchronous calls (or cache hits); `tier` is the tier that actually ran them."""
         now = self.clock()
@@ -870,7 +870,7 @@ class Ledger(SessionRecords, SpendingRecords):
                             batch_key=batch_key, reason=reason, errors=errors or None)
 
     @staticmethod
-    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier | str]],
+    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]],
                         now: float) -> None:
         insert_rows(con, "results", _RESULT_COLUMNS, [
                 (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,

@@ -54,8 +54,8 @@ def test_flex_chat_cost_is_billed_at_batch_rates(catalog: PriceCatalog) -> None:
     assert catalog.cost("gpt-5-mini", Tier.FLEX, CHAT_USAGE) == catalog.cost("gpt-5-mini", Tier.BATCH, CHAT_USAGE)
 
 
-def test_tier_may_be_given_as_its_string_value(catalog: PriceCatalog) -> None:
-    assert catalog.cost("gpt-5", "batch", CHAT_USAGE) == catalog.cost("gpt-5", Tier.BATCH, CHAT_USAGE)
+def test_a_tier_read_back_as_its_string_value_costs_the_same(catalog: PriceCatalog) -> None:
+    assert catalog.cost("gpt-5", Tier("batch"), CHAT_USAGE) == catalog.cost("gpt-5", Tier.BATCH, CHAT_USAGE)
 
 
 def test_batch_costs_exactly_half_of_standard_for_every_catalog_price(catalog: PriceCatalog) -> None:
