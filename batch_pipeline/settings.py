@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Required, TypedDict, get_args
 from urllib.parse import urlsplit
 
 import annotated_types
@@ -122,6 +122,13 @@ class _EnvironSource(EnvSettingsSource):
         }
 
 
+class OpenAIClientKwargs(TypedDict, total=False):
+    """What `Settings.openai_client_kwargs` passes to `openai.OpenAI(...)`."""
+
+    api_key: Required[str]
+    base_url: str | None
+
+
 class Settings(BaseSettings):
     """Every environment variable the pipeline reads; the variable name is the field name upper-cased."""
 
@@ -230,14 +237,14 @@ class Settings(BaseSettings):
     def batch_files_dir(self) -> Path:
         return self.batch_pipeline_home / "batch_files"
 
-    def openai_client_kwargs(self) -> dict[str, str]:
+    def openai_client_kwargs(self) -> OpenAIClientKwargs:
         """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""
         if self.openai_api_key is None:
             if self.uses_local_endpoint:  # the simulator takes any key; never used for a remote endpoint
                 return {"api_key": LOCAL_PLACEHOLDER_KEY, "base_url": self.openai_base_url}
             # The SDK refuses to start without a key; say which variable to set before it does.
             raise SettingsError(["OPENAI_API_KEY: must be set to call the API (any string for a local simulator)"])
-        kwargs = {"api_key": self.openai_api_key.get_secret_value()}
+        kwargs: OpenAIClientKwargs = {"api_key": self.openai_api_key.get_secret_value()}
         # Left out when unset so the SDK keeps its own default endpoint.
         if self.openai_base_url is not None:
             kwargs["base_url"] = self.openai_base_url

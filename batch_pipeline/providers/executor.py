@@ -163,7 +163,7 @@ class RoundExecutor:
                 messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the scene and style "
                            "but avoids anything a content policy could refuse. Answer with the prompt only."},
                           {"role": "user", "content": call.prompt}]))
-            if rephrased is None:
+            if rephrased is None or rephrased.response is None:
                 continue
             retry = call.model_copy(update={"key": f"{call.key}-rt",
                                             "prompt": rephrased.response["choices"][0]["message"]["content"].strip()})

@@ -63,7 +63,8 @@ def fit_log_strengths(
         if winner not in position or loser not in position or winner == loser:
             raise ValueError(f"outcome ({winner!r}, {loser!r}) does not name two distinct known items")
         wins[position[winner]] += 1
-        games[tuple(sorted((position[winner], position[loser])))] += 1
+        first, second = sorted((position[winner], position[loser]))
+        games[first, second] += 1
     # Sorted so that the result depends on the multiset of votes, not on their order.
     fit = _Fit(wins, sorted(games.items()), prior_games)
 
