@@ -23,6 +23,10 @@ class Endpoint(StrEnum):
     IMAGES = "/v1/images/generations"
 
 
+# The same endpoints, as the SDK types `batches.create(endpoint=...)` (a test keeps the two equal).
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/images/generations"]
+
+
 class Outcome(StrEnum):
     """How one attempt of a request ended."""
 
@@ -40,4 +44,4 @@ RemoteBatchStatus = Literal["validating", "failed", "in_progress", "finalizing",
 ENDED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset(set(get_args(RemoteBatchStatus)) - ENDED_STATUSES)
 
-__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "Endpoint", "Outcome", "RemoteBatchStatus", "Tier"]
+__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "BatchEndpoint", "Endpoint", "Outcome", "RemoteBatchStatus", "Tier"]

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import openai
 from openai.types import Batch
@@ -31,6 +32,7 @@ from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error,
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
 from batch_pipeline.ledger.states import BatchPhase
+from batch_pipeline.vocabulary import BatchEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +170,13 @@ class BatchLifecycle:
             log.info("batch %s: a create sent %.0f s ago may still land; not sending another yet",
                      record.batch_key, self.clock() - record.create_sent_at)
             return
+        assert record.input_file_id is not None, "an uploaded batch has its input file"
         first_create = record.create_sent_at is None
         self.ledger.mark_create_sent(record.batch_key, sweep_window_s=BATCH_WINDOW_SECONDS)
         try:
             remote = self.create_client.batches.create(
                 input_file_id=record.input_file_id,
-                endpoint=record.endpoint,
+                endpoint=cast(BatchEndpoint, record.endpoint),  # the ledger holds an Endpoint value
                 completion_window=COMPLETION_WINDOW,
                 metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
                           "bp_requests": str(record.request_count)},
@@ -229,7 +232,7 @@ class BatchLifecycle:
         inflight = [b for b in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids)
                     if b.status not in ENDED_STATUSES]
         if inflight:
-            wanted = {b.openai_batch_id: b for b in inflight}
+            wanted = {b.openai_batch_id: b for b in inflight if b.openai_batch_id is not None}
             seen = find_batches(self.client, wanted,
                                 created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
             self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
@@ -294,6 +297,7 @@ class BatchLifecycle:
                 if record.batch_key not in self._seen_ended:
                     # Read the final state once more: file ids are only trustworthy after the batch ended.
                     # (A status this manager saw ended in its own list walk is such a read already.)
+                    assert record.openai_batch_id is not None, "a created batch has its remote id"
                     remote = self.client.batches.retrieve(record.openai_batch_id)
                     self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
                 if self.ingest(self.ledger.batch(record.batch_key)):
@@ -329,7 +333,7 @@ class BatchLifecycle:
             outcomes |= self._validation_outcomes(record)
         priced = [
             price_outcome(o, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH, catalog=self.catalog,
-                          request_body=lambda rid=o.request_id: self.ledger.request_body(rid))
+                          request_body=functools.partial(self.ledger.request_body, o.request_id))
             for o in outcomes.values()
         ]
         failpoint("ingest-downloaded")

@@ -176,12 +176,11 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         "reasoning_effort": req.reasoning_effort,
         "seed": req.seed,
     }
-    for name in ("temperature", "top_p"):
-        value = params[name]
-        if value is not None and not (0 <= value <= (2 if name == "temperature" else 1)):
+    for name, value, top in (("temperature", req.temperature, 2), ("top_p", req.top_p, 1)):
+        if value is not None and not (0 <= value <= top):
             raise RequestValidationError(req.key, name, f"out of range: {value}")
-    for name in ("max_tokens", "max_completion_tokens"):
-        if params[name] is not None and params[name] < 1:
+    for name, count in (("max_tokens", req.max_tokens), ("max_completion_tokens", req.max_completion_tokens)):
+        if count is not None and count < 1:
             raise RequestValidationError(req.key, name, "must be at least 1")
     _check_extra(req.key, req.extra, ChatRequest.model_fields)
     params, _notes = normalise_chat_params(req.model, params)

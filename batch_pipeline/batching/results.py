@@ -66,7 +66,8 @@ def classify_line(line: dict[str, Any]) -> RequestOutcome:
 
 def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOutcome:
     """Replace `b64_json` payloads by image-store refs (the ledger never holds image bytes)."""
-    data = (outcome.response or {}).get("data")
+    response = outcome.response or {}
+    data = response.get("data")
     if not isinstance(data, list) or not any("b64_json" in item for item in data):
         return outcome
     items = []
@@ -75,7 +76,7 @@ def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOut
             ref = image_store.put(base64.b64decode(item["b64_json"]))
             item = {k: v for k, v in item.items() if k != "b64_json"} | {"image_ref": ref}
         items.append(item)
-    return outcome.model_copy(update={"response": {**outcome.response, "data": items}})
+    return outcome.model_copy(update={"response": {**response, "data": items}})
 
 
 def usage_of(endpoint: str, response: dict[str, Any], request_body: Callable[[], dict[str, Any]]) -> TokenUsage:

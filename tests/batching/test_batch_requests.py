@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from batch_pipeline.batching.requests import (
     make_custom_id,
     resolve_image_refs,
 )
+from batch_pipeline.vocabulary import BatchEndpoint
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -172,3 +174,7 @@ def test_cache_identity_ignores_key_order_and_request_key_but_not_endpoint_or_va
     assert body_hash(Endpoint.CHAT, a) != body_hash(Endpoint.CHAT, a | {"seed": 2})
     one, two = chat("k1", text="same"), chat("k2", text="same")
     assert one.request_id != two.request_id and one.body_hash == two.body_hash
+
+
+def test_the_sdk_literal_of_batch_endpoints_names_the_same_endpoints_as_the_vocabulary() -> None:
+    assert set(get_args(BatchEndpoint)) == {endpoint.value for endpoint in Endpoint}
