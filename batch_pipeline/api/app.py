@@ -565,7 +565,7 @@ def _completion(runtime: Runtime, row) -> dict[str, Any]:
 
 def _estimates(runtime: Runtime, session_id: str) -> dict[str, Any]:
     """The POST answer's estimates: cost on every tier (catalog and call counts) and completion (history)."""
-    row = runtime.ledger.session(session_id)
+    row = runtime.sessions.row(session_id)
     config = SessionConfig.model_validate({k: v for k, v in row.config.items() if k != "fingerprint"})
     cost = estimate_session(config.prompt, config.params, runtime.catalog, history=runtime.ledger.observed_output_tokens())
     return {**_batch_ids(runtime, session_id), **_completion(runtime, row),

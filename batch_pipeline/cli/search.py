@@ -103,13 +103,13 @@ def print_estimate(runtime: Runtime, config: SessionConfig) -> None:
     print("basis: " + "; ".join(estimate.basis))
     rounds = rounds_left(start_search(config.prompt, config.params, "estimate"))
     now = time.time()
-    done = estimate_completion(now=now, deadline_at=now + config.deadline_hours * 3600, rounds=rounds,
+    done = estimate_completion(now=now, deadline_at=now + runtime.sessions.deadline_hours(config) * 3600, rounds=rounds,
                                params=config.params, mode=config.tier, turnaround=runtime.ledger.observed_turnaround())
     print(f"time: about {done.wait_hours:.2f} h ({done.basis}); deadline {config.deadline_hours:g} h")
 
 
 def completion_line(runtime: Runtime, session_id: str) -> str:
-    row = runtime.ledger.session(session_id)
+    row = runtime.sessions.row(session_id)
     done = session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(session_id),
                               mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround())
     return f"{done.to_json()['estimatedCompletionTime']} (in {done.wait_hours:.2f} h; {done.basis})"
