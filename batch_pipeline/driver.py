@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.deadlines import DeadlineAction, enforce_round_deadlines
@@ -165,7 +165,7 @@ class Driver:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, until: Callable[[Tick], bool], *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
-            sleep: Callable[[float], None] = time.sleep, on_tick: Callable[[Tick], None] | None = None) -> Tick:
+            sleep: Callable[[float], object] = time.sleep, on_tick: Callable[[Tick], None] | None = None) -> Tick:
         """Tick until `until(tick)` holds or `timeout_s` passes, backing off between ticks on the poll
         policy. Transient errors (the API unreachable, the ledger held by another process) are logged and
         waited out with a growing delay; they never end the loop. Returns the last tick."""
@@ -195,8 +195,8 @@ class Driver:
             sleep(max(0.0, min(policy.delay(polls, key=self.owner, consecutive_errors=errors), deadline - self.clock())))
             polls += 1
 
-    def run_session(self, session_id: str, **kwargs) -> SessionProgress:
-        """Drive one owned session to its end (or the timeout) and return where it stands."""
+    def run_session(self, session_id: str, **kwargs: Any) -> SessionProgress:
+        """Drive one owned session to its end (or the timeout) and return where it stands; `kwargs` go to `run`."""
 
         def ended(tick: Tick) -> bool:
             progress = tick.progress.get(session_id)

@@ -144,7 +144,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, *, timeout_s: float) -> Non
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on port {port}")
+            program = proc.args[0] if isinstance(proc.args, list) else proc.args  # _spawn passes a list
+            raise RuntimeError(f"{program!s} exited with {proc.returncode} before listening on port {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -302,7 +303,8 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
                   flush=True)
             last = status
             if state == "completed":
-                print(f"winner: {winner}: {reader.candidate_prompt(session_id, winner)}")
+                prompt = reader.candidate_prompt(session_id, winner) if winner is not None else None
+                print(f"winner: {winner}: {prompt}")
                 paid, standard, avoided = reader.session_spend(session_id)
                 print(f"cost: paid {format_usd(paid)}; the standard tier would have cost {format_usd(standard)} for the "
                       f"same calls (saved {percent(saved_share(paid, standard))}); "

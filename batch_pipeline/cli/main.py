@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             from openai_simulator.__main__ import main as simulator_main
 
-            return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+            simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+            return 0
         if args.command == "api":
             return run_api(args)
         if args.command == "search":
