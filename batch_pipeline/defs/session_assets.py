@@ -7,6 +7,8 @@ They are asset specs without a compute function of their own: the loop lives in 
 that moves it is one per tick, not one per session.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from batch_pipeline.defs.launch import SESSIONS
@@ -15,6 +17,9 @@ from batch_pipeline.ledger.reader import LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress
+
+if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no public name for it
+    from dagster._core.definitions.metadata import RawMetadataValue
 
 GROUP = "search"
 
@@ -72,11 +77,11 @@ def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg
 
 
 def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
-                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> dict[str, dict[str, object]]:
+                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> "dict[str, dict[str, RawMetadataValue]]":
     """The metadata of these views of one session after a step, by asset name (reads only)."""
     session_id, ledger, store = step.session_id, runtime.ledger, runtime.image_store
     names = {v.key.path[-1] for v in views}
-    step_md: dict[str, object] = {
+    step_md: dict[str, RawMetadataValue] = {
         "status": step.status,
         "iteration": step.iteration,
         "round": step.next_round or "done",
@@ -94,7 +99,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
     if step.error:
         step_md["error"] = step.error
 
-    found: dict[str, dict[str, object]] = {queued_requests.key.path[-1]: step_md}
+    found: dict[str, dict[str, RawMetadataValue]] = {queued_requests.key.path[-1]: step_md}
     if names & {"generated_prompts", "image_candidates"}:
         candidates = ledger.session_candidates(session_id)
         latest = max((c.iteration for c in candidates if c.image_path), default=None)
@@ -110,7 +115,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
         } if "image_candidates" in names else {}
     if "ranked_results" in names:
         state = SearchState.model_validate_json(ledger.session_state_json(session_id))
-        ranking: dict[str, object] = {
+        ranking: dict[str, RawMetadataValue] = {
             "status": step.status,
             "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
             "ranking": dg.MetadataValue.md(ranking_md(state, store)),

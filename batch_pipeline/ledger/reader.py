@@ -223,7 +223,8 @@ class LedgerReader:
         """(paid, standard price of the calls made, what the cache avoided) over a session's result rows."""
         with self.connect() as con:
             paid, standard, avoided = one_row(con.execute(
-                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
+                "SELECT coalesce(sum(r.cost_usd), 0),"
+                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
                 " coalesce(sum(r.standard_cost_usd) FILTER (r.tier = 'cache'), 0) FROM results r"
                 " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]))
         return Decimal(paid), Decimal(standard), Decimal(avoided)
@@ -245,7 +246,7 @@ class LedgerReader:
                 "  FILTER (WHERE q.session_id IS NOT NULL), b.created_at"
                 " FROM batches b LEFT JOIN batch_members m USING (batch_key) LEFT JOIN requests q USING (request_id)"
                 " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?", [limit]).fetchall()
-        return [BatchOverview(*(row[:9] + (tuple(row[9] or ()), row[10]))) for row in rows]
+        return [BatchOverview(*(*row[:9], tuple(row[9] or ()), row[10])) for row in rows]
 
     # -- the cost report ------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ class SpendingRecords(LedgerCore):
                 " coalesce(sum(standard) FILTER (tier != 'cache'), 0),"
                 " coalesce(sum(standard) FILTER (tier = 'cache'), 0), count(*) FILTER (tier = 'cache' AND ok),"
                 " count(*) FILTER (tier != 'cache' AND ok), count(*) FILTER (unpriced) FROM ("
-                f" SELECT r.tier, r.cost_usd AS cost, r.standard_cost_usd AS standard, r.outcome = 'succeeded' AS ok,"
+                " SELECT r.tier, r.cost_usd AS cost, r.standard_cost_usd AS standard,"
+                " r.outcome = 'succeeded' AS ok,"
                 f" ({_UNPRICED}) AS unpriced FROM results r JOIN requests q USING (request_id) {where}"
                 " UNION ALL SELECT 'batch', d.cost_usd, d.standard_cost_usd, true, false FROM duplicate_results d"
                 f" JOIN requests q USING (request_id) {where})", params))
