@@ -95,7 +95,7 @@ class CostBreakdown(BaseModel):
     actual: Decimal
     standard: Decimal
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects a decorator over @property; pydantic documents this
     @property
     def saved(self) -> Decimal:
         return self.standard - self.actual
