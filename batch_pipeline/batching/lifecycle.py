@@ -23,8 +23,10 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
-from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
-from batch_pipeline.batching.polling import ACTIVE_STATUSES, ENDED_STATUSES, PollPolicy
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome, Tier
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
 from batch_pipeline.failpoints import failpoint

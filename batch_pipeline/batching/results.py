@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
 from batch_pipeline.errors import BatchPipelineError
 

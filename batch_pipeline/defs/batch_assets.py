@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from batch_pipeline.batching.polling import ACTIVE_STATUSES
-from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, open_applied_rounds, \
-    rounds_terminal_result
+from batch_pipeline.vocabulary import ACTIVE_STATUSES
+from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, rounds_terminal_result
 from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
@@ -123,8 +122,8 @@ def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerR
             before: dict[str, SessionRound], keys_before: set[str], tick: Tick, started: float):
     with runtime.ledger.unit():
         steps = [p for p in tick.progress.values() if moved(before, p)]
-        corrupt = {p.session_id: rounds for p in steps
-                   if (rounds := open_applied_rounds(runtime.ledger, reader, p.session_id))}
+        corrupt = {p.session_id: {str(r): states for r, states in rounds.items()} for p in steps
+                   if (rounds := reader.open_applied_rounds(p.session_id))}
         for step in steps:
             if step.session_id not in corrupt:
                 record_session_views(context, runtime, reader, before.get(step.session_id), step)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from batch_pipeline.batching.polling import ENDED_STATUSES, PollPolicy
+from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.vocabulary import ENDED_STATUSES
 from batch_pipeline.ledger.reader import QueueState, SessionRound, WatchedBatch
 
 # A run key that failed (or finished without doing the work) this many times is not requested again:

@@ -126,6 +126,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 return
             with self.transaction() as con:
                 con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
+                _split_round_keys(con)
             _MIGRATED.add(_file_identity(self.path))
 
     # -- connections -------------------------------------------------------------------------
@@ -223,7 +224,7 @@ class Ledger(SessionRecords, SpendingRecords):
             if new:
                 insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
                     (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                     r.round_key, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
+                     r.iteration, r.round, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
                      "queued", 0, now, now)
                     for r in new])
                 insert_rows(con, "request_events", _EVENT_COLUMNS,
@@ -877,12 +878,21 @@ class Ledger(SessionRecords, SpendingRecords):
 _NOT_OF_AN_ENDED_SESSION = ("NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id"
                             " AND s.status != 'running')")
 _REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason",
-                           "round_key", "body",
+                           "iteration", "round", "body",
                            "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
 _EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key", "reason")
 _RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
                    "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
                    "standard_cost_usd", "price_version", "recorded_at")
+
+
+def _split_round_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Ledgers written before rounds were columns kept them as one `i{iteration}-{round}` key: split it, once."""
+    if con.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'requests'"
+                   " AND column_name = 'round_key'").fetchone():
+        con.execute("UPDATE requests SET iteration = CAST(regexp_extract(round_key, '^i([0-9]+)-', 1) AS INTEGER),"
+                    " round = regexp_extract(round_key, '^i[0-9]+-(.+)$', 1) WHERE round_key IS NOT NULL")
+        con.execute("ALTER TABLE requests DROP COLUMN round_key")
 
 
 _WRITER_LOCKS: dict[str, threading.RLock] = {}

@@ -95,14 +95,14 @@ class SessionRecords:
             con.execute("DELETE FROM rounds WHERE session_id = ?", [session_id])
             insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
                          [tuple(c.model_dump().values()) for c in candidates])
-            insert_rows(con, "rounds", (*RoundRow.model_fields, "cost_usd", "standard_cost_usd"),
-                         [(*r.model_dump().values(), 0, 0) for r in rounds])
+            insert_rows(con, "rounds", (*RoundRow.model_fields, "seq", "cost_usd", "standard_cost_usd"),
+                         [(*r.model_dump().values(), seq, 0, 0) for seq, r in enumerate(rounds)])
             # Exact costs per round come from the results rows, not from the state's float sums.
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
-                " SELECT q.round_key, sum(r.cost_usd) AS cost, sum(r.standard_cost_usd) AS standard"
-                " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY 1) c"
-                " WHERE rounds.session_id = ? AND c.round_key = 'i' || rounds.iteration || '-' || rounds.round",
+                " SELECT q.iteration, q.round, sum(r.cost_usd) AS cost, sum(r.standard_cost_usd) AS standard"
+                " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY ALL) c"
+                " WHERE rounds.session_id = ? AND c.iteration = rounds.iteration AND c.round = rounds.round",
                 [session_id, session_id])
         return True
 
@@ -139,8 +139,7 @@ class SessionRecords:
 
     def session_rounds(self, session_id: str) -> list[dict[str, Any]]:
         with self.connect() as con:
-            cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY iteration,"
-                              " CASE round WHEN 'text' THEN 0 WHEN 'image' THEN 1 ELSE 2 END", [session_id])
+            cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY seq, iteration", [session_id])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from statistics import median
 
 from batch_pipeline.records import CostFigures
+from batch_pipeline.vocabulary import RoundId
 
 # Rows whose cost is an estimate (an answer lost in flight) or unknown (a model without a price).
 _UNPRICED = "r.price_version LIKE 'unpriced:%' OR r.price_version LIKE 'estimate:unpriced:%'"
@@ -75,9 +76,9 @@ class SpendingRecords:
                 " GROUP BY 1, 2").fetchall()
         return {(op, model): (float(mean), int(n)) for op, model, mean, n in rows}
 
-    def round_started_at(self, session_id: str, round_key: str) -> float | None:
+    def round_started_at(self, session_id: str, round_id: RoundId) -> float | None:
         """When a session's round was first queued (None: not yet)."""
         with self.connect() as con:
-            (started,) = con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND round_key = ?",
-                                     [session_id, round_key]).fetchone()
+            (started,) = con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND iteration = ?"
+                                     " AND round = ?", [session_id, *round_id]).fetchone()
         return started

@@ -12,7 +12,8 @@ from typing import Protocol
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Outcome, RequestOutcome
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest
 from batch_pipeline.search.calls import Call, CallResult, ImageCall, TextCall, VisionCall
 
@@ -36,8 +37,6 @@ def _base_result(call: Call, outcome: RequestOutcome, tier: str | None) -> CallR
         usage={"input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
                "cached_tokens": outcome.cached_tokens},
         tier=tier,
-        cost_usd=float(outcome.cost_usd),
-        standard_cost_usd=float(outcome.standard_cost_usd),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from batch_pipeline.batching.models import Tier
+from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 
 TierMode = Literal["standard", "flex", "batch", "hybrid"]

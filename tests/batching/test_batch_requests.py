@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from batch_pipeline.batching.model_rules import is_reasoning_model, normalise_chat_params
-from batch_pipeline.batching.models import Endpoint
+from batch_pipeline.vocabulary import Endpoint
 from batch_pipeline.batching.requests import (
     IMAGE_TOKENS,
     ChatRequest,

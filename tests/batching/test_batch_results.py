@@ -7,7 +7,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import (
     ResultFileError,

@@ -12,7 +12,7 @@ import pytest
 from openai.types import CompletionUsage
 
 from batch_pipeline.batching import pricing
-from batch_pipeline.batching.models import Tier
+from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import (
     CostBreakdown,
     PriceCatalog,

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from batch_pipeline.batching.limits import SplitLimits
-from batch_pipeline.batching.models import Outcome, Tier
+from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.errors import is_transient
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
 from batch_pipeline.ledger import Ledger

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.batching.models import Outcome, Tier
+from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
 from batch_pipeline.ledger.ledger import RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
@@ -346,3 +346,24 @@ def test_every_request_reaches_exactly_one_terminal_state(ledger, queue, outcome
         assert dict(con.execute("SELECT request_id, count(*) FROM results GROUP BY 1").fetchall()) == {
             rid: attempts(ledger, rid) for rid in ids}
     assert set(states.values()) == TERMINAL_REQUEST_STATES  # every ending was exercised
+
+
+def test_a_ledger_that_kept_rounds_as_one_key_is_split_into_columns_once(ledger, ledger_path, clock, tmp_path):
+    from batch_pipeline.batching.requests import ChatRequest, build_request
+    from batch_pipeline.vocabulary import RoundId
+
+    request = build_request(ChatRequest(key="k1", model="gpt-5-mini", messages=[{"role": "user", "content": "Hi?"}]),
+                            namespace="t", operation="expand", session_id="s1", round_id=RoundId(12, "vision"))
+    ledger.enqueue([request])
+    with ledger.transaction() as con:  # what a ledger written before the columns looked like
+        con.execute("ALTER TABLE requests ADD COLUMN round_key VARCHAR")
+        con.execute("UPDATE requests SET round_key = 'i12-vision', iteration = NULL, round = NULL")
+    old = tmp_path / "old" / "ledger.duckdb"
+    old.parent.mkdir()
+    old.write_bytes(ledger_path.read_bytes())
+    migrated = Ledger(old, clock=clock)
+    with migrated.connect() as con:
+        assert con.execute("SELECT iteration, round FROM requests").fetchall() == [(12, "vision")]
+        columns = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns"
+                                             " WHERE table_name = 'requests'").fetchall()}
+    assert "round_key" not in columns

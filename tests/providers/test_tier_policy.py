@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_pipeline.batching.models import Tier
+from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.providers.tier_policy import TierPolicy
 
