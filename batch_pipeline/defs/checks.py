@@ -43,7 +43,7 @@ def budgets_result(reader: LedgerReader, session_ids: list[str]) -> dg.AssetChec
         budget = reader.session_budget(session_id)
         if budget is None:
             continue
-        paid, _standard, _avoided = reader.session_spend(session_id)
+        paid = reader.cost_figures(session_id=session_id).paid
         if paid > budget:
             over[session_id] = f"spent {format_usd(paid)} of a {format_usd(budget)} budget"
     return dg.AssetCheckResult(

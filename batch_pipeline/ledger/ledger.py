@@ -752,18 +752,6 @@ class Ledger(SessionRecords, SpendingRecords):
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def cost_totals(self, *, session_id: str | None = None) -> dict[str, Decimal]:
-        """What was paid, and what standard would have charged, over every result row and every line of
-        a duplicate batch (paid for too)."""
-        where, params = ("WHERE q.session_id = ?", [session_id, session_id]) if session_id is not None else ("", [])
-        sql = ("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0), count(*) FROM ("
-               f" SELECT r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id) {where}"
-               " UNION ALL SELECT d.cost_usd, d.standard_cost_usd FROM duplicate_results d"
-               f" JOIN requests q USING (request_id) {where})")
-        with self.connect() as con:
-            actual, standard, n = con.execute(sql, params).fetchone()
-        return {"actual": Decimal(actual), "standard": Decimal(standard), "saved": Decimal(standard) - Decimal(actual), "rows": n}
-
     def check_invariants(self) -> list[str]:
         """Violations of the ledger's invariants (empty when all hold). Used by tests and asset checks."""
         problems = []

@@ -19,7 +19,9 @@ import orjson
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerBusy, is_lock_error
+from batch_pipeline.ledger.spending import cost_figures_on
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.records import CostFigures
 from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId
 
 _TERMINAL = tuple(str(s) for s in TERMINAL_REQUEST_STATES)
@@ -221,14 +223,10 @@ class LedgerReader:
                 " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
                 " ORDER BY 1").fetchall()
 
-    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal, Decimal]:
-        """(paid, standard price of the calls made, what the cache avoided) over a session's result rows."""
+    def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
+        """The three cost figures (`spending.cost_figures_on`), read without the writer's lock."""
         with self.connect() as con:
-            paid, standard, avoided = con.execute(
-                "SELECT coalesce(sum(r.cost_usd), 0), coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
-                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier = 'cache'), 0) FROM results r"
-                " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]).fetchone()
-        return Decimal(paid), Decimal(standard), Decimal(avoided)
+            return cost_figures_on(con, session_id)
 
     def session_budget(self, session_id: str) -> Decimal | None:
         with self.connect() as con:
@@ -252,12 +250,11 @@ class LedgerReader:
     # -- the cost report ------------------------------------------------------------------------
 
     def cost_rows(self) -> list[CostRow]:
-        """Spend by UTC day, model, tier and operation over every result row (every attempt)."""
+        """Spend by UTC day, model, tier and operation over every paid line (every attempt, duplicate lines too)."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT CAST(epoch_ms(CAST(floor(r.recorded_at * 1000) AS BIGINT)) AS DATE) AS day, q.model, r.tier,"
-                " q.operation, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images),"
-                " sum(r.cost_usd), sum(r.standard_cost_usd)"
-                " FROM results r JOIN requests q USING (request_id) GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
+                "SELECT CAST(epoch_ms(CAST(floor(recorded_at * 1000) AS BIGINT)) AS DATE) AS day, model, tier,"
+                " operation, count(*), sum(input_tokens), sum(output_tokens), sum(images),"
+                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
         return [CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))
                 for day, model, tier, op, n, i, o, im, c, s in rows]

@@ -180,3 +180,19 @@ CREATE VIEW IF NOT EXISTS batch_turnaround AS
     SELECT model, endpoint, request_count, ended_at - coalesce(create_sent_at, created_at) AS seconds, ended_at
     FROM batches
     WHERE status = 'completed' AND ended_at IS NOT NULL AND duplicate_of IS NULL AND deadline_tier IS NULL;
+
+-- Every line that was (or would have been) paid: each attempt's result row, and each line a duplicate batch ran
+-- (paid for, answer not needed). The one source of money: the cost figures, a session's tiers and rounds, the
+-- CLI summary and the cost report all aggregate this view. `tier` is 'duplicate' for a duplicate batch's line,
+-- 'lost' for an answer lost in flight (its cost estimated); `counted_tier` is the tier it ran on in either case.
+CREATE OR REPLACE VIEW spend AS
+    SELECT q.session_id, q.iteration, q.round, q.model, q.operation, r.request_id,
+           CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier, r.tier AS counted_tier,
+           r.outcome, r.input_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,
+           coalesce(r.price_version LIKE 'unpriced:%' OR r.price_version LIKE 'estimate:unpriced:%', false) AS unpriced,
+           r.recorded_at
+    FROM results r JOIN requests q USING (request_id)
+    UNION ALL
+    SELECT q.session_id, q.iteration, q.round, q.model, q.operation, d.request_id, 'duplicate', 'batch', d.outcome,
+           d.input_tokens, d.output_tokens, d.images, d.cost_usd, d.standard_cost_usd, false, d.recorded_at
+    FROM duplicate_results d JOIN requests q USING (request_id);

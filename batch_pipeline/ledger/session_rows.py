@@ -100,8 +100,8 @@ class SessionRecords:
             # Exact costs per round come from the results rows, not from the state's float sums.
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
-                " SELECT q.iteration, q.round, sum(r.cost_usd) AS cost, sum(r.standard_cost_usd) AS standard"
-                " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY ALL) c"
+                " SELECT iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
+                " FROM spend WHERE session_id = ? GROUP BY ALL) c"
                 " WHERE rounds.session_id = ? AND c.iteration = rounds.iteration AND c.round = rounds.round",
                 [session_id, session_id])
         return True
@@ -156,13 +156,9 @@ class SessionRecords:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT tier, count(*), sum(input_tokens), sum(output_tokens), sum(images), sum(cost_usd),"
-                " sum(standard_cost_usd) FROM ("
-                " SELECT CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier, r.input_tokens,"
-                " r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id)"
-                " WHERE q.session_id = ? AND (r.outcome = 'succeeded' OR r.price_version LIKE 'estimate:%')"
-                " UNION ALL SELECT 'duplicate', d.input_tokens, d.output_tokens, d.images, d.cost_usd, d.standard_cost_usd"
-                " FROM duplicate_results d JOIN requests q USING (request_id) WHERE q.session_id = ?)"
-                " GROUP BY 1 ORDER BY 1", [session_id, session_id]).fetchall()
+                " sum(standard_cost_usd) FROM spend WHERE session_id = ?"
+                "  AND (outcome = 'succeeded' OR tier IN ('lost', 'duplicate')) GROUP BY 1 ORDER BY 1",
+                [session_id]).fetchall()
         return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),
                        "cost_usd": Decimal(c or 0), "standard_cost_usd": Decimal(s or 0)}
                 for tier, n, i, o, im, c, s in rows}

@@ -198,7 +198,7 @@ def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_
         paid = con.execute("SELECT sum(cost_usd) FROM results").fetchone()[0]
     # Paid for, so accounted: every line the duplicate ran is costed, and the totals include it.
     assert dup_lines == 3 and dup_cost > 0
-    assert ledger.cost_totals()["actual"] == paid + dup_cost
+    assert ledger.cost_figures().paid == paid + dup_cost
     assert ledger.session_costs("s1")["duplicate"]["calls"] == 3
     assert ledger.check_invariants() == []
 

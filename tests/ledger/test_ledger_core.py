@@ -294,7 +294,7 @@ def test_cached_response_is_found_only_for_a_succeeded_identical_body(ledger, ma
     assert ledger.find_cached_results([hashlib.sha256(b"never seen").hexdigest()]) == {}
 
 
-def test_cost_totals_sum_actual_and_standard_costs_per_session(ledger, queue, submit, outcomes):
+def test_cost_figures_sum_paid_and_standard_costs_per_session(ledger, queue, submit, outcomes):
     queue("a", "b", session_id="s1")
     queue("c", session_id="s2")
     submit("bpb_1", ["t-a", "t-b", "t-c"])
@@ -302,11 +302,12 @@ def test_cost_totals_sum_actual_and_standard_costs_per_session(ledger, queue, su
         outcomes.ok("t-a", cost="0.00060250", standard="0.00120500"),
         outcomes.ok("t-b", cost="0.10000000", standard="0.20000000"),
         outcomes.ok("t-c", cost="1.25", standard="2.50")], max_attempts=3)
-    s1 = ledger.cost_totals(session_id="s1")
-    assert (s1["actual"], s1["standard"], s1["saved"], s1["rows"]) == (
+    s1 = ledger.cost_figures(session_id="s1")
+    assert (s1.paid, s1.standard_for_calls, s1.tier_saved, s1.calls) == (
         Decimal("0.1006025"), Decimal("0.201205"), Decimal("0.1006025"), 2)
-    assert ledger.cost_totals()["actual"] == Decimal("1.3506025")
-    assert ledger.cost_totals(session_id="nobody") == {"actual": 0, "standard": 0, "saved": 0, "rows": 0}
+    assert ledger.cost_figures().paid == Decimal("1.3506025")
+    nobody = ledger.cost_figures(session_id="nobody")
+    assert (nobody.paid, nobody.standard_for_calls, nobody.cache_avoided, nobody.calls) == (0, 0, 0, 0)
 
 
 # -- invariants and durability ------------------------------------------------------------------
