@@ -117,7 +117,8 @@ class SessionService:
         state = start_search(config.prompt, config.params, session_id)
         created = self.ledger.create_session(session_id, config.prompt,
                                              config.model_dump(mode="json") | {"fingerprint": fingerprint},
-                                             state.model_dump_json(), deadline_at=self.clock() + config.deadline_hours * 3600)
+                                             state.model_dump_json(), deadline_at=self.clock() + config.deadline_hours * 3600,
+                                             next_round=state.next_round)
         if not created:
             existing = self.ledger.session(session_id)
             if existing is not None and existing.config.get("fingerprint") != fingerprint:

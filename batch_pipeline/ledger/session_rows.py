@@ -64,7 +64,7 @@ class SessionRecords:
     """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
 
     def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,
-                       deadline_at: float) -> bool:
+                       deadline_at: float, *, next_round: str) -> bool:
         """Record a new session; False (and no change) if it exists already."""
         now = self.clock()
         with self.transaction() as con:
@@ -72,8 +72,8 @@ class SessionRecords:
                 return False
             con.execute(
                 "INSERT INTO sessions (session_id, user_prompt, config, status, state, iteration, next_round,"
-                " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, 'text', ?, ?, ?)",
-                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, deadline_at, now, now])
+                " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, ?, ?, ?, ?)",
+                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, next_round, deadline_at, now, now])
         return True
 
     def save_session(self, session_id: str, *, state_json: str, status: str, iteration: int, next_round: str | None,
