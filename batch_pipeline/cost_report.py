@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from batch_pipeline.batching.pricing import format_usd as money
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger.reader import CostRow, LedgerReader
 
 CSV_COLUMNS = ("day", "model", "tier", "operation", "calls", "input_tokens", "output_tokens", "images",
@@ -91,12 +91,13 @@ class CostReport:
                  " | standard for these calls | batch/flex saved | saved % | cache avoided |", "|" + "---|" * 13]
         for r in self.rows:
             lines.append(f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
-                         f" | {r.output_tokens:,} | {r.images:,} | {money(r.cost_usd)} | {money(standard_for_calls(r))}"
-                         f" | {money(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
-                         f" | {money(cache_avoided(r))} |")
-        lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{money(self.paid)}**"
-                     f" | {money(self.standard)} | **{money(self.standard - self.paid)}**"
-                     f" | {percent(saved_share(self.paid, self.standard))} | **{money(self.cache_avoided)}** |")
+                         f" | {r.output_tokens:,} | {r.images:,} | {format_usd(r.cost_usd)}"
+                         f" | {format_usd(standard_for_calls(r))}"
+                         f" | {format_usd(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
+                         f" | {format_usd(cache_avoided(r))} |")
+        lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{format_usd(self.paid)}**"
+                     f" | {format_usd(self.standard)} | **{format_usd(self.standard - self.paid)}**"
+                     f" | {percent(saved_share(self.paid, self.standard))} | **{format_usd(self.cache_avoided)}** |")
         return "\n".join(lines)
 
     def write_csv(self, path: Path) -> Path:
@@ -128,7 +129,7 @@ class CostReport:
             value = peak * tick / 4
             y = height - bottom - plot_h * tick / 4
             draw.line([(left - 5, y), (left, y)], fill="black")
-            draw.text((8, y - 7), money(value), fill="black", font=small)
+            draw.text((8, y - 7), format_usd(value), fill="black", font=small)
         slot = (width - left - 40) / max(1, len(days))
         bar = min(60, slot / 3)
         for i, (day, (paid, standard)) in enumerate(days):

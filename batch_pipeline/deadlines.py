@@ -19,7 +19,7 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase
 from batch_pipeline.providers.tier_policy import TierPolicy
 from batch_pipeline.search import SearchState
-from batch_pipeline.vocabulary import ENDED_STATUSES, Tier
+from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId, Tier
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def round_deadline(*, round_started_at: float, session_deadline_at: float, round
 @dataclass
 class DeadlineAction:
     session_id: str
-    round_key: str
+    round_id: RoundId
     reason: str
     cancelled_batches: list[str]
     moved_queued: int
@@ -60,8 +60,7 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
         left = rounds_left(state)
         if not left:
             continue
-        round_key = f"i{state.iteration}-{state.next_round}"
-        started = ledger.round_started_at(row.session_id, round_key)
+        started = ledger.round_started_at(row.session_id, state.round_id)
         if started is None:
             continue
         due = round_deadline(round_started_at=started, session_deadline_at=row.deadline_at, rounds_left=len(left))
@@ -70,7 +69,7 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
             continue
         model, _endpoint = round_model(state.params, state.next_round)
         tier = policy.deadline_tier(model, catalog)
-        reason = (f"deadline: round {round_key} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
+        reason = (f"deadline: round {state.round_id} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
                   f"{len(left)} rounds left); its batch was cancelled and the rest runs on {tier}")
         queued = [r.request_id for r in ledger.queued_rows(tier=Tier.BATCH, session_id=row.session_id)]
         if queued:
@@ -86,7 +85,7 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
         if queued or cancelled:
             log.warning("session %s: %s (%d queued moved, batches cancelled: %s)", row.session_id, reason, len(queued),
                         cancelled or "none")
-            actions.append(DeadlineAction(row.session_id, round_key, reason, cancelled, len(queued)))
+            actions.append(DeadlineAction(row.session_id, state.round_id, reason, cancelled, len(queued)))
     ledger.set_round_deadlines(planned)  # so a sensor that only reads knows when to call this again
     return actions
 

@@ -4,7 +4,7 @@ Every error the project raises descends from one root; a `Transient` one is wait
 
     BatchPipelineError
     ├── SettingsError (ValueError)        settings.py: a variable or option is invalid, named
-    ├── ApiConfigError (ValueError)       api.py: the API's security settings do not fit the bind address
+    ├── ApiConfigError (ValueError)       api/app.py: the API's security settings do not fit the bind address
     ├── RequestValidationError (ValueError)  batching/requests.py: a request the API would refuse
     ├── UnknownPriceError (LookupError)   batching/pricing.py: a model or size the catalog does not price
     ├── UnpricedModelError (ValueError)   batching/pricing.py: a session names such a model: refused at launch

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
+from batch_pipeline.vocabulary import Endpoint, Outcome, RoundId, Tier
 
 # The Batch API's custom_id: what a request id must look like (batching.requests.make_custom_id makes them).
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -27,11 +27,16 @@ class QueuedRequest(BaseModel):
     model: str
     tier: Tier = Tier.BATCH
     tier_reason: str | None = None
-    round_key: str | None = None
+    iteration: int | None = None  # with `round`: the session step that asked for it (a RoundId)
+    round: str | None = None
     body: dict[str, Any]
     body_hash: str
     est_prompt_tokens: int
     line_bytes: int = Field(description="bytes of the JSONL line once image refs are inlined")
+
+    @property
+    def round_id(self) -> RoundId | None:
+        return None if self.iteration is None or self.round is None else RoundId(self.iteration, self.round)
 
     @model_validator(mode="after")
     def _custom_id_is_valid(self) -> QueuedRequest:

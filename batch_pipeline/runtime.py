@@ -55,11 +55,11 @@ def build_runtime(settings: Settings, *, client: openai.OpenAI | None = None, le
     """Everything the pipeline needs, from settings; pass `client`, `ledger` or `image_store` to
     supply your own (tests, Dagster resources)."""
     client = client or openai.OpenAI(**settings.openai_client_kwargs())
-    ledger = ledger or Ledger(settings.ledger_path, clock=clock)
-    image_store = image_store or ImageStore(settings.image_root)
+    ledger = ledger or Ledger(settings.home.ledger, clock=clock)
+    image_store = image_store or ImageStore(settings.home.images)
     catalog = PriceCatalog.load(extra=settings.batch_prices_file)
     manager = BatchLifecycle(
-        client, ledger, files_dir=settings.batch_files_dir, image_store=image_store, catalog=catalog,
+        client, ledger, files_dir=settings.home.batch_files, image_store=image_store, catalog=catalog,
         limits=SplitLimits(max_requests=settings.batch_max_requests_per_file, max_bytes=settings.batch_max_file_bytes),
         max_attempts=settings.batch_max_attempts,
         poll_policy=poll_policy or PollPolicy(initial_s=settings.batch_poll_interval_ms / 1000),

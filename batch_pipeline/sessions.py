@@ -30,7 +30,7 @@ from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.records import QueuedRequest
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
 from batch_pipeline.search.schemas import not_blank
-from batch_pipeline.vocabulary import ENDED_STATUSES
+from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class SessionService:
         state = start_search(config.prompt, config.params, session_id)
         created = self.ledger.create_session(session_id, config.prompt,
                                              config.model_dump(mode="json") | {"fingerprint": fingerprint},
-                                             state.model_dump_json(), deadline_at=self.clock() + self.deadline_hours(config) * 3600)
+                                             state.model_dump_json(), deadline_at=self.clock() + self.deadline_hours(config) * 3600,
+                                             next_round=state.next_round)
         if not created:
             existing = self.ledger.session(session_id)
             if existing is not None and existing.config.get("fingerprint") != fingerprint:
@@ -168,15 +169,15 @@ class SessionService:
             calls = plan_round(state)
             results = {}
             if calls:
-                round_key = f"i{state.iteration}-{state.next_round}"
+                round_id = state.round_id
                 requests = None
-                if self.ledger.round_started_at(session_id, round_key) is None:  # not sent yet: plan, then price
+                if self.ledger.round_started_at(session_id, round_id) is None:  # not sent yet: plan, then price
                     round_due = round_deadline(round_started_at=self.clock(), session_deadline_at=row.deadline_at,
                                                rounds_left=len(rounds_left(state)))
-                    requests = self.executor.plan(session_id, calls, mode=mode, deadline_at=round_due, round_key=round_key)
-                    if budget is not None and (stop := self._over_budget(session_id, round_key, requests, Decimal(budget))):
+                    requests = self.executor.plan(session_id, calls, mode=mode, deadline_at=round_due, round_id=round_id)
+                    if budget is not None and (stop := self._over_budget(session_id, round_id, requests, Decimal(budget))):
                         return self._stop(state, stop)
-                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at, round_key=round_key,
+                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at, round_id=round_id,
                                      requests=requests)
                 failpoint("round-queued")
                 self.executor.apply_fallback(session_id, deadline_at=row.deadline_at)
@@ -198,14 +199,14 @@ class SessionService:
                 return self._ended(session_id)
         return self._progress(state, "completed")
 
-    def _over_budget(self, session_id: str, round_key: str, requests: Sequence[QueuedRequest],
+    def _over_budget(self, session_id: str, round_id: RoundId, requests: Sequence[QueuedRequest],
                      budget: Decimal) -> str | None:
         """Why this round must not be sent (it would take the session over its budget), or None."""
         spent = self.ledger.cost_figures(session_id=session_id).paid
         estimate = self.executor.estimate_cost(requests)
         if spent + estimate <= budget:
             return None
-        return (f"budget: round {round_key} ({len(requests)} calls) would cost about {format_usd(estimate)}; "
+        return (f"budget: round {round_id} ({len(requests)} calls) would cost about {format_usd(estimate)}; "
                 f"{format_usd(spent)} of the {format_usd(budget)} budget is spent, so it was not sent")
 
     def _stop(self, state: SearchState, reason: str) -> SessionProgress:

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Required, TypedDict, get_args
 from urllib.parse import urlsplit
@@ -129,6 +130,29 @@ class OpenAIClientKwargs(TypedDict, total=False):
     base_url: str | None
 
 
+@dataclass(frozen=True)
+class PipelineHome:
+    """What lives under BATCH_PIPELINE_HOME, named once: the ledger, the image store, batch files, reports."""
+
+    root: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.duckdb"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def batch_files(self) -> Path:
+        return self.root / "batch_files"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
 class Settings(BaseSettings):
     """Every environment variable the pipeline reads; the variable name is the field name upper-cased."""
 
@@ -226,16 +250,8 @@ class Settings(BaseSettings):
         return self.openai_base_url is not None and is_loopback_host(urlsplit(self.openai_base_url).hostname or "")
 
     @property
-    def ledger_path(self) -> Path:
-        return self.batch_pipeline_home / "ledger.duckdb"
-
-    @property
-    def image_root(self) -> Path:
-        return self.batch_pipeline_home / "images"
-
-    @property
-    def batch_files_dir(self) -> Path:
-        return self.batch_pipeline_home / "batch_files"
+    def home(self) -> PipelineHome:
+        return PipelineHome(self.batch_pipeline_home)
 
     def openai_client_kwargs(self) -> OpenAIClientKwargs:
         """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""

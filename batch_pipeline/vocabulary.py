@@ -1,4 +1,4 @@
-"""The shared vocabulary, written once: tiers, endpoints, request outcomes and remote batch statuses.
+"""The shared vocabulary, written once: tiers, endpoints, request outcomes, remote batch statuses, round ids.
 
 Every layer (batch core, ledger, providers, search sessions, API, Dagster) imports these from here;
 the request and batch state machines live with the ledger that enforces them (`ledger/states.py`).
@@ -6,7 +6,7 @@ the request and batch state machines live with the ledger that enforces them (`l
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 
 class Tier(StrEnum):
@@ -44,4 +44,20 @@ RemoteBatchStatus = Literal["validating", "failed", "in_progress", "finalizing",
 ENDED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset(set(get_args(RemoteBatchStatus)) - ENDED_STATUSES)
 
-__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "BatchEndpoint", "Endpoint", "Outcome", "RemoteBatchStatus", "Tier"]
+
+
+class RoundId(NamedTuple):
+    """Which step of a session asked for a request: the search's iteration and round (`text`, `image`, `vision`).
+
+    Stored as two columns (`requests.iteration`, `requests.round`); `str()` is the label people read, `i1-vision`.
+    """
+
+    iteration: int
+    round: str
+
+    def __str__(self) -> str:
+        return f"i{self.iteration}-{self.round}"
+
+
+__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "BatchEndpoint", "Endpoint", "Outcome", "RemoteBatchStatus", "RoundId",
+           "Tier"]

@@ -147,7 +147,7 @@ def run_once(sessions: int, turnaround: str, sensor_interval_s: int, timeout_s: 
         ledger = Ledger(paths.ledger_path)
         problems = ledger.check_invariants()
         with ledger.connect() as con:
-            rounds = con.execute("SELECT count(DISTINCT round_key) FROM requests WHERE session_id = ?",
+            rounds = con.execute("SELECT count(DISTINCT (iteration, round)) FROM requests WHERE session_id = ?",
                                  [ids[0]]).fetchone()[0]
             batch_count = con.execute("SELECT count(*) FROM batches").fetchone()[0]
         remote = list(openai.OpenAI(api_key="sk-bench", base_url=base_url).batches.list(limit=100))

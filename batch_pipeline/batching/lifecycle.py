@@ -24,15 +24,15 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
-from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
-from batch_pipeline.batching.polling import ACTIVE_STATUSES, ENDED_STATUSES, PollPolicy
+from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
 from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
 from batch_pipeline.ledger.states import BatchPhase
-from batch_pipeline.vocabulary import BatchEndpoint
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES, BatchEndpoint, Outcome, Tier
 
 log = logging.getLogger(__name__)
 

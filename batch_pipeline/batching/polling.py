@@ -10,7 +10,7 @@ import random
 
 from pydantic import BaseModel, Field
 
-from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES  # noqa: F401  (re-exported for callers)
+from batch_pipeline.vocabulary import ENDED_STATUSES
 
 
 class PollPolicy(BaseModel):

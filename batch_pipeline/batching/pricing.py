@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from batch_pipeline.batching.models import Tier
 from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import CostFigures
+from batch_pipeline.vocabulary import Tier
 
 if TYPE_CHECKING:
     from openai.types import CompletionUsage

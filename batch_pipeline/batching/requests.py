@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field, ValidationError
 from batch_pipeline.batching.image_store import ImageStore, is_ref
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
-from batch_pipeline.batching.models import Endpoint, Tier
 from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import QueuedRequest
+from batch_pipeline.vocabulary import Endpoint, RoundId, Tier
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Prompt-token estimate for an image part, by detail (OpenAI vision pricing: low is a fixed 85
@@ -88,7 +88,7 @@ def build_request(
     session_id: str | None = None,
     tier: Tier = Tier.BATCH,
     tier_reason: str | None = None,
-    round_key: str | None = None,
+    round_id: RoundId | None = None,
     image_store: ImageStore | None = None,
 ) -> QueuedRequest:
     """Validate and normalise `request` into the record the ledger queues."""
@@ -107,7 +107,8 @@ def build_request(
             model=request.model,
             tier=tier,
             tier_reason=tier_reason,
-            round_key=round_key,
+            iteration=round_id.iteration if round_id else None,
+            round=round_id.round if round_id else None,
             body=body,
             body_hash=body_hash(request.endpoint, body),
             est_prompt_tokens=est_tokens,

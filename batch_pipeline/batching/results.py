@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Endpoint, Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
 from batch_pipeline.errors import BatchPipelineError
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
 # Worth another attempt: throttling, timeouts, conflicts and server errors (the SDK's own retry set).
 RETRYABLE_STATUS = {408, 409, 429}

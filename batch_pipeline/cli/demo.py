@@ -22,12 +22,12 @@ from typing import IO
 
 import dagster as dg
 
-from batch_pipeline.batching.pricing import format_usd
+from batch_pipeline.batching.pricing import cost_lines
 from batch_pipeline.cli.main import HelpWithDefaults
-from batch_pipeline.cost_report import percent, saved_share
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger.reader import LedgerReader
+from batch_pipeline.settings import PipelineHome
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python
@@ -47,7 +47,7 @@ class DemoPaths:
 
     @property
     def ledger_path(self) -> Path:
-        return self.pipeline_home / "ledger.duckdb"
+        return PipelineHome(self.pipeline_home).ledger
 
 
 def free_port() -> int:
@@ -305,11 +305,8 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
             if state == "completed":
                 prompt = reader.candidate_prompt(session_id, winner) if winner is not None else None
                 print(f"winner: {winner}: {prompt}")
-                paid, standard, avoided = reader.session_spend(session_id)
-                print(f"cost: paid {format_usd(paid)}; the standard tier would have cost {format_usd(standard)} for the "
-                      f"same calls (saved {percent(saved_share(paid, standard))}); "
-                      f"the cache avoided {format_usd(avoided)}. "
-                      "Full report: materialise cost_report.")
+                print("cost: " + "; ".join(cost_lines(reader.cost_figures(session_id=session_id)))
+                      + ". Full report: materialise cost_report.")
                 if exit_when_done:
                     # The step that completed the session still renders its views: let it finish.
                     wait_for_runs_to_finish(paths, timeout_s=120)

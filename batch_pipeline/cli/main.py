@@ -308,9 +308,9 @@ def run_stage(name: str, runtime: Runtime, requests: list) -> None:
 def print_summary(ledger: Ledger) -> None:
     with ledger.connect() as con:
         by_op = con.execute(
-            "SELECT q.operation, q.model, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images),"
-            " sum(r.cost_usd), sum(r.standard_cost_usd) FROM results r JOIN requests q USING (request_id)"
-            " WHERE r.outcome = 'succeeded' GROUP BY 1, 2 ORDER BY 1").fetchall()
+            "SELECT operation, model, count(*), sum(input_tokens), sum(output_tokens), sum(images),"
+            " sum(cost_usd), sum(standard_cost_usd) FROM spend WHERE outcome = 'succeeded' GROUP BY 1, 2 ORDER BY 1"
+        ).fetchall()
         batches = con.execute("SELECT status, count(*), sum(request_count) FROM batches GROUP BY 1").fetchall()
     print("\nrequests by state:", ledger.state_counts())
     print("batches:", {status: f"{n} ({reqs} requests)" for status, n, reqs in batches})

@@ -24,6 +24,7 @@ from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
 from batch_pipeline.settings import SettingsError, load_settings, mask_url
+from batch_pipeline.vocabulary import RoundId
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -147,7 +148,7 @@ def print_report(runtime: Runtime, session_id: str, progress: SessionProgress) -
           + ", ".join(f"i{k}: {s:+.3f}" for k, s in enumerate(state.final_best_scores)))
     print(f"\n{'round':<10} {'calls':>6} {'ok':>5} {'failed':>6} {'in tok':>9} {'out tok':>8}")
     for r in state.rounds:
-        print(f"i{r.iteration}-{r.round:<7} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} "
+        print(f"{RoundId(r.iteration, r.round)!s:<10} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} "
               f"{r.input_tokens:>9} {r.output_tokens:>8}")
     print(f"{len(state.rounds)} rounds, {sum(r.calls for r in state.rounds)} calls")
     costs = runtime.ledger.session_costs(session_id)

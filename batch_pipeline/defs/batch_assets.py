@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from batch_pipeline.batching.polling import ACTIVE_STATUSES
-from batch_pipeline.defs.checks import (
-    TICK_CHECKS,
-    budgets_result,
-    invariants_result,
-    open_applied_rounds,
-    rounds_terminal_result,
-)
+from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, rounds_terminal_result
 from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
@@ -33,7 +26,7 @@ from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger.reader import BatchOverview, LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.sessions import SessionProgress
-from batch_pipeline.vocabulary import Tier
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, Tier
 
 if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no public name for it
     from dagster._core.definitions.metadata import RawMetadataValue
@@ -133,8 +126,8 @@ def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerR
             started: float) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     with runtime.ledger.unit():
         steps = [p for p in tick.progress.values() if moved(before, p)]
-        corrupt = {p.session_id: rounds for p in steps
-                   if (rounds := open_applied_rounds(runtime.ledger, reader, p.session_id))}
+        corrupt = {p.session_id: {str(r): states for r, states in rounds.items()} for p in steps
+                   if (rounds := reader.open_applied_rounds(p.session_id))}
         for step in steps:
             if step.session_id not in corrupt:
                 record_session_views(context, runtime, reader, before.get(step.session_id), step)

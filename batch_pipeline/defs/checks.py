@@ -11,9 +11,6 @@ import dagster as dg
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import LedgerReader
-from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
-
-_TERMINAL = {str(s) for s in TERMINAL_REQUEST_STATES}
 
 ROUNDS_TERMINAL = dg.AssetCheckSpec(
     "applied_rounds_terminal", asset="session_steps",
@@ -31,15 +28,6 @@ INVARIANTS = dg.AssetCheckSpec(
 TICK_CHECKS = [ROUNDS_TERMINAL, BUDGETS, INVARIANTS]
 
 
-def open_applied_rounds(ledger: Ledger, reader: LedgerReader, session_id: str) -> dict[str, dict[str, int]]:
-    """Applied rounds of a session that still have requests in a non-terminal state, by round key."""
-    applied = {f"i{r['iteration']}-{r['round']}" for r in ledger.session_rounds(session_id)}
-    states = reader.round_request_states(session_id)
-    open_requests = {key: {s: n for s, n in by_state.items() if s not in _TERMINAL}
-                     for key, by_state in states.items() if key in applied}
-    return {key: v for key, v in open_requests.items() if v}
-
-
 def rounds_terminal_result(corrupt: dict[str, dict[str, dict[str, int]]], checked: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=ROUNDS_TERMINAL.name, asset_key=ROUNDS_TERMINAL.asset_key,
@@ -54,7 +42,7 @@ def budgets_result(reader: LedgerReader, session_ids: list[str]) -> dg.AssetChec
         budget = reader.session_budget(session_id)
         if budget is None:
             continue
-        paid, _standard, _avoided = reader.session_spend(session_id)
+        paid = reader.cost_figures(session_id=session_id).paid
         if paid > budget:
             over[session_id] = f"spent {format_usd(paid)} of a {format_usd(budget)} budget"
     return dg.AssetCheckResult(

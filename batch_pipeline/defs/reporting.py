@@ -8,10 +8,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from batch_pipeline.cost_report import build_cost_report, money, percent, saved_share
+from batch_pipeline.batching.pricing import cost_lines, format_usd
+from batch_pipeline.cost_report import build_cost_report, percent, saved_share
 from batch_pipeline.defs.batch_assets import batch_results
 from batch_pipeline.defs.resources import LEDGER_POOL, LedgerResource
 from batch_pipeline.defs.session_assets import queued_requests
+from batch_pipeline.settings import PipelineHome
 
 
 @dg.asset(
@@ -24,12 +26,13 @@ from batch_pipeline.defs.session_assets import queued_requests
         "Materialised daily by `daily_cost_report_schedule`, or by hand."),
 )
 def cost_report(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg.MaterializeResult:
-    report = build_cost_report(ledger.reader(lock_timeout_s=10.0))
+    reader = ledger.reader(lock_timeout_s=10.0)
+    report = build_cost_report(reader)
     # Reports live beside the ledger (BATCH_PIPELINE_HOME), one dated pair per materialisation day.
-    directory = Path(ledger.database).parent / "reports"
+    directory = PipelineHome(Path(ledger.database).parent).reports
     files = report.write(directory, stem=f"cost_report-{datetime.now(UTC).date().isoformat()}")
     batch = report.by_tier().get("batch")
-    context.log.info(f"cost report: paid {money(report.paid)}, standard {money(report.standard)}; {files.csv}")
+    context.log.info(f"cost report: paid {format_usd(report.paid)}, standard {format_usd(report.standard)}; {files.csv}")
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(report.to_markdown()),
         "paid_usd": float(report.paid),
@@ -37,8 +40,7 @@ def cost_report(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg
         "saved_usd": float(report.standard - report.paid),
         "saved_share": percent(saved_share(report.paid, report.standard)),
         "cache_avoided_usd": float(report.cache_avoided),
-        "figures": f"paid {money(report.paid)}; standard for the calls made {money(report.standard)}; "
-                   f"batch/flex saved {money(report.standard - report.paid)}; cache avoided {money(report.cache_avoided)}",
+        "figures": "; ".join(cost_lines(reader.cost_figures())) if reader.exists() else "nothing recorded yet",
         "batch_saved_share": percent(saved_share(*batch)) if batch else "-",
         "csv": dg.MetadataValue.path(str(files.csv)),
         "chart": dg.MetadataValue.path(str(files.chart)),

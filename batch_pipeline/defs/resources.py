@@ -14,7 +14,7 @@ from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, Settings, load_settings
+from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, PipelineHome, Settings, load_settings
 
 # Every asset that writes the ledger runs in this pool; dagster_home/dagster.yaml limits it to one
 # run at a time, because DuckDB admits one writing process.
@@ -75,7 +75,7 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     The home is made absolute here: the webserver, the daemon's code server and every run worker
     must agree on one ledger file whatever their working directory.
     """
-    home = Path(settings.batch_pipeline_home).resolve()
+    home = PipelineHome(Path(settings.batch_pipeline_home).resolve())
     return {
         "openai": OpenAIResource(
             # The bundled simulator (a loopback OPENAI_BASE_URL) takes any key, so a first run needs none;
@@ -85,6 +85,6 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             # A URL is not a secret; left unset, the SDK uses its own default endpoint.
             base_url=settings.openai_base_url,
         ),
-        "ledger": LedgerResource(database=str(home / "ledger.duckdb")),
-        "image_store": ImageStoreResource(root=str(home / "images")),
+        "ledger": LedgerResource(database=str(home.ledger)),
+        "image_store": ImageStoreResource(root=str(home.images)),
     }

@@ -17,6 +17,7 @@ from batch_pipeline.ledger.reader import LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress
+from batch_pipeline.vocabulary import RoundId
 
 if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no public name for it
     from dagster._core.definitions.metadata import RawMetadataValue
@@ -91,7 +92,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
         **runtime.sessions.money_and_time(session_id),
     }
     if step.next_round is not None:
-        tiers = reader.round_tiers(session_id, f"i{step.iteration}-{step.next_round}")
+        tiers = reader.round_tiers(session_id, RoundId(step.iteration, step.next_round))
         step_md["round_tiers"] = dg.MetadataValue.md(
             table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in tiers]))
     if step.winner_id:

@@ -12,7 +12,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -125,6 +124,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 return
             with self.transaction() as con:
                 con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
+                _split_round_keys(con)
             _MIGRATED.add(_file_identity(self.path))
 
     # -- connections -------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class Ledger(SessionRecords, SpendingRecords):
             if new:
                 insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
                     (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                     r.round_key, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
+                     r.iteration, r.round, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
                      "queued", 0, now, now)
                     for r in new])
                 insert_rows(con, "request_events", _EVENT_COLUMNS,
@@ -757,18 +757,6 @@ class Ledger(SessionRecords, SpendingRecords):
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def cost_totals(self, *, session_id: str | None = None) -> dict[str, Decimal]:
-        """What was paid, and what standard would have charged, over every result row and every line of
-        a duplicate batch (paid for too)."""
-        where, params = ("WHERE q.session_id = ?", [session_id, session_id]) if session_id is not None else ("", [])
-        sql = ("SELECT coalesce(sum(cost_usd), 0), coalesce(sum(standard_cost_usd), 0), count(*) FROM ("
-               f" SELECT r.cost_usd, r.standard_cost_usd FROM results r JOIN requests q USING (request_id) {where}"
-               " UNION ALL SELECT d.cost_usd, d.standard_cost_usd FROM duplicate_results d"
-               f" JOIN requests q USING (request_id) {where})")
-        with self.connect() as con:
-            actual, standard, n = one_row(con.execute(sql, params))
-        return {"actual": Decimal(actual), "standard": Decimal(standard), "saved": Decimal(standard) - Decimal(actual), "rows": n}
-
     def check_invariants(self) -> list[str]:
         """Violations of the ledger's invariants (empty when all hold). Used by tests and asset checks."""
         problems = []
@@ -885,12 +873,21 @@ class Ledger(SessionRecords, SpendingRecords):
 _NOT_OF_AN_ENDED_SESSION = ("NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id"
                             " AND s.status != 'running')")
 _REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason",
-                           "round_key", "body",
+                           "iteration", "round", "body",
                            "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
 _EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key", "reason")
 _RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
                    "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
                    "standard_cost_usd", "price_version", "recorded_at")
+
+
+def _split_round_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Ledgers written before rounds were columns kept them as one `i{iteration}-{round}` key: split it, once."""
+    if con.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'requests'"
+                   " AND column_name = 'round_key'").fetchone():
+        con.execute("UPDATE requests SET iteration = CAST(regexp_extract(round_key, '^i([0-9]+)-', 1) AS INTEGER),"
+                    " round = regexp_extract(round_key, '^i[0-9]+-(.+)$', 1) WHERE round_key IS NOT NULL")
+        con.execute("ALTER TABLE requests DROP COLUMN round_key")
 
 
 _WRITER_LOCKS: dict[str, threading.RLock] = {}

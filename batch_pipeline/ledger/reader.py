@@ -20,8 +20,10 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 
 from batch_pipeline.errors import LedgerBusy, is_lock_error
 from batch_pipeline.ledger.db import one_row
+from batch_pipeline.ledger.spending import cost_figures_on
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
-from batch_pipeline.vocabulary import ENDED_STATUSES
+from batch_pipeline.records import CostFigures
+from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId
 
 _TERMINAL = tuple(str(s) for s in TERMINAL_REQUEST_STATES)
 
@@ -145,7 +147,7 @@ class LedgerReader:
                 " count(q.request_id) FILTER (WHERE q.state NOT IN (SELECT unnest(?))),"
                 " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0), s.round_due_at"
                 " FROM sessions s LEFT JOIN requests q ON q.session_id = s.session_id"
-                "  AND q.round_key = 'i' || s.iteration || '-' || s.next_round"
+                "  AND q.iteration = s.iteration AND q.round = s.next_round"
                 " WHERE s.status = 'running' AND coalesce(s.config->>'driver', 'dagster') = 'dagster'"
                 " GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
                 [list(_TERMINAL)]).fetchall()
@@ -194,22 +196,25 @@ class LedgerReader:
 
     # -- what the asset checks and asset metadata read ------------------------------------------
 
-    def round_request_states(self, session_id: str) -> dict[str, dict[str, int]]:
-        """round_key -> state -> count for one session's requests."""
+    def open_applied_rounds(self, session_id: str) -> dict[RoundId, dict[str, int]]:
+        """Rounds the session has applied whose requests are not all terminal (state -> count): a corrupt step,
+        since a round is applied only once all its answers are in."""
         with self.connect() as con:
-            rows = con.execute("SELECT coalesce(round_key, ''), state, count(*) FROM requests WHERE session_id = ?"
-                               " GROUP BY 1, 2 ORDER BY 1, 2", [session_id]).fetchall()
-        out: dict[str, dict[str, int]] = {}
-        for round_key, state, n in rows:
-            out.setdefault(round_key, {})[state] = n
+            rows = con.execute("SELECT q.iteration, q.round, q.state, count(*) FROM requests q"
+                               " JOIN rounds r USING (session_id, iteration, round)"
+                               " WHERE q.session_id = ? AND q.state NOT IN (SELECT unnest(?))"
+                               " GROUP BY ALL ORDER BY 1, 2, 3", [session_id, list(_TERMINAL)]).fetchall()
+        out: dict[RoundId, dict[str, int]] = {}
+        for iteration, round_name, state, n in rows:
+            out.setdefault(RoundId(iteration, round_name), {})[state] = n
         return out
 
-    def round_tiers(self, session_id: str, round_key: str) -> list[tuple[str, str | None, str, int]]:
+    def round_tiers(self, session_id: str, round_id: RoundId) -> list[tuple[str, str | None, str, int]]:
         """(tier, tier reason, state, count) of one round's requests: why each ran where it ran."""
         with self.connect() as con:
             return con.execute("SELECT tier, tier_reason, state, count(*) FROM requests WHERE session_id = ?"
-                               " AND round_key = ? GROUP BY ALL ORDER BY 4 DESC, 1, 3",
-                               [session_id, round_key]).fetchall()
+                               " AND iteration = ? AND round = ? GROUP BY ALL ORDER BY 4 DESC, 1, 3",
+                               [session_id, *round_id]).fetchall()
 
     def live_duplicate_members(self) -> list[tuple[str, int]]:
         """Custom ids that are members of more than one live batch: they would be paid for twice."""
@@ -219,15 +224,10 @@ class LedgerReader:
                 " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
                 " ORDER BY 1").fetchall()
 
-    def session_spend(self, session_id: str) -> tuple[Decimal, Decimal, Decimal]:
-        """(paid, standard price of the calls made, what the cache avoided) over a session's result rows."""
+    def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
+        """The three cost figures (`spending.cost_figures_on`), read without the writer's lock."""
         with self.connect() as con:
-            paid, standard, avoided = one_row(con.execute(
-                "SELECT coalesce(sum(r.cost_usd), 0),"
-                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier != 'cache'), 0),"
-                " coalesce(sum(r.standard_cost_usd) FILTER (r.tier = 'cache'), 0) FROM results r"
-                " JOIN requests q USING (request_id) WHERE q.session_id = ?", [session_id]))
-        return Decimal(paid), Decimal(standard), Decimal(avoided)
+            return cost_figures_on(con, session_id)
 
     def session_budget(self, session_id: str) -> Decimal | None:
         with self.connect() as con:
@@ -251,12 +251,11 @@ class LedgerReader:
     # -- the cost report ------------------------------------------------------------------------
 
     def cost_rows(self) -> list[CostRow]:
-        """Spend by UTC day, model, tier and operation over every result row (every attempt)."""
+        """Spend by UTC day, model, tier and operation over every paid line (every attempt, duplicate lines too)."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT CAST(epoch_ms(CAST(floor(r.recorded_at * 1000) AS BIGINT)) AS DATE) AS day, q.model, r.tier,"
-                " q.operation, count(*), sum(r.input_tokens), sum(r.output_tokens), sum(r.images),"
-                " sum(r.cost_usd), sum(r.standard_cost_usd)"
-                " FROM results r JOIN requests q USING (request_id) GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
+                "SELECT CAST(epoch_ms(CAST(floor(recorded_at * 1000) AS BIGINT)) AS DATE) AS day, model, tier,"
+                " operation, count(*), sum(input_tokens), sum(output_tokens), sum(images),"
+                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
         return [CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))
                 for day, model, tier, op, n, i, o, im, c, s in rows]

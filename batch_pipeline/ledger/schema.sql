@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS requests (
     state             VARCHAR NOT NULL,
     attempts          INTEGER NOT NULL DEFAULT 0,
     batch_key         VARCHAR,               -- the batch it is (or was last) a member of
-    round_key         VARCHAR,               -- e.g. i1-vision: which step of its session asked for it
+    iteration         INTEGER,               -- with `round`, the session step that asked for it (RoundId)
+    round             VARCHAR,               -- the search's round name (text | image | vision)
     created_at        DOUBLE NOT NULL,
     updated_at        DOUBLE NOT NULL,
     last_error        VARCHAR
@@ -65,6 +66,9 @@ ALTER TABLE batches ADD COLUMN IF NOT EXISTS ingest_errors INTEGER DEFAULT 0;
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_owner VARCHAR;   -- the process running it (sync tiers)
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_until DOUBLE;    -- after this, a `running` row is lost
+-- Ledgers that kept the round as one 'i1-vision' key get the two columns (filled by Ledger._migrate).
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS iteration INTEGER;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS round VARCHAR;
 
 -- Lines a duplicate batch ran for requests that had their answer already: paid for, so recorded and
 -- costed (the cost report shows them), but not an attempt of the request.
@@ -149,6 +153,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     session_id    VARCHAR NOT NULL,
     iteration     INTEGER NOT NULL,
     round         VARCHAR NOT NULL,            -- text | image | vision
+    seq           INTEGER,                     -- the round's place in the session, 0 first
     calls         INTEGER NOT NULL,
     succeeded     INTEGER NOT NULL,
     failed        INTEGER NOT NULL,
@@ -158,6 +163,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     standard_cost_usd DECIMAL(24, 12) NOT NULL,
     PRIMARY KEY (session_id, iteration, round)
 );
+ALTER TABLE rounds ADD COLUMN IF NOT EXISTS seq INTEGER;  -- ledgers made before rounds kept their order
+
 
 -- A batch we cancelled because it ran past its round's deadline: its members that never ran go to this
 -- tier (flex or standard, per BATCH_FALLBACK_TO_STANDARD) instead of ending cancelled, with the reason.
@@ -173,3 +180,19 @@ CREATE VIEW IF NOT EXISTS batch_turnaround AS
     SELECT model, endpoint, request_count, ended_at - coalesce(create_sent_at, created_at) AS seconds, ended_at
     FROM batches
     WHERE status = 'completed' AND ended_at IS NOT NULL AND duplicate_of IS NULL AND deadline_tier IS NULL;
+
+-- Every line that was (or would have been) paid: each attempt's result row, and each line a duplicate batch ran
+-- (paid for, answer not needed). The one source of money: the cost figures, a session's tiers and rounds, the
+-- CLI summary and the cost report all aggregate this view. `tier` is 'duplicate' for a duplicate batch's line,
+-- 'lost' for an answer lost in flight (its cost estimated); `counted_tier` is the tier it ran on in either case.
+CREATE OR REPLACE VIEW spend AS
+    SELECT q.session_id, q.iteration, q.round, q.model, q.operation, r.request_id,
+           CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier, r.tier AS counted_tier,
+           r.outcome, r.input_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd,
+           coalesce(r.price_version LIKE 'unpriced:%' OR r.price_version LIKE 'estimate:unpriced:%', false) AS unpriced,
+           r.recorded_at
+    FROM results r JOIN requests q USING (request_id)
+    UNION ALL
+    SELECT q.session_id, q.iteration, q.round, q.model, q.operation, d.request_id, 'duplicate', 'batch', d.outcome,
+           d.input_tokens, d.output_tokens, d.images, d.cost_usd, d.standard_cost_usd, false, d.recorded_at
+    FROM duplicate_results d JOIN requests q USING (request_id);

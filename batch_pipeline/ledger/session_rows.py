@@ -64,7 +64,7 @@ class SessionRecords(LedgerCore):
     """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
 
     def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,
-                       deadline_at: float) -> bool:
+                       deadline_at: float, *, next_round: str) -> bool:
         """Record a new session; False (and no change) if it exists already."""
         now = self.clock()
         with self.transaction() as con:
@@ -72,8 +72,8 @@ class SessionRecords(LedgerCore):
                 return False
             con.execute(
                 "INSERT INTO sessions (session_id, user_prompt, config, status, state, iteration, next_round,"
-                " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, 'text', ?, ?, ?)",
-                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, deadline_at, now, now])
+                " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, ?, ?, ?, ?)",
+                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, next_round, deadline_at, now, now])
         return True
 
     def save_session(self, session_id: str, *, state_json: str, status: str, iteration: int, next_round: str | None,
@@ -95,14 +95,14 @@ class SessionRecords(LedgerCore):
             con.execute("DELETE FROM rounds WHERE session_id = ?", [session_id])
             insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
                          [tuple(c.model_dump().values()) for c in candidates])
-            insert_rows(con, "rounds", (*RoundRow.model_fields, "cost_usd", "standard_cost_usd"),
-                         [(*r.model_dump().values(), 0, 0) for r in rounds])
+            insert_rows(con, "rounds", (*RoundRow.model_fields, "seq", "cost_usd", "standard_cost_usd"),
+                         [(*r.model_dump().values(), seq, 0, 0) for seq, r in enumerate(rounds)])
             # Exact costs per round come from the results rows, not from the state's float sums.
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
-                " SELECT q.round_key, sum(r.cost_usd) AS cost, sum(r.standard_cost_usd) AS standard"
-                " FROM requests q JOIN results r USING (request_id) WHERE q.session_id = ? GROUP BY 1) c"
-                " WHERE rounds.session_id = ? AND c.round_key = 'i' || rounds.iteration || '-' || rounds.round",
+                " SELECT iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
+                " FROM spend WHERE session_id = ? GROUP BY ALL) c"
+                " WHERE rounds.session_id = ? AND c.iteration = rounds.iteration AND c.round = rounds.round",
                 [session_id, session_id])
         return True
 
@@ -139,8 +139,7 @@ class SessionRecords(LedgerCore):
 
     def session_rounds(self, session_id: str) -> list[dict[str, Any]]:
         with self.connect() as con:
-            cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY iteration,"
-                              " CASE round WHEN 'text' THEN 0 WHEN 'image' THEN 1 ELSE 2 END", [session_id])
+            cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY seq, iteration", [session_id])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -157,15 +156,9 @@ class SessionRecords(LedgerCore):
         with self.connect() as con:
             rows = con.execute(
                 "SELECT tier, count(*), sum(input_tokens), sum(output_tokens), sum(images), sum(cost_usd),"
-                " sum(standard_cost_usd) FROM ("
-                " SELECT CASE WHEN r.price_version LIKE 'estimate:%' THEN 'lost' ELSE r.tier END AS tier,"
-                " r.input_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd"
-                " FROM results r JOIN requests q USING (request_id)"
-                " WHERE q.session_id = ? AND (r.outcome = 'succeeded' OR r.price_version LIKE 'estimate:%')"
-                " UNION ALL SELECT 'duplicate', d.input_tokens, d.output_tokens, d.images, d.cost_usd,"
-                " d.standard_cost_usd"
-                " FROM duplicate_results d JOIN requests q USING (request_id) WHERE q.session_id = ?)"
-                " GROUP BY 1 ORDER BY 1", [session_id, session_id]).fetchall()
+                " sum(standard_cost_usd) FROM spend WHERE session_id = ?"
+                "  AND (outcome = 'succeeded' OR tier IN ('lost', 'duplicate')) GROUP BY 1 ORDER BY 1",
+                [session_id]).fetchall()
         return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),
                        "cost_usd": Decimal(c or 0), "standard_cost_usd": Decimal(s or 0)}
                 for tier, n, i, o, im, c, s in rows}

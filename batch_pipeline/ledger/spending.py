@@ -9,35 +9,37 @@ from __future__ import annotations
 from decimal import Decimal
 from statistics import median
 
+import duckdb
+
 from batch_pipeline.ledger.db import LedgerCore, one_row
 from batch_pipeline.records import CostFigures
+from batch_pipeline.vocabulary import RoundId
 
-# Rows whose cost is an estimate (an answer lost in flight) or unknown (a model without a price).
-_UNPRICED = "r.price_version LIKE 'unpriced:%' OR r.price_version LIKE 'estimate:unpriced:%'"
+
+def cost_figures_on(con: duckdb.DuckDBPyConnection, session_id: str | None = None) -> CostFigures:
+    """Paid; what the standard tier would have charged for the calls actually made (cache hits are no call);
+    what the cache avoided (cache hits at the standard price). Duplicate lines are paid calls. Over the `spend`
+    view, on an open connection (the ledger's or a read-only reader's)."""
+    where, params = ("WHERE session_id = ?", [session_id]) if session_id is not None else ("", [])
+    paid, standard, avoided, hits, calls, unpriced = one_row(con.execute(
+        "SELECT coalesce(sum(cost_usd) FILTER (counted_tier != 'cache'), 0),"
+        " coalesce(sum(standard_cost_usd) FILTER (counted_tier != 'cache'), 0),"
+        " coalesce(sum(standard_cost_usd) FILTER (counted_tier = 'cache'), 0),"
+        " count(*) FILTER (counted_tier = 'cache' AND outcome = 'succeeded'),"
+        " count(*) FILTER (counted_tier != 'cache' AND (outcome = 'succeeded' OR tier = 'duplicate')),"
+        " count(*) FILTER (unpriced)"
+        f" FROM spend {where}", params))
+    return CostFigures(paid=Decimal(paid), standard_for_calls=Decimal(standard), cache_avoided=Decimal(avoided),
+                       cache_hits=hits, calls=calls, unpriced_calls=unpriced)
 
 
 class SpendingRecords(LedgerCore):
     """Ledger methods for costs and turnaround (see `schema.sql`: results, duplicate_results, batch_turnaround)."""
 
     def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
-        """Paid; what the standard tier would have charged for the calls actually made (cache hits are no
-        call); what the cache avoided (cache hits at the standard price). Duplicate lines are paid calls."""
-        where = "WHERE q.session_id = ?" if session_id is not None else ""
-        params = [session_id, session_id] if session_id is not None else []
+        """The three cost figures of a session, or of the whole ledger (`cost_figures_on`)."""
         with self.connect() as con:
-            row = one_row(con.execute(
-                "SELECT coalesce(sum(cost) FILTER (tier != 'cache'), 0),"
-                " coalesce(sum(standard) FILTER (tier != 'cache'), 0),"
-                " coalesce(sum(standard) FILTER (tier = 'cache'), 0), count(*) FILTER (tier = 'cache' AND ok),"
-                " count(*) FILTER (tier != 'cache' AND ok), count(*) FILTER (unpriced) FROM ("
-                " SELECT r.tier, r.cost_usd AS cost, r.standard_cost_usd AS standard,"
-                " r.outcome = 'succeeded' AS ok,"
-                f" ({_UNPRICED}) AS unpriced FROM results r JOIN requests q USING (request_id) {where}"
-                " UNION ALL SELECT 'batch', d.cost_usd, d.standard_cost_usd, true, false FROM duplicate_results d"
-                f" JOIN requests q USING (request_id) {where})", params))
-        paid, standard, avoided, hits, calls, unpriced = row
-        return CostFigures(paid=Decimal(paid), standard_for_calls=Decimal(standard), cache_avoided=Decimal(avoided),
-                           cache_hits=hits, calls=calls, unpriced_calls=unpriced)
+            return cost_figures_on(con, session_id)
 
     def mark_deadline_cancel(self, batch_key: str, *, tier: str, reason: str) -> bool:
         """Record that we cancel this batch at its round's deadline; its unrun members then go to `tier`.
@@ -79,9 +81,9 @@ class SpendingRecords(LedgerCore):
                 " GROUP BY 1, 2").fetchall()
         return {(op, model): (float(mean), int(n)) for op, model, mean, n in rows}
 
-    def round_started_at(self, session_id: str, round_key: str) -> float | None:
+    def round_started_at(self, session_id: str, round_id: RoundId) -> float | None:
         """When a session's round was first queued (None: not yet)."""
         with self.connect() as con:
-            (started,) = one_row(con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND round_key = ?",
-                                     [session_id, round_key]))
+            (started,) = one_row(con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND iteration = ?"
+                                             " AND round = ?", [session_id, *round_id]))
         return started

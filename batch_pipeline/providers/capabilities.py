@@ -12,9 +12,10 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Outcome, RequestOutcome
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.search.calls import Call, CallResult, ImageCall, TextCall, VisionCall
+from batch_pipeline.vocabulary import Outcome
 
 # Each provider takes the one kind of Call it serves.
 CallT = TypeVar("CallT", TextCall, VisionCall, ImageCall, contravariant=True)
@@ -39,8 +40,6 @@ def _base_result(call: Call, outcome: RequestOutcome, tier: str | None) -> CallR
         usage={"input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
                "cached_tokens": outcome.cached_tokens},
         tier=tier,
-        cost_usd=float(outcome.cost_usd),
-        standard_cost_usd=float(outcome.standard_cost_usd),
     )
 
 

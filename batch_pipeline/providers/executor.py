@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.batching.models import Outcome, RequestOutcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRequest, build_request, make_custom_id
 from batch_pipeline.estimates import request_cost
@@ -21,8 +20,9 @@ from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.providers.capabilities import providers_for
 from batch_pipeline.providers.sync_tiers import SyncTierRunner
 from batch_pipeline.providers.tier_policy import TierMode, TierPolicy
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.search.calls import Call, CallResult, ImageCall
-from batch_pipeline.vocabulary import Endpoint
+from batch_pipeline.vocabulary import Endpoint, Outcome, RoundId, Tier
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class RoundExecutor:
     # -- submit -----------------------------------------------------------------------------
 
     def plan(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-             round_key: str | None = None) -> list[QueuedRequest]:
+             round_id: RoundId | None = None) -> list[QueuedRequest]:
         """A round's calls as requests on the tier the policy picks for the time this round has
         (`deadline_at`: the round's planned deadline) and the ledger's observed batch turnaround."""
         seconds_left = deadline_at - self.clock()
@@ -60,7 +60,7 @@ class RoundExecutor:
             observed = turnaround.get((group[0].model, str(endpoint)), (None, 0))[0]
             choice = self.policy.choose(mode=mode, operation=operation, model=group[0].model, round_size=len(calls),
                                         seconds_left=seconds_left, catalog=self.catalog, observed_s=observed)
-            requests += [self._request(session_id, call, choice.tier, choice.reason, round_key) for call in group]
+            requests += [self._request(session_id, call, choice.tier, choice.reason, round_id) for call in group]
         return requests
 
     def estimate_cost(self, requests: Sequence[QueuedRequest]) -> Decimal:
@@ -70,21 +70,21 @@ class RoundExecutor:
         return sum((request_cost(r, self.catalog, history) for r in requests if r.body_hash not in hits), Decimal(0))
 
     def submit(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-               round_key: str | None = None, requests: Sequence[QueuedRequest] | None = None) -> list[str]:
+               round_id: RoundId | None = None, requests: Sequence[QueuedRequest] | None = None) -> list[str]:
         """Queue a round's calls (once), answer what the cache can, run what is synchronous."""
         if not calls:
             return []
         if requests is None:
-            requests = self.plan(session_id, calls, mode=mode, deadline_at=deadline_at, round_key=round_key)
+            requests = self.plan(session_id, calls, mode=mode, deadline_at=deadline_at, round_id=round_id)
         new_ids = set(self.ledger.enqueue(requests))
         self._answer_from_cache([r for r in requests if r.request_id in new_ids])
         self.run_sync(session_id)
         return [r.request_id for r in requests]
 
-    def _request(self, session_id: str, call: Call, tier: Tier, reason: str, round_key: str | None) -> QueuedRequest:
+    def _request(self, session_id: str, call: Call, tier: Tier, reason: str, round_id: RoundId | None) -> QueuedRequest:
         request: ChatRequest | ImageRequest = self.providers[call.kind].to_request(call)
         return build_request(request, namespace="", operation=call.operation, session_id=session_id, tier=tier,
-                             tier_reason=reason, round_key=round_key, image_store=self.image_store)
+                             tier_reason=reason, round_id=round_id, image_store=self.image_store)
 
     def _answer_from_cache(self, requests: Sequence[QueuedRequest]) -> None:
         """Identical bodies answered before cost nothing now (ensemble votes and siblings carry nonces,

@@ -89,8 +89,6 @@ class CallResult(BaseModel):
     error: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)  # input_tokens, output_tokens, cached_tokens
     tier: str | None = None
-    cost_usd: float | None = None
-    standard_cost_usd: float | None = None  # what the call would have cost on the standard tier
 
 
 def check_session_id(session_id: str) -> str:

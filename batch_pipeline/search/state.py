@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from batch_pipeline.vocabulary import RoundId
 
 from .params import SearchParams
 from .ranking import CandidateScore
@@ -79,8 +81,14 @@ class RoundStats(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    cost_usd: float = 0.0  # sum of the costs the executor reported (informational; the ledger has exact Decimals)
-    standard_cost_usd: float = 0.0  # what the same calls would have cost on the standard tier
+    # Money is the ledger's (exact, per request); states saved before that carried float sums here.
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_old_float_costs(cls, data: object) -> object:
+        if isinstance(data, dict) and ("cost_usd" in data or "standard_cost_usd" in data):
+            return {k: v for k, v in data.items() if k not in ("cost_usd", "standard_cost_usd")}
+        return data
 
 
 class SearchState(BaseModel):
@@ -103,6 +111,11 @@ class SearchState(BaseModel):
     # Every iteration's best_id rescored with the final fit: BT scores are comparable only within one
     # fit, so best_score of different iterations must not be compared; these can be. Index = iteration.
     final_best_scores: list[float] = Field(default_factory=list)
+
+    @property
+    def round_id(self) -> RoundId:
+        """The round to run next (its requests carry it in the ledger)."""
+        return RoundId(self.iteration, self.next_round)
 
     def candidate(self, candidate_id: str) -> Candidate:
         for candidate in self.candidates:

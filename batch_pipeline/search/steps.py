@@ -455,6 +455,4 @@ def _round_stats(
         input_tokens=sum(r.usage.get("input_tokens", 0) for r in answered),
         output_tokens=sum(r.usage.get("output_tokens", 0) for r in answered),
         cached_tokens=sum(r.usage.get("cached_tokens", 0) for r in answered),
-        cost_usd=sum(r.cost_usd or 0.0 for r in answered),
-        standard_cost_usd=sum(r.standard_cost_usd or 0.0 for r in answered),
     )

@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from batch_pipeline.batching.model_rules import is_reasoning_model, normalise_chat_params
-from batch_pipeline.batching.models import Endpoint
 from batch_pipeline.batching.requests import (
     IMAGE_TOKENS,
     ChatRequest,
@@ -19,7 +18,7 @@ from batch_pipeline.batching.requests import (
     make_custom_id,
     resolve_image_refs,
 )
-from batch_pipeline.vocabulary import BatchEndpoint
+from batch_pipeline.vocabulary import BatchEndpoint, Endpoint
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

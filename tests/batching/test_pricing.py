@@ -12,7 +12,6 @@ import pytest
 from openai.types import CompletionUsage
 
 from batch_pipeline.batching import pricing
-from batch_pipeline.batching.models import Tier
 from batch_pipeline.batching.pricing import (
     CostBreakdown,
     PriceCatalog,
@@ -20,6 +19,7 @@ from batch_pipeline.batching.pricing import (
     UnknownPriceError,
     round_cents,
 )
+from batch_pipeline.vocabulary import Tier
 
 PACKAGED_PRICES = Path(pricing.__file__).with_name("prices.json")
 # 1,000 input tokens of which 200 cached, 500 output tokens.

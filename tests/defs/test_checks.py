@@ -21,7 +21,7 @@ def test_a_corrupt_applied_round_fails_its_check_and_skips_that_session_s_views_
     # Corrupt what a step relies on: one answered request of an applied round is "submitted" again.
     with ledger.transaction() as con:
         con.execute("UPDATE requests SET state = 'submitted' WHERE request_id = (SELECT min(request_id) FROM requests"
-                    " WHERE round_key = 'i0-text' AND session_id = 's1')")
+                    " WHERE iteration = 0 AND round = 'text' AND session_id = 's1')")
     result = tick(instance, resources)  # ingests the image round, so both sessions step
     assert checks(result)["applied_rounds_terminal"] == (False, "ERROR")
     assert "s2" in moved(result)

@@ -8,7 +8,8 @@ from decimal import Decimal
 import dagster as dg
 from PIL import Image
 
-from batch_pipeline.cost_report import CostReport, money
+from batch_pipeline.batching.pricing import format_usd as money
+from batch_pipeline.cost_report import CostReport
 from batch_pipeline.defs.reporting import cost_report, cost_report_job, daily_cost_report_schedule
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import CostRow
@@ -32,8 +33,8 @@ def test_cost_report_materialises_table_csv_and_chart_with_half_price_batches(in
         paid, standard = Decimal(row["cost_usd"]), Decimal(row["standard_cost_usd"])
         assert paid > 0 and paid * 2 == standard, "exact Decimals: batch is half the standard price"
         assert Decimal(row["saved_share"]) == Decimal("0.5")
-    totals = Ledger(resources["ledger"].database).cost_totals()
-    assert sum(Decimal(r["cost_usd"]) for r in rows) == totals["actual"]
+    totals = Ledger(resources["ledger"].database).cost_figures()
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == totals.paid
     with Image.open(meta["chart"]) as chart:
         assert chart.format == "PNG" and chart.size == (900, 420)
 

@@ -10,11 +10,11 @@ from decimal import Decimal
 import orjson
 
 from batch_pipeline.batching.limits import SplitLimits
-from batch_pipeline.batching.models import Outcome, Tier
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
 from batch_pipeline.errors import is_transient
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
+from batch_pipeline.vocabulary import Outcome, Tier
 from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, make_manager, wait_until
@@ -61,10 +61,10 @@ def test_submit_poll_retrieve_maps_shuffled_output_by_custom_id(manager, ledger,
 def test_batch_costs_half_of_standard_and_is_recorded_per_request(manager, ledger):
     ledger.enqueue(chat_requests(10))
     settle(manager)
-    totals = ledger.cost_totals()
-    assert totals["actual"] > 0
-    assert totals["actual"] * 2 == totals["standard"]
-    assert totals["saved"] == totals["actual"]
+    totals = ledger.cost_figures()
+    assert totals.paid > 0
+    assert totals.paid * 2 == totals.standard_for_calls
+    assert totals.tier_saved == totals.paid
 
 
 def test_expired_batch_requeues_only_unfinished_requests(manager, ledger, sim):

@@ -19,7 +19,7 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from batch_pipeline.search import SearchParams, plan_round
 from batch_pipeline.sessions import SessionConfig
-from batch_pipeline.vocabulary import Tier
+from batch_pipeline.vocabulary import RoundId, Tier
 from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, drive, make_manager, runtime_for, wait_until
@@ -98,7 +98,7 @@ def test_calls_lost_by_a_dead_process_go_back_to_the_queue_with_their_cost_estim
         sid = start(runtime, "standard")
         # A process on this host started the first round's calls and died before any answer was recorded.
         calls = plan_round(runtime.sessions.state(sid))
-        requests = [runtime.executor._request(sid, c, Tier.STANDARD, "standard", "i0-text") for c in calls]
+        requests = [runtime.executor._request(sid, c, Tier.STANDARD, "standard", RoundId(0, "text")) for c in calls]
         runtime.ledger.enqueue(requests)
         dead = f"{socket.gethostname()}:999999:1"
         started = runtime.ledger.start_sync([r.request_id for r in requests], Tier.STANDARD, lease_owner=dead)
@@ -198,7 +198,7 @@ def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_
         paid = con.execute("SELECT sum(cost_usd) FROM results").fetchone()[0]
     # Paid for, so accounted: every line the duplicate ran is costed, and the totals include it.
     assert dup_lines == 3 and dup_cost > 0
-    assert ledger.cost_totals()["actual"] == paid + dup_cost
+    assert ledger.cost_figures().paid == paid + dup_cost
     assert ledger.session_costs("s1")["duplicate"]["calls"] == 3
     assert ledger.check_invariants() == []
 

@@ -167,7 +167,7 @@ def test_hybrid_mode_picks_a_tier_per_round_and_records_why(base_url, tmp_path):
     runtime = runtime_for(base_url, tmp_path, BATCH_HYBRID_MODE="true")
     run_session(runtime, "hybrid", "hyb", SMALL)
     with runtime.ledger.connect() as con:
-        rows = dict(con.execute("SELECT round_key, any_value(tier || ': ' || tier_reason) FROM requests"
+        rows = dict(con.execute("SELECT 'i' || iteration || '-' || round, any_value(tier || ': ' || tier_reason) FROM requests"
                                 " GROUP BY 1").fetchall())
     # 4 expansions are not worth a batch; the 12 votes of iteration 0 (C(4,2) x 2) are.
     assert rows["i0-text"].startswith("flex: hybrid: a round of 4")

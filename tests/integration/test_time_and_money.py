@@ -59,7 +59,7 @@ def test_batch_past_its_round_deadline_is_cancelled_and_finished_on_standard_bef
         row = runtime.ledger.session(sid)
         assert row.status == "completed", row
         assert clock.now() <= deadline_at, "the session finished before its deadline"
-        assert {a.round_key for a in actions} == {"i0-text", "i0-image", "i0-vision"}
+        assert {str(a.round_id) for a in actions} == {"i0-text", "i0-image", "i0-vision"}
         batches = runtime.ledger.batches()
         assert batches and all(b.status == "cancelled" for b in batches)
         with runtime.ledger.connect() as con:
@@ -84,7 +84,7 @@ def test_deadline_fallback_goes_to_flex_when_fallback_to_standard_is_off(tmp_pat
         for _ in range(5):
             driver.tick()
         with runtime.ledger.connect() as con:
-            tiers = {t for (t,) in con.execute("SELECT DISTINCT tier FROM requests WHERE round_key = 'i0-text'"
+            tiers = {t for (t,) in con.execute("SELECT DISTINCT tier FROM requests WHERE iteration = 0 AND round = 'text'"
                                                " AND tier_reason LIKE 'deadline:%'").fetchall()}
         assert tiers == {"flex"}
 
@@ -97,8 +97,8 @@ def test_round_that_would_exceed_the_budget_is_never_submitted(base_url, tmp_pat
     progress = drive(runtime, sid)
     assert progress.status == "stopped" and progress.error.startswith("budget: round i0-image")
     with runtime.ledger.connect() as con:
-        rounds = {r for (r,) in con.execute("SELECT DISTINCT round_key FROM requests").fetchall()}
-    assert rounds == {"i0-text"}, "the image round was never queued, let alone sent"
+        rounds = {tuple(r) for r in con.execute("SELECT DISTINCT iteration, round FROM requests").fetchall()}
+    assert rounds == {(0, "text")}, "the image round was never queued, let alone sent"
     assert runtime.ledger.cost_figures(session_id=sid).paid <= Decimal("0.01")
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from batch_pipeline.batching.models import Outcome, RequestOutcome
 from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.ledger import QueuedRow, RemoteStatus
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome
 from tests.conftest import ManualClock
 
 

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.batching.models import Outcome, Tier
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
 from batch_pipeline.ledger.ledger import RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.vocabulary import Outcome, Tier
 
 EXPIRED, RETRY, PERMANENT, CANCELLED = (Outcome.EXPIRED, Outcome.FAILED_RETRYABLE, Outcome.FAILED_PERMANENT,
                                         Outcome.CANCELLED)
@@ -294,7 +294,7 @@ def test_cached_response_is_found_only_for_a_succeeded_identical_body(ledger, ma
     assert ledger.find_cached_results([hashlib.sha256(b"never seen").hexdigest()]) == {}
 
 
-def test_cost_totals_sum_actual_and_standard_costs_per_session(ledger, queue, submit, outcomes):
+def test_cost_figures_sum_paid_and_standard_costs_per_session(ledger, queue, submit, outcomes):
     queue("a", "b", session_id="s1")
     queue("c", session_id="s2")
     submit("bpb_1", ["t-a", "t-b", "t-c"])
@@ -302,11 +302,12 @@ def test_cost_totals_sum_actual_and_standard_costs_per_session(ledger, queue, su
         outcomes.ok("t-a", cost="0.00060250", standard="0.00120500"),
         outcomes.ok("t-b", cost="0.10000000", standard="0.20000000"),
         outcomes.ok("t-c", cost="1.25", standard="2.50")], max_attempts=3)
-    s1 = ledger.cost_totals(session_id="s1")
-    assert (s1["actual"], s1["standard"], s1["saved"], s1["rows"]) == (
+    s1 = ledger.cost_figures(session_id="s1")
+    assert (s1.paid, s1.standard_for_calls, s1.tier_saved, s1.calls) == (
         Decimal("0.1006025"), Decimal("0.201205"), Decimal("0.1006025"), 2)
-    assert ledger.cost_totals()["actual"] == Decimal("1.3506025")
-    assert ledger.cost_totals(session_id="nobody") == {"actual": 0, "standard": 0, "saved": 0, "rows": 0}
+    assert ledger.cost_figures().paid == Decimal("1.3506025")
+    nobody = ledger.cost_figures(session_id="nobody")
+    assert (nobody.paid, nobody.standard_for_calls, nobody.cache_avoided, nobody.calls) == (0, 0, 0, 0)
 
 
 # -- invariants and durability ------------------------------------------------------------------
@@ -346,3 +347,24 @@ def test_every_request_reaches_exactly_one_terminal_state(ledger, queue, outcome
         assert dict(con.execute("SELECT request_id, count(*) FROM results GROUP BY 1").fetchall()) == {
             rid: attempts(ledger, rid) for rid in ids}
     assert set(states.values()) == TERMINAL_REQUEST_STATES  # every ending was exercised
+
+
+def test_a_ledger_that_kept_rounds_as_one_key_is_split_into_columns_once(ledger, ledger_path, clock, tmp_path):
+    from batch_pipeline.batching.requests import ChatRequest, build_request
+    from batch_pipeline.vocabulary import RoundId
+
+    request = build_request(ChatRequest(key="k1", model="gpt-5-mini", messages=[{"role": "user", "content": "Hi?"}]),
+                            namespace="t", operation="expand", session_id="s1", round_id=RoundId(12, "vision"))
+    ledger.enqueue([request])
+    with ledger.transaction() as con:  # what a ledger written before the columns looked like
+        con.execute("ALTER TABLE requests ADD COLUMN round_key VARCHAR")
+        con.execute("UPDATE requests SET round_key = 'i12-vision', iteration = NULL, round = NULL")
+    old = tmp_path / "old" / "ledger.duckdb"
+    old.parent.mkdir()
+    old.write_bytes(ledger_path.read_bytes())
+    migrated = Ledger(old, clock=clock)
+    with migrated.connect() as con:
+        assert con.execute("SELECT iteration, round FROM requests").fetchall() == [(12, "vision")]
+        columns = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns"
+                                             " WHERE table_name = 'requests'").fetchall()}
+    assert "round_key" not in columns
