@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,25 +40,37 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
     """A PNG thumbnail as a data URL, or None when the image is missing.
 
     Found by file name in the store (content-addressed), so a moved BATCH_PIPELINE_HOME still works.
+    A thumbnail is rendered once per image and kept beside the store (`thumbnails/`, named by the
+    image's content name): a ranking shows the same pool's images every round, and encoding them again
+    for every session in every tick run was most of a tick's view rendering.
     """
     if not image_path:
         return None
-    path = Path(image_path)
+    path, in_store = Path(image_path), False
     try:
         candidate = store.path(f"{REF_PREFIX}{path.name}")
         if candidate.exists():
-            path = candidate
+            path, in_store = candidate, True
     except ValueError:
         pass
     if not path.exists():
         return None
+    cached = store.root / "thumbnails" / f"{path.stem}-{px}.txt"
+    if in_store and cached.exists():
+        return cached.read_text()
     with Image.open(path) as opened:
         img = opened.convert("RGB")
         scale = px / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         img.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if in_store:  # only the store's content-named files: a name there is its content
+        cached.parent.mkdir(exist_ok=True)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        partial.write_text(url)
+        os.replace(partial, cached)  # readers see the whole thumbnail or none
+    return url
 
 
 def image_md(url: str | None, alt: str) -> str:

@@ -40,3 +40,19 @@ def test_finalizing_is_never_shown_as_done():
     assert "| 50% |" in batches_md([batch("in_progress", 5)])
     assert "| 100% |" in batches_md([batch("completed", 10)])
     assert "| s1, s2 |" in batches_md([batch("completed", 10)])
+
+
+def test_a_thumbnail_is_rendered_once_per_image_and_kept_beside_the_store(tmp_path):
+    store = ImageStore(tmp_path / "images")
+    buffer = io.BytesIO()
+    Image.new("RGB", (512, 512), "blue").save(buffer, format="PNG")
+    ref = store.put(buffer.getvalue())
+    first = thumbnail_data_url(str(store.path(ref)), store)
+    kept = list((store.root / "thumbnails").iterdir())
+    assert [p.suffix for p in kept] == [".txt"] and kept[0].read_text() == first  # whole, no temp file left
+    kept[0].write_text(first + "#read-back")  # the next view reads the kept one instead of encoding again
+    assert thumbnail_data_url(str(store.path(ref)), store) == first + "#read-back"
+    outside = tmp_path / "outside.png"  # not a content-named store file: never cached (its content may change)
+    outside.write_bytes(buffer.getvalue())
+    thumbnail_data_url(str(outside), store)
+    assert len(list((store.root / "thumbnails").iterdir())) == 1
