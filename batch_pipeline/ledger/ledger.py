@@ -71,6 +71,8 @@ class QueuedRow(BaseModel):
     model: str
     line_bytes: int
     est_prompt_tokens: int
+    tier: str = Tier.BATCH
+    attempts: int = 0
 
 
 class RequestRow(BaseModel):
@@ -229,17 +231,21 @@ class Ledger(SessionRecords, SpendingRecords):
                              [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new])
         return [r.request_id for r in new]
 
-    def queued_rows(self, *, tier: Tier = Tier.BATCH, session_id: str | None = None,
-                    session_ids: Iterable[str] | None = None) -> list[QueuedRow]:
-        """Queued requests of a tier, oldest first (FIFO keeps waiting times fair).
+    def queued_rows(self, *, tier: Tier | Sequence[Tier] = Tier.BATCH, session_id: str | None = None,
+                    session_ids: Iterable[str] | None = None, retried: bool = False) -> list[QueuedRow]:
+        """Queued requests of a tier (or of any of several), oldest first (FIFO keeps waiting times fair).
 
-        `session_ids` limits them to the sessions a driver owns. Requests of a session that is no longer
-        running are never returned: a cancelled session's queue is never sent.
+        `session_ids` limits them to the sessions a driver owns; `retried` to those sent before (back from
+        a failed or expired batch). Requests of a session that is no longer running are never returned:
+        a cancelled session's queue is never sent.
         """
-        sql = ("SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens FROM requests"
-               " WHERE state = 'queued' AND tier = ?"
+        tiers = [str(tier)] if isinstance(tier, str) else [str(t) for t in tier]
+        sql = ("SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens, tier, attempts FROM requests"
+               " WHERE state = 'queued' AND tier IN (SELECT unnest(?))"
                f" AND {_NOT_OF_AN_ENDED_SESSION}")
-        params: list[Any] = [str(tier)]
+        params: list[Any] = [tiers]
+        if retried:
+            sql += " AND attempts > 0"
         if session_id is not None:
             sql += " AND session_id = ?"
             params.append(session_id)
@@ -248,7 +254,8 @@ class Ledger(SessionRecords, SpendingRecords):
             params.append(list(session_ids))
         with self.connect() as con:
             rows = con.execute(sql + " ORDER BY created_at, request_id", params).fetchall()
-        return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4]) for r in rows]
+        return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4],
+                          tier=r[5], attempts=r[6]) for r in rows]
 
     def queue_summary(self, *, tier: Tier = Tier.BATCH, session_ids: Iterable[str] | None = None) -> tuple[int, float | None]:
         """How many requests of a tier wait in the queue (of these sessions), and since when the oldest."""

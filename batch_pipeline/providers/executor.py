@@ -104,25 +104,23 @@ class RoundExecutor:
                                          reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]))
 
     def run_sync(self, session_id: str) -> None:
-        """Run every queued standard/flex request of the session (including fallbacks and retries)."""
-        for tier in (Tier.STANDARD, Tier.FLEX):
-            for _ in range(self.max_attempts):  # retryable failures come back queued: bounded by attempts
-                rows = self.ledger.queued_rows(tier=tier, session_id=session_id)
-                if not rows:
-                    break
-                self.sync.run([r.request_id for r in rows], tier)
+        """Run every queued standard/flex request of the session (including fallbacks and retries).
+
+        One query finds both tiers' requests: a batch-tier session, which has none, costs one look."""
+        for _ in range(self.max_attempts):  # retryable failures come back queued: bounded by attempts
+            rows = self.ledger.queued_rows(tier=(Tier.STANDARD, Tier.FLEX), session_id=session_id)
+            if not rows:
+                break
+            for tier in (Tier.STANDARD, Tier.FLEX):
+                if ids := [r.request_id for r in rows if r.tier == tier]:
+                    self.sync.run(ids, tier)
 
     def apply_fallback(self, session_id: str, *, deadline_at: float) -> list[str]:
         """Requests back from a failed/expired batch go to standard when another batch won't do."""
         moved = []
         seconds_left = deadline_at - self.clock()
-        queued = self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id)
-        rows = self.ledger.request_rows([r.request_id for r in queued]) if queued else {}
-        for row in queued:
-            attempts = rows[row.request_id].attempts
-            if attempts == 0:
-                continue
-            choice = self.policy.fallback(attempts=attempts, max_attempts=self.max_attempts, seconds_left=seconds_left)
+        for row in self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id, retried=True):
+            choice = self.policy.fallback(attempts=row.attempts, max_attempts=self.max_attempts, seconds_left=seconds_left)
             if choice is not None:
                 self.ledger.requeue([row.request_id], tier=choice.tier, reason=choice.reason)
                 moved.append(row.request_id)
