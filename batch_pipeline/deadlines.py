@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.pricing import PriceCatalog
-from batch_pipeline.estimates import round_model, rounds_left
+from batch_pipeline.estimates import round_model, rounds_after
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase
 from batch_pipeline.providers.tier_policy import TierPolicy
-from batch_pipeline.search import SearchState
+from batch_pipeline.search import SearchParams
 from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId, Tier
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,21 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
     what never ran is re-queued on that tier when the batch is ingested)."""
     wanted = set(session_ids) if session_ids is not None else None
     actions, planned = [], {}
-    for row in ledger.sessions(status="running"):
+    for row, started in ledger.current_round_starts():
         if wanted is not None and row.session_id not in wanted:
             continue
-        state = SearchState.model_validate_json(ledger.session_state_json(row.session_id))
-        left = rounds_left(state)
+        params = SearchParams.model_validate(row.config["params"])
+        left = rounds_after(params, row.iteration, row.next_round)
         if not left:
             continue
-        started = ledger.round_started_at(row.session_id, state.round_id)
-        if started is None:
-            continue
+        round_id = RoundId(row.iteration, row.next_round)
         due = round_deadline(round_started_at=started, session_deadline_at=row.deadline_at, rounds_left=len(left))
         planned[row.session_id] = due
         if now() < due:
             continue
-        model, _endpoint = round_model(state.params, state.next_round)
+        model, _endpoint = round_model(params, row.next_round)
         tier = policy.deadline_tier(model, catalog)
-        reason = (f"deadline: round {state.round_id} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
+        reason = (f"deadline: round {round_id} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
                   f"{len(left)} rounds left); its batch was cancelled and the rest runs on {tier}")
         queued = [r.request_id for r in ledger.queued_rows(tier=Tier.BATCH, session_id=row.session_id)]
         if queued:
@@ -85,7 +83,7 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
         if queued or cancelled:
             log.warning("session %s: %s (%d queued moved, batches cancelled: %s)", row.session_id, reason, len(queued),
                         cancelled or "none")
-            actions.append(DeadlineAction(row.session_id, state.round_id, reason, cancelled, len(queued)))
+            actions.append(DeadlineAction(row.session_id, round_id, reason, cancelled, len(queued)))
     ledger.set_round_deadlines(planned)  # so a sensor that only reads knows when to call this again
     return actions
 

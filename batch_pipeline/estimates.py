@@ -120,11 +120,17 @@ def estimate_session(prompt: str, params: SearchParams, catalog: PriceCatalog, *
 
 def rounds_left(state: SearchState) -> list[str]:
     """The rounds a session still has to run, the current one first (empty when done)."""
-    if state.done:
+    return [] if state.done else rounds_after(state.params, state.iteration, state.next_round)
+
+
+def rounds_after(params: SearchParams, iteration: int, next_round: str | None) -> list[str]:
+    """`rounds_left` from where a session stands (its ledger row's iteration and next round; None when
+    done), so a pass over many sessions need not parse each one's whole state."""
+    if next_round is None:
         return []
-    current = ROUND_NAMES.index(state.next_round)
-    later = ROUND_NAMES if state.params.rounds_per_iteration == 3 else ROUND_NAMES[1:]
-    return list(ROUND_NAMES[current:]) + list(later) * (state.params.K - 1 - state.iteration)
+    current = ROUND_NAMES.index(next_round)
+    later = ROUND_NAMES if params.rounds_per_iteration == 3 else ROUND_NAMES[1:]
+    return list(ROUND_NAMES[current:]) + list(later) * (params.K - 1 - iteration)
 
 
 def round_model(params: SearchParams, round_name: str) -> tuple[str, str]:

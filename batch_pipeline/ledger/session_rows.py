@@ -117,6 +117,17 @@ class SessionRecords(LedgerCore):
                 self._cancel_queued(con, session_id, f"session {status}: {error}")
             return ended
 
+    def current_round_starts(self) -> list[tuple[SessionRow, float]]:
+        """Every running session whose current round is queued, with when that round was first queued
+        (one query for all of them, where a per-session look cost a query each)."""
+        columns = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
+        with self.connect() as con:
+            rows = con.execute(
+                f"SELECT {columns}, min(q.created_at) FROM sessions s JOIN requests q ON q.session_id = s.session_id"
+                "  AND q.iteration = s.iteration AND q.round = s.next_round"
+                " WHERE s.status = 'running' GROUP BY ALL ORDER BY s.created_at, s.session_id").fetchall()
+        return [(_session_from_row(row[:-1]), row[-1]) for row in rows]
+
     def session_state_json(self, session_id: str) -> str:
         with self.connect() as con:
             row = con.execute("SELECT state FROM sessions WHERE session_id = ?", [session_id]).fetchone()
