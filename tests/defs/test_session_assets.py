@@ -40,11 +40,11 @@ def test_one_tick_run_moves_two_deferred_sessions_which_share_batches_and_end_wi
         ranked = session_metadata(result, "ranked_results", sid)
         assert ranked["status"] == "completed" and ranked["winner"].startswith("i1c")
         assert ranked["ranking"].startswith(f"### Winner: {ranked['winner']}")
-        assert ranked["ranking"].count("](data:image/png;base64,") == 6, "N + M candidates ranked, each with its image"
+        assert ranked["ranking"].count("](data:image/jpeg;base64,") == 6, "N + M candidates ranked, each with its image"
         prompts = session_metadata(result, "generated_prompts", sid)
         assert prompts["candidates"] == 8 and "| WHAT | HOW |" in prompts["prompts"]
         thumbs = session_metadata(result, "image_candidates", sid)
-        assert thumbs["iteration"] == 1 and thumbs["thumbnails"].count("data:image/png;base64,") == 4
+        assert thumbs["iteration"] == 1 and thumbs["thumbnails"].count("data:image/jpeg;base64,") == 4
         assert all(passed for passed, _ in checks(result).values())
 
     reader = LedgerReader(resources["ledger"].database)

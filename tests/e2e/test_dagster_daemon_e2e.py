@@ -83,7 +83,7 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
     for sid in SESSIONS:
         meta = ranked_results[sid].metadata
         assert meta["status"].value == "completed"
-        assert meta["ranking"].value.count("](data:image/png;base64,") == 6
+        assert meta["ranking"].value.count("](data:image/jpeg;base64,") == 6
         assert reader.session_status(sid)[3] == meta["winner"].value
 
     # Deferred batching made the two sessions share batches.
