@@ -30,12 +30,12 @@ from pathlib import Path
 
 from batch_pipeline.defs.batch_assets import ReadyDriver, moved
 from batch_pipeline.defs.session_assets import changed_views, session_views
-from batch_pipeline.ledger.reports import LedgerReader
+from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from batch_pipeline.settings import load_settings
-from batch_pipeline.simulator import Simulator, SimulatorConfig
+from openai_simulator import Simulator, SimulatorConfig
 
 PARAMS = {"N": 4, "M": 2, "K": 2, "E": 2}
 
