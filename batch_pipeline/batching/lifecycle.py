@@ -153,7 +153,7 @@ class BatchLifecycle:
                 self._attach(record, remote)
                 return
             path, _size, _lines = write_batch_file(self.ledger, key, self.files_dir, self.image_store)
-            with path.open("rb") as fh:
+            with path.open("rb") as fh, self.ledger.released():
                 uploaded = self.client.files.create(file=(path.name, fh), purpose="batch")
             self.ledger.mark_uploaded(key, uploaded.id)
             record = self.ledger.batch(key)
@@ -174,13 +174,14 @@ class BatchLifecycle:
         first_create = record.create_sent_at is None
         self.ledger.mark_create_sent(record.batch_key, sweep_window_s=BATCH_WINDOW_SECONDS)
         try:
-            remote = self.create_client.batches.create(
-                input_file_id=record.input_file_id,
-                endpoint=cast(BatchEndpoint, record.endpoint),  # the ledger holds an Endpoint value
-                completion_window=COMPLETION_WINDOW,
-                metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
-                          "bp_requests": str(record.request_count)},
-            )
+            with self.ledger.released():  # the intent (create_sent_at) is committed; the outcome is recorded after
+                remote = self.create_client.batches.create(
+                    input_file_id=record.input_file_id,
+                    endpoint=cast(BatchEndpoint, record.endpoint),  # the ledger holds an Endpoint value
+                    completion_window=COMPLETION_WINDOW,
+                    metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
+                              "bp_requests": str(record.request_count)},
+                )
         except AMBIGUOUS_ERRORS as exc:
             # The server may have created it before failing to answer: look, never blindly retry.
             if (remote := self.find_remote(record)) is not None:
@@ -204,6 +205,10 @@ class BatchLifecycle:
         if first_create:
             self.ledger.create_answered(record.batch_key)  # no earlier create can land late: no sweep needed
         self._attach(record, remote)
+        if self.ledger.batch_serves_no_running_session(record.batch_key):
+            # Every session it serves was cancelled while the create was on the wire (the ledger is not held
+            # then): the cancel found no remote id to cancel, so it is cancelled here.
+            self.cancel(record.batch_key)
 
     def _attach(self, record: BatchRecord, remote: Batch) -> None:
         self.ledger.mark_created(record.batch_key, remote.id, input_file_id=remote.input_file_id)
@@ -216,11 +221,12 @@ class BatchLifecycle:
         Errors propagate: "could not read the list" must never be taken for "not there".
         """
         oldest_wanted = record.created_at - self.reconcile_lookback_s
-        for remote in self.client.batches.list(limit=100):
-            if (remote.metadata or {}).get(METADATA_KEY) == record.batch_key:
-                return remote
-            if remote.created_at < oldest_wanted:
-                return None
+        with self.ledger.released():
+            for remote in self.client.batches.list(limit=100):
+                if (remote.metadata or {}).get(METADATA_KEY) == record.batch_key:
+                    return remote
+                if remote.created_at < oldest_wanted:
+                    return None
         return None
 
     # -- poll ---------------------------------------------------------------------------------
@@ -233,8 +239,9 @@ class BatchLifecycle:
                     if b.status not in ENDED_STATUSES]
         if inflight:
             wanted = {b.openai_batch_id: b for b in inflight if b.openai_batch_id is not None}
-            seen = find_batches(self.client, wanted,
-                                created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
+            with self.ledger.released():
+                seen = find_batches(self.client, wanted,
+                                    created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
             self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
             self._seen_ended |= {wanted[bid].batch_key for bid, remote in seen.items() if remote.status in ENDED_STATUSES}
         self.sweep_duplicates()
@@ -274,7 +281,8 @@ class BatchLifecycle:
         if record.openai_batch_id is None:
             raise ValueError(f"batch {batch_key} was never created remotely")
         try:
-            self.client.batches.cancel(record.openai_batch_id)
+            with self.ledger.released():
+                self.client.batches.cancel(record.openai_batch_id)
         except openai.ConflictError:
             log.info("batch %s already finished; nothing to cancel", batch_key)
 
@@ -298,7 +306,8 @@ class BatchLifecycle:
                     # Read the final state once more: file ids are only trustworthy after the batch ended.
                     # (A status this manager saw ended in its own list walk is such a read already.)
                     assert record.openai_batch_id is not None, "a created batch has its remote id"
-                    remote = self.client.batches.retrieve(record.openai_batch_id)
+                    with self.ledger.released():
+                        remote = self.client.batches.retrieve(record.openai_batch_id)
                     self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
                 if self.ingest(self.ledger.batch(record.batch_key)):
                     done.append(record.batch_key)
@@ -326,8 +335,10 @@ class BatchLifecycle:
             return False
         downloads = self.files_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
-        paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
-                 for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id)) if file_id]
+        with self.ledger.released():  # nothing is recorded until the files are whole (`record_batch_outcome`)
+            paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
+                     for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id))
+                     if file_id]
         outcomes = read_result_files(paths, self.image_store)
         if record.status == "failed":
             outcomes |= self._validation_outcomes(record)

@@ -154,13 +154,34 @@ class Ledger(SessionRecords, SpendingRecords):
         if getattr(self._local, "con", None) is not None:
             yield
             return
-        con = self._open(False)
-        self._local.con = con
+        self._local.con = self._open(False)
         try:
             yield
         finally:
-            self._local.con = None
-            con.close()
+            con, self._local.con = self._local.con, None
+            if con is not None:
+                con.close()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Let go of this thread's unit connection (and so the file) while waiting on the network.
+
+        A tick holds the ledger for its whole unit; an upload, a batch create or a download may take
+        seconds to minutes, and readers of other processes (the sensor, the API's GETs) would wait that
+        long. Callers record the intent before the call and the outcome after it, each in its own
+        transaction, so releasing in between gives up nothing a crash did not already expose. Inside a
+        transaction, or outside a unit, nothing is released.
+        """
+        con = getattr(self._local, "con", None)
+        if con is None or getattr(self._local, "in_transaction", False):
+            yield
+            return
+        self._local.con = None
+        con.close()
+        try:
+            yield
+        finally:
+            self._local.con = self._open(False)
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -41,16 +41,25 @@ def test_the_schema_is_migrated_once_per_process_and_file(tmp_path, opened):
     assert len(opened) == 3, "a file created anew at the same path is migrated again"
 
 
-def test_a_driver_tick_opens_the_ledger_once_in_its_thread(tmp_path, opened):
+def test_a_driver_tick_opens_the_ledger_once_and_lets_go_of_it_while_waiting_on_the_api(tmp_path, opened):
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
         runtime = runtime_for(url, tmp_path)
         session_id = runtime.sessions.start(SessionConfig(prompt="a lighthouse", tier="batch", driver="cli",
                                                           params=SearchParams(N=4, M=2, K=2, E=2)))
+        held_during: list[str] = []
+        runtime.client._client.event_hooks["request"].append(lambda request: held_during.append(
+            f"{request.method} {request.url.path}") if getattr(runtime.ledger._local, "con", None) is not None else None)
+        api_calls: list[str] = []
+        runtime.client._client.event_hooks["request"].append(lambda request: api_calls.append(request.url.path))
         driver = Driver(runtime, owner="cli", session_ids=[session_id])
         for _ in range(3):  # queue and send, then ingest and apply: dozens of ledger calls each
             opened.clear()
+            api_calls.clear()
             driver.tick()
-            assert opened.count(threading.current_thread().name) == 1
+            assert api_calls, "each of these ticks talks to the API (upload and create, or poll and download)"
+            # One connection for the tick's ledger work, and one again after each wait on the API.
+            assert 1 < opened.count(threading.current_thread().name) <= 1 + len(api_calls)
+        assert held_during == [], "no API call is made while this thread holds the ledger file"
 
 
 def test_a_new_batch_is_created_without_walking_the_remote_list(tmp_path):
