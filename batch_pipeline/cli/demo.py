@@ -29,7 +29,7 @@ from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.settings import PipelineHome
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # batch_pipeline/cli/demo.py -> the repository
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python
 
 
