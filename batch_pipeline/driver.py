@@ -113,8 +113,7 @@ class Driver:
             return tick
         try:
             tick.recovered = len(rt.executor.sync.recover_lost(session_ids=owned))
-            for session_id in self.running(owned):
-                tick.progress[session_id] = self._advance(session_id)
+            self._advance_all(self.running(owned), tick)
             tick.deadline_actions = enforce_round_deadlines(rt.ledger, rt.manager, rt.executor.policy, rt.catalog,
                                                             session_ids=owned, now=self.clock)
             self._flush(owned, tick)
@@ -133,9 +132,25 @@ class Driver:
                 raise  # a driver of its own sessions (the CLI) tells its user at once; the sessions are ended
         if tick.ingested or tick.recovered:
             # A round's results are in: apply them now rather than after a sleep.
-            for session_id in self.running(owned):
-                tick.progress[session_id] = self._advance(session_id)
+            self._advance_all(self.running(owned), tick)
         return tick
+
+    def _advance_all(self, session_ids: list[str], tick: Tick) -> None:
+        """Step these sessions: the common step of all of them at once (`SessionService.advance_many`), the
+        rest one by one. A bug in the bulk step costs only its speed: every session is then stepped alone,
+        so one broken session still fails alone."""
+        if not session_ids:
+            return
+        try:
+            done, rest = self.runtime.sessions.advance_many(session_ids)
+        except Exception as exc:
+            if is_transient(exc) or is_auth_error(exc) or self.session_ids is not None:
+                raise
+            log.exception("stepping %d sessions together failed; stepping them one by one", len(session_ids))
+            done, rest = {}, session_ids
+        tick.progress.update(done)
+        for session_id in rest:
+            tick.progress[session_id] = self._advance(session_id)
 
     def _advance(self, session_id: str) -> SessionProgress:
         if self.session_ids is not None:

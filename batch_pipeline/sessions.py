@@ -24,13 +24,14 @@ from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow, SessionRow
-from batch_pipeline.providers.executor import RoundExecutor
+from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow, SessionRow, SessionSave
+from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.providers.executor import RoundExecutor, refused_for_content
 from batch_pipeline.providers.tier_policy import TierMode
 from batch_pipeline.records import QueuedRequest
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
 from batch_pipeline.search.schemas import not_blank
-from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId
+from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId, Tier
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,94 @@ class SessionService:
                 return self._ended(session_id)
         return self._progress(state, "completed")
 
+    def advance_many(self, session_ids: Sequence[str]) -> tuple[dict[str, SessionProgress], list[str]]:
+        """`advance` for many sessions at once, in a fixed number of ledger statements however many there are:
+        one read of their rows and states, one of their current rounds' request states, one of the finished
+        rounds' results, one save of every applied round, one enqueue of every next round and one cache
+        lookup (a tick over a thousand sessions made ~20 queries per session, each scanning tables that
+        grow with the sessions).
+
+        Only the common step is taken here: a batch-tier round that has all its answers is applied and the
+        next round queued on the batch tier, or a round not queued yet is queued. A session with anything
+        else to do (a budget, a round half-answered or back from a failed batch, standard or flex requests,
+        an image refused for its content, a round the cache answers, a failed search) is returned in the
+        second list, untouched by this call or left where a crash would leave it, for `advance` one by one:
+        every step is resumable, so `advance` finishes what this began. Returns (progress of the sessions
+        stepped here, the sessions for `advance`).
+        """
+        loaded = self.ledger.sessions_with_state(session_ids)
+        rest = [sid for sid in session_ids if sid not in loaded]
+        busy = self.ledger.sessions_with_queued_work(loaded)
+        now = self.clock()
+        # The current round of each candidate session: (row, state, calls).
+        current: dict[str, tuple[SessionRow, SearchState, list]] = {}
+        for sid, (row, state_json) in loaded.items():
+            state = SearchState.model_validate_json(state_json)
+            calls = plan_round(state) if row.status == "running" and not state.done else []
+            if not calls or sid in busy or row.config.get("budget_usd") is not None:
+                rest.append(sid)
+                continue
+            current[sid] = (row, state, calls)
+        ids = [self.executor.request_id(c) for _row, _state, calls in current.values() for c in calls]
+        states = self.ledger.request_states(ids)
+        answered = [sid for sid, (_row, _state, calls) in current.items()
+                    if all(states.get(self.executor.request_id(c)) in TERMINAL_REQUEST_STATES for c in calls)]
+        unqueued = [sid for sid, (_row, _state, calls) in current.items()
+                    if not any(self.executor.request_id(c) in states for c in calls)]
+        rest += [sid for sid in current if sid not in answered and sid not in unqueued]
+        # Apply the answered rounds.
+        answered_ids = [self.executor.request_id(c) for sid in answered for c in current[sid][2]]
+        finals = self.ledger.final_results(answered_ids)
+        tiers = {rid: row.tier for rid, row in self.ledger.request_rows(list(finals)).items()}
+        saves: dict[str, tuple[SearchState, str]] = {}
+        to_queue = {sid: current[sid][1] for sid in unqueued}
+        for sid in answered:
+            row, state, calls = current[sid]
+            results = self.executor.collect(calls, finals=finals, tiers=tiers)
+            if any(refused_for_content(c, results[c.key]) for c in calls):
+                rest.append(sid)
+                continue
+            try:
+                state = apply_round(state, results)
+            except SearchFailed:
+                rest.append(sid)  # `advance` applies it again and saves the session failed, with the reason
+                continue
+            saves[sid] = (state, "completed" if state.done else "running")
+            if not state.done:
+                to_queue[sid] = state
+        saved = self.ledger.save_sessions([self._session_save(state, status) for state, status in saves.values()])
+        progress = {sid: self._progress(state, status) for sid, (state, status) in saves.items()
+                    if sid in saved and status == "completed"}
+        rest += [sid for sid in saves if sid not in saved]  # ended meanwhile (cancelled): `advance` says how
+        # Queue the next rounds, all on the batch tier or not here.
+        turnaround = self.ledger.observed_turnaround()
+        planned: dict[str, tuple[SearchState, list, list[QueuedRequest]]] = {}
+        for sid, state in to_queue.items():
+            if sid in saves and sid not in saved:
+                continue
+            row = current[sid][0]
+            calls = plan_round(state)
+            requests = self.executor.plan(
+                sid, calls, mode=row.config.get("tier", "batch"), round_id=state.round_id, turnaround=turnaround,
+                deadline_at=round_deadline(round_started_at=now, session_deadline_at=row.deadline_at,
+                                           rounds_left=len(rounds_left(state))))
+            if not calls or any(r.tier != Tier.BATCH for r in requests):
+                rest.append(sid)
+                continue
+            planned[sid] = (state, calls, requests)
+        new_ids = set(self.ledger.enqueue([r for _state, _calls, requests in planned.values() for r in requests]))
+        failpoint("round-queued")
+        cached = self.executor.answer_from_cache(
+            [r for _state, _calls, requests in planned.values() for r in requests if r.request_id in new_ids])
+        if self.batch_mode == "immediate" and planned:
+            self.manager.submit_queued(session_ids=list(planned))
+        for sid, (state, calls, requests) in planned.items():
+            if any(r.request_id in cached for r in requests) or not any(r.request_id in new_ids for r in requests):
+                rest.append(sid)  # answered (in part) by the cache, or ended meanwhile: `advance` looks again
+            else:
+                progress[sid] = self._progress(state, "waiting", pending=len(calls))
+        return progress, list(dict.fromkeys(sid for sid in rest if sid not in progress))
+
     def _over_budget(self, session_id: str, round_id: RoundId, requests: Sequence[QueuedRequest],
                      budget: Decimal) -> str | None:
         """Why this round must not be sent (it would take the session over its budget), or None."""
@@ -263,8 +352,12 @@ class SessionService:
     # -- persistence --------------------------------------------------------------------------
 
     def _save(self, state: SearchState, status: str, error: str | None = None) -> bool:
-        return self.ledger.save_session(
-            state.session_id, state_json=state.model_dump_json(), status=status, iteration=state.iteration,
+        return bool(self.ledger.save_sessions([self._session_save(state, status, error)]))
+
+    @staticmethod
+    def _session_save(state: SearchState, status: str, error: str | None = None) -> SessionSave:
+        return SessionSave(
+            session_id=state.session_id, state_json=state.model_dump_json(), status=status, iteration=state.iteration,
             next_round=None if state.done else state.next_round, winner_id=state.winner_id,
             candidates=candidate_rows(state), error=error,
             rounds=[RoundRow(session_id=state.session_id, iteration=r.iteration, round=r.round, calls=r.calls,

@@ -278,6 +278,16 @@ class Ledger(SessionRecords, SpendingRecords):
         return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4],
                           tier=r[5], attempts=r[6]) for r in rows]
 
+    def sessions_with_queued_work(self, session_ids: Iterable[str]) -> set[str]:
+        """Of these sessions, those with queued requests a step itself runs or moves: standard or flex ones
+        (`RoundExecutor.run_sync`) and batch ones back from a failed try (`RoundExecutor.apply_fallback`)."""
+        with self.connect() as con:
+            rows = con.execute("SELECT DISTINCT session_id FROM requests WHERE state = 'queued'"
+                               " AND session_id IN (SELECT unnest(?))"
+                               " AND (tier IN ('standard', 'flex') OR (tier = 'batch' AND attempts > 0))",
+                               [list(session_ids)]).fetchall()
+        return {sid for (sid,) in rows}
+
     def queue_summary(self, *, tier: Tier = Tier.BATCH, session_ids: Iterable[str] | None = None) -> tuple[int, float | None]:
         """How many requests of a tier wait in the queue (of these sessions), and since when the oldest."""
         sql = ("SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = ?"

@@ -4,6 +4,7 @@ Mixed into `Ledger`; the search state itself is opaque JSON here (the ledger imp
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +58,20 @@ class RoundRow(BaseModel):
     output_tokens: int
 
 
+class SessionSave(BaseModel):
+    """One session's state after a step, as `save_sessions` writes it."""
+
+    session_id: str
+    state_json: str
+    status: str
+    iteration: int
+    next_round: str | None
+    winner_id: str | None
+    candidates: list[CandidateRow]
+    rounds: list[RoundRow]
+    error: str | None = None
+
+
 _SESSION_COLUMNS = ", ".join(SessionRow.model_fields)
 
 
@@ -76,35 +91,42 @@ class SessionRecords(LedgerCore):
                 [session_id, user_prompt, orjson.dumps(config).decode(), state_json, next_round, deadline_at, now, now])
         return True
 
-    def save_session(self, session_id: str, *, state_json: str, status: str, iteration: int, next_round: str | None,
-                     winner_id: str | None, candidates: list[CandidateRow], rounds: list[RoundRow],
-                     error: str | None = None) -> bool:
-        """Replace a session's state and its flat records in one transaction (a step is all or nothing).
+    def save_sessions(self, saves: Sequence[SessionSave]) -> set[str]:
+        """Replace each session's state and its flat records, all in one transaction and a fixed number of
+        statements (a tick that steps a thousand sessions saves them together; a step is all or nothing).
 
-        Only while the session is `running`: a step that raced a cancel writes nothing and returns False.
-        """
+        Only sessions still `running` are written: a step that raced a cancel writes nothing for that
+        session. Returns the ids saved."""
+        if not saves:
+            return set()
         with self.transaction() as con:
-            saved = con.execute("UPDATE sessions SET state = ?, status = ?, iteration = ?, next_round = ?, winner_id = ?,"
-                                " error = ?, updated_at = ? WHERE session_id = ? AND status = 'running'"
-                                " RETURNING session_id",
-                                [state_json, status, iteration, next_round, winner_id, error, self.clock(),
-                                 session_id]).fetchall()
+            saved = {sid for (sid,) in con.execute(
+                "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
+                " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
+                " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
+                "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration, unnest(?::VARCHAR[]) AS next_round,"
+                "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
+                " WHERE sessions.session_id = v.session_id AND sessions.status = 'running' RETURNING sessions.session_id",
+                [self.clock(), *map(list, zip(*((x.session_id, x.state_json, x.status, x.iteration, x.next_round,
+                                                 x.winner_id, x.error) for x in saves)))]).fetchall()}
             if not saved:
-                return False
-            con.execute("DELETE FROM candidates WHERE session_id = ?", [session_id])
-            con.execute("DELETE FROM rounds WHERE session_id = ?", [session_id])
+                return saved
+            ids = [sid for sid in (x.session_id for x in saves) if sid in saved]
+            con.execute("DELETE FROM candidates WHERE session_id IN (SELECT unnest(?))", [ids])
+            con.execute("DELETE FROM rounds WHERE session_id IN (SELECT unnest(?))", [ids])
             insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
-                         [tuple(c.model_dump().values()) for c in candidates])
+                         [tuple(c.model_dump().values()) for x in saves if x.session_id in saved for c in x.candidates])
             insert_rows(con, "rounds", (*RoundRow.model_fields, "seq", "cost_usd", "standard_cost_usd"),
-                         [(*r.model_dump().values(), seq, 0, 0) for seq, r in enumerate(rounds)])
+                         [(*r.model_dump().values(), seq, 0, 0)
+                          for x in saves if x.session_id in saved for seq, r in enumerate(x.rounds)])
             # Exact costs per round come from the results rows, not from the state's float sums.
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
-                " SELECT iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
-                " FROM spend WHERE session_id = ? GROUP BY ALL) c"
-                " WHERE rounds.session_id = ? AND c.iteration = rounds.iteration AND c.round = rounds.round",
-                [session_id, session_id])
-        return True
+                " SELECT session_id, iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
+                " FROM spend WHERE session_id IN (SELECT unnest(?)) GROUP BY ALL) c"
+                " WHERE rounds.session_id = c.session_id AND c.iteration = rounds.iteration AND c.round = rounds.round",
+                [ids])
+        return saved
 
     def end_session(self, session_id: str, status: str, error: str | None = None, *, winner_id: str | None = None) -> bool:
         """running -> `status` (failed, or stopped for a reason) in one transaction with its queued requests,
@@ -134,6 +156,13 @@ class SessionRecords(LedgerCore):
         if row is None:
             raise LedgerError(f"unknown session {session_id!r}")
         return row[0]
+
+    def sessions_with_state(self, session_ids: Sequence[str]) -> dict[str, tuple[SessionRow, str]]:
+        """Several sessions' rows and state JSON in one query."""
+        with self.connect() as con:
+            rows = con.execute(f"SELECT {_SESSION_COLUMNS}, state FROM sessions WHERE session_id IN (SELECT unnest(?))",
+                               [list(session_ids)]).fetchall()
+        return {row[0]: (_session_from_row(row[:-1]), row[-1]) for row in rows}
 
     def session(self, session_id: str) -> SessionRow | None:
         with self.connect() as con:

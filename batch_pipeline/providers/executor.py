@@ -46,11 +46,13 @@ class RoundExecutor:
     # -- submit -----------------------------------------------------------------------------
 
     def plan(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-             round_id: RoundId | None = None) -> list[QueuedRequest]:
+             round_id: RoundId | None = None,
+             turnaround: dict[tuple[str, str], tuple[float, int]] | None = None) -> list[QueuedRequest]:
         """A round's calls as requests on the tier the policy picks for the time this round has
-        (`deadline_at`: the round's planned deadline) and the ledger's observed batch turnaround."""
+        (`deadline_at`: the round's planned deadline) and the ledger's observed batch turnaround (read
+        here unless a caller planning many rounds passes it, read once)."""
         seconds_left = deadline_at - self.clock()
-        turnaround = self.ledger.observed_turnaround()
+        turnaround = self.ledger.observed_turnaround() if turnaround is None else turnaround
         by_operation: dict[str, list[Call]] = {}
         for call in calls:
             by_operation.setdefault(call.operation, []).append(call)
@@ -77,7 +79,7 @@ class RoundExecutor:
         if requests is None:
             requests = self.plan(session_id, calls, mode=mode, deadline_at=deadline_at, round_id=round_id)
         new_ids = set(self.ledger.enqueue(requests))
-        self._answer_from_cache([r for r in requests if r.request_id in new_ids])
+        self.answer_from_cache([r for r in requests if r.request_id in new_ids])
         self.run_sync(session_id)
         return [r.request_id for r in requests]
 
@@ -86,13 +88,15 @@ class RoundExecutor:
         return build_request(request, namespace="", operation=call.operation, session_id=session_id, tier=tier,
                              tier_reason=reason, round_id=round_id, image_store=self.image_store)
 
-    def _answer_from_cache(self, requests: Sequence[QueuedRequest]) -> None:
+    def answer_from_cache(self, requests: Sequence[QueuedRequest]) -> set[str]:
         """Identical bodies answered before cost nothing now (ensemble votes and siblings carry nonces,
-        so they never collide with each other and stay independent samples)."""
+        so they never collide with each other and stay independent samples). Returns the ids answered."""
+        if not requests:
+            return set()
         hits = self.ledger.find_cached_results([r.body_hash for r in requests])
         cached = [(r, hits[r.body_hash]) for r in requests if r.body_hash in hits]
         if not cached:
-            return
+            return set()
         self.ledger.start_sync([r.request_id for r, _ in cached], Tier.CACHE,
                                "cache: an identical request was answered before")
         outcomes = [
@@ -102,6 +106,7 @@ class RoundExecutor:
         ]
         self.ledger.record_sync_outcomes(outcomes, Tier.CACHE, max_attempts=self.max_attempts,
                                          reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]))
+        return {r.request_id for r, _ in cached}
 
     def run_sync(self, session_id: str) -> None:
         """Run every queued standard/flex request of the session (including fallbacks and retries).
@@ -136,15 +141,20 @@ class RoundExecutor:
         states = self.ledger.request_states([self.request_id(c) for c in calls])
         return sum(1 for c in calls if states.get(self.request_id(c)) not in TERMINAL_REQUEST_STATES)
 
-    def collect(self, calls: Sequence[Call]) -> dict[str, CallResult]:
+    def collect(self, calls: Sequence[Call], *, finals: dict[str, RequestOutcome] | None = None,
+                tiers: dict[str, str] | None = None) -> dict[str, CallResult]:
+        """The round's results by call key (`finals` and their `tiers`: read here unless a caller collecting
+        many rounds passes them, read once)."""
         ids = {self.request_id(c): c for c in calls}
-        finals = self.ledger.final_results(list(ids))
-        rows = self.ledger.request_rows(list(finals))
+        if finals is None:
+            finals = self.ledger.final_results(list(ids))
+        if tiers is None:
+            tiers = {rid: row.tier for rid, row in self.ledger.request_rows(list(finals)).items()}
         results = {}
         for rid, call in ids.items():
             outcome = finals.get(rid) or RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,
                                                         error_message="no result recorded")
-            tier = rows[rid].tier if rid in rows else None
+            tier = tiers.get(rid)
             results[call.key] = self.providers[call.kind].to_result(call, outcome, tier)
         return results
 
@@ -153,8 +163,7 @@ class RoundExecutor:
         exception path, and two more batches would cost a whole extra round. The candidate keeps its
         prompt; the image is drawn from the rephrased one."""
         for call in calls:
-            result = results[call.key]
-            if not isinstance(call, ImageCall) or result.ok or not any(c in (result.error or "") for c in CONTENT_POLICY_CODES):
+            if not refused_for_content(call, results[call.key]):
                 continue
             rephrased = self._run_now(session_id, "rephrase", ChatRequest(
                 key=f"{call.key}-rph", model=self.rephrase_model, max_completion_tokens=400,
@@ -183,3 +192,8 @@ class RoundExecutor:
     @staticmethod
     def request_id(call: Call) -> str:
         return make_custom_id("", call.key)
+
+
+def refused_for_content(call: Call, result: CallResult) -> bool:
+    """An image call the API refused for its content (`retry_refused_images` rephrases and retries it)."""
+    return isinstance(call, ImageCall) and not result.ok and any(c in (result.error or "") for c in CONTENT_POLICY_CODES)
