@@ -216,3 +216,40 @@ def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
     progress = drive(runtime, sid, timeout_s=60)
     assert progress.status == "failed" and "image" in (progress.error or "")
     assert runtime.ledger.session("fails").status == "failed"
+
+
+def test_sessions_stepped_together_stand_where_advance_would_leave_them(tmp_path):
+    """`advance_many` takes the common step of many sessions at once; after it, `advance` of each finds
+    nothing to change, and what it leaves to `advance` (here: a session with a budget) `advance` steps."""
+    import time
+
+    from openai_simulator import Simulator, SimulatorConfig
+
+    with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
+        runtime = runtime_for(url, tmp_path, BATCH_API_MODE="deferred", BATCH_FLUSH_MAX_AGE_SECONDS="0")
+        ids = [runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SMALL.model_copy(update={"seed": i}),
+                                                    tier="batch", driver="api", session_id=f"t{i}")) for i in range(3)]
+        budgeted = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SMALL, tier="batch", driver="api",
+                                                        budget_usd=Decimal("100"), session_id="tb"))
+        together, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with runtime.ledger.unit():
+                progress, rest = runtime.sessions.advance_many([*ids, budgeted])
+                assert budgeted not in progress
+                for sid, step in progress.items():
+                    state = runtime.ledger.session_state_json(sid)
+                    assert runtime.sessions.advance(sid) == step
+                    assert runtime.ledger.session_state_json(sid) == state
+                together += len(progress)
+                for sid in rest:
+                    runtime.sessions.advance(sid)
+                runtime.manager.submit_queued()
+                runtime.manager.refresh()
+                runtime.manager.ingest_ended()
+                if all(runtime.ledger.session(sid).status == "completed" for sid in [*ids, budgeted]):
+                    break
+            time.sleep(0.05)
+        assert all(runtime.ledger.session(sid).status == "completed" for sid in [*ids, budgeted])
+        rounds = len(runtime.sessions.state(ids[0]).rounds)
+        assert together >= 3 * rounds, "every round of the sessions without a budget was queued or applied together"
+        assert runtime.ledger.check_invariants() == []
