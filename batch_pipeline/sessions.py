@@ -308,11 +308,14 @@ class SessionService:
         self.ledger.end_session(state.session_id, "stopped", reason, winner_id=best)
         return self._ended(state.session_id)
 
-    def money_and_time(self, session_id: str, *, estimate: bool = False) -> dict[str, str]:
+    def money_and_time(self, session_id: str, *, estimate: bool = False, row: SessionRow | None = None,
+                       state: SearchState | None = None,
+                       turnaround: dict[tuple[str, str], tuple[float, int]] | None = None) -> dict[str, str]:
         """The session's deadline, completion estimate (with its basis) and three cost figures, as text for
-        metadata (launch run, session assets); `estimate` adds the whole session priced on every tier."""
-        row = self.row(session_id)
-        state = self.state(session_id)
+        metadata (launch run, session assets); `estimate` adds the whole session priced on every tier. A
+        caller rendering many sessions passes their `row`, `state` and the `turnaround`, read once."""
+        row = row or self.row(session_id)
+        state = state or self.state(session_id)
         figures = self.ledger.cost_figures(session_id=session_id)
         out = {"deadline": iso_utc(row.deadline_at), "budget": format_usd(Decimal(row.config["budget_usd"]))
                if row.config.get("budget_usd") is not None else "none",
@@ -320,7 +323,8 @@ class SessionService:
                "cost_batch_flex_saved": format_usd(figures.tier_saved), "cost_cache_avoided": format_usd(figures.cache_avoided)}
         if row.status == "running":
             done = session_completion(now=self.clock(), deadline_at=row.deadline_at, state=state,
-                                      mode=row.config.get("tier", "batch"), turnaround=self.ledger.observed_turnaround())
+                                      mode=row.config.get("tier", "batch"),
+                                      turnaround=self.ledger.observed_turnaround() if turnaround is None else turnaround)
             out |= {"estimated_completion": iso_utc(done.at), "estimate_basis": done.basis}
         if estimate:
             priced = estimate_session(row.user_prompt, state.params, self.executor.catalog,

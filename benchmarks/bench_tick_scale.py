@@ -4,7 +4,8 @@ Starts the in-thread simulator with zero phase durations, builds a runtime on a 
 deferred mode, flush age 0), starts S sessions (N=4, M=2, K=2, E=2, driver=dagster) through
 `SessionService.start`, then repeats what the tick run does: `ReadyDriver(...).tick()` (the core
 `Driver.tick` over the ready sessions) and the rendering of each moved session's changed views
-(`defs/session_assets.session_views`, the metadata the run writes to the event log), until every
+(`defs/session_assets.read_view_inputs` in the ledger unit, then `view_materializations`: the metadata
+the run writes to the event log), until every
 session has ended or a tick moves nothing for `--stall-ticks` ticks in a row. Prints per tick: sessions
 ready, moved, batches planned/ingested, seconds in the tick and in the views, and the requests by state;
 at the end whether every session finished, the ledger's invariants, and any session left running with
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from batch_pipeline.defs.batch_assets import ReadyDriver, moved
-from batch_pipeline.defs.session_assets import changed_views, session_views
+from batch_pipeline.defs.session_assets import changed_views, read_view_inputs, view_materializations
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams
@@ -49,8 +50,9 @@ def one_tick(runtime, driver: ReadyDriver, reader: LedgerReader) -> dict:
     t0 = time.perf_counter()
     with runtime.ledger.unit():
         steps = [p for p in tick.progress.values() if moved(before, p)]
-        for step in steps:
-            session_views(runtime, reader, step, changed_views(before.get(step.session_id), step))
+        viewed = [(p, changed_views(before.get(p.session_id), p)) for p in steps]
+        inputs = read_view_inputs(runtime, reader, viewed)
+    view_materializations(runtime, viewed, inputs)
     t_views = time.perf_counter() - t0
     return {"looked_at": len(tick.progress), "moved": len(steps), "planned": tick.planned,
             "ingested": tick.ingested, "tick_s": t_tick, "views_s": t_views}

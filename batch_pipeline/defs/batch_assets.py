@@ -21,7 +21,7 @@ from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_r
 from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
 from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
-from batch_pipeline.defs.session_assets import queued_requests, record_session_views
+from batch_pipeline.defs.session_assets import changed_views, queued_requests, read_view_inputs, view_materializations
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger.reader import BatchOverview, LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
@@ -124,41 +124,42 @@ def pipeline_tick(context: dg.AssetExecutionContext, openai: OpenAIResource, led
 def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerReader,
             before: dict[str, SessionRound], keys_before: set[str], tick: Tick,
             started: float) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    with runtime.ledger.unit():
+    with runtime.ledger.unit():  # every read at once; the views are rendered and logged after it lets go
         steps = [p for p in tick.progress.values() if moved(before, p)]
-        corrupt = {p.session_id: {str(r): states for r, states in rounds.items()} for p in steps
-                   if (rounds := reader.open_applied_rounds(p.session_id))}
-        for step in steps:
-            if step.session_id not in corrupt:
-                record_session_views(context, runtime, reader, before.get(step.session_id), step)
-        statuses: Counter[str] = Counter(p.status for p in steps)
-        failed = [p.session_id for p in steps if p.status == "failed"]
+        corrupt = {sid: {str(r): states for r, states in rounds.items()}
+                   for sid, rounds in reader.open_applied_rounds_of([p.session_id for p in steps]).items()}
+        viewed = [(p, changed_views(before.get(p.session_id), p)) for p in steps if p.session_id not in corrupt]
+        inputs = read_view_inputs(runtime, reader, viewed)
         overview = reader.batch_overview()
-        planned = [b for b in overview if b.batch_key not in keys_before]
-        context.log.info(f"tick: {len(tick.progress)} session(s) looked at, {len(steps)} moved {dict(statuses)}, "
-                         f"{len(planned)} batch(es) planned, {tick.ingested} ingested, {tick.recovered} calls recovered "
-                         f"in {time.monotonic() - started:.1f} s")
-        yield dg.MaterializeResult(asset_key=session_steps.key, metadata={
-            "sessions_running_before": len(before),
-            "sessions_moved": len(steps),
-            "by_status": dg.MetadataValue.json(dict(statuses)),
-            "failed_sessions": ", ".join(failed) or "-",
-            "calls_recovered": tick.recovered,
-            "seconds": round(time.monotonic() - started, 2),
-        })
-        yield dg.MaterializeResult(asset_key=submitted_batches.key, metadata={
-            "batches_planned": len(planned),
-            "requests_planned": sum(b.request_count for b in planned),
-            "shared_by_sessions": max((len(b.sessions) for b in planned), default=0),
-            **_batch_metadata(overview),
-        })
-        yield dg.MaterializeResult(asset_key=batch_results.key, metadata={
-            "batches_ingested": tick.ingested,
-            **_batch_metadata(overview),
-        })
-        yield rounds_terminal_result(corrupt, len(steps))
-        yield budgets_result(reader, [p.session_id for p in steps])
-        yield invariants_result(runtime.ledger, reader)
+        checks = [rounds_terminal_result(corrupt, len(steps)), budgets_result(reader, [p.session_id for p in steps]),
+                  invariants_result(runtime.ledger, reader)]
+    for materialization in view_materializations(runtime, viewed, inputs):
+        context.log_event(materialization)
+    statuses: Counter[str] = Counter(p.status for p in steps)
+    failed = [p.session_id for p in steps if p.status == "failed"]
+    planned = [b for b in overview if b.batch_key not in keys_before]
+    context.log.info(f"tick: {len(tick.progress)} session(s) looked at, {len(steps)} moved {dict(statuses)}, "
+                     f"{len(planned)} batch(es) planned, {tick.ingested} ingested, {tick.recovered} calls recovered "
+                     f"in {time.monotonic() - started:.1f} s")
+    yield dg.MaterializeResult(asset_key=session_steps.key, metadata={
+        "sessions_running_before": len(before),
+        "sessions_moved": len(steps),
+        "by_status": dg.MetadataValue.json(dict(statuses)),
+        "failed_sessions": ", ".join(failed) or "-",
+        "calls_recovered": tick.recovered,
+        "seconds": round(time.monotonic() - started, 2),
+    })
+    yield dg.MaterializeResult(asset_key=submitted_batches.key, metadata={
+        "batches_planned": len(planned),
+        "requests_planned": sum(b.request_count for b in planned),
+        "shared_by_sessions": max((len(b.sessions) for b in planned), default=0),
+        **_batch_metadata(overview),
+    })
+    yield dg.MaterializeResult(asset_key=batch_results.key, metadata={
+        "batches_ingested": tick.ingested,
+        **_batch_metadata(overview),
+    })
+    yield from checks
 
 
 tick_job = dg.define_asset_job(

@@ -38,10 +38,7 @@ def rounds_terminal_result(corrupt: dict[str, dict[str, dict[str, int]]], checke
 
 def budgets_result(reader: LedgerReader, session_ids: list[str]) -> dg.AssetCheckResult:
     over = {}
-    for session_id in session_ids:
-        budget = reader.session_budget(session_id)
-        if budget is None:
-            continue
+    for session_id, budget in reader.session_budgets(session_ids).items():
         paid = reader.cost_figures(session_id=session_id).paid
         if paid > budget:
             over[session_id] = f"spent {format_usd(paid)} of a {format_usd(budget)} budget"

@@ -7,6 +7,7 @@ They are asset specs without a compute function of their own: the loop lives in 
 that moves it is one per tick, not one per session.
 """
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -14,6 +15,7 @@ import dagster as dg
 from batch_pipeline.defs.launch import SESSIONS
 from batch_pipeline.defs.rendering import prompts_md, ranking_md, table, thumbnails_md
 from batch_pipeline.ledger.reader import LedgerReader, SessionRound
+from batch_pipeline.ledger.session_rows import CandidateRow
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress
@@ -77,24 +79,59 @@ def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg
     return [queued_requests, *(ROUND_VIEWS[r] for r in order if r in applied)]
 
 
-def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
+@dataclass
+class ViewInputs:
+    """What one session's views show after a step, read from the ledger (`read_view_inputs`)."""
+
+    state: SearchState
+    requests_by_state: dict[str, int]
+    money_and_time: dict[str, str]
+    round_tiers: list[tuple[str, str | None, str, int]]
+    candidates: list[CandidateRow]
+
+
+def read_view_inputs(runtime: Runtime, reader: LedgerReader,
+                     steps: list[tuple[SessionProgress, list[dg.AssetSpec]]]) -> dict[str, ViewInputs]:
+    """Everything these steps' views show, read in a few queries for all of them (inside the run's ledger
+    unit); rendering them (`session_views`) then needs no ledger, so it runs after the unit lets go."""
+    ledger = runtime.ledger
+    ids = [step.session_id for step, _views in steps]
+    loaded = ledger.sessions_with_state(ids)
+    counts = ledger.state_counts_of(ids)
+    tiers = reader.rounds_tiers({step.session_id: RoundId(step.iteration, step.next_round)
+                                 for step, _views in steps if step.next_round is not None})
+    candidates = ledger.candidates_of([step.session_id for step, views in steps
+                                       if {v.key.path[-1] for v in views} & {"generated_prompts", "image_candidates"}])
+    turnaround = ledger.observed_turnaround()
+    inputs = {}
+    for session_id in ids:
+        row, state_json = loaded[session_id]
+        state = SearchState.model_validate_json(state_json)
+        inputs[session_id] = ViewInputs(
+            state=state, requests_by_state=counts.get(session_id, {}), round_tiers=tiers.get(session_id, []),
+            money_and_time=runtime.sessions.money_and_time(session_id, row=row, state=state, turnaround=turnaround),
+            candidates=candidates.get(session_id, []))
+    return inputs
+
+
+def session_views(runtime: Runtime, step: SessionProgress, inputs: ViewInputs,
                   views: list[dg.AssetSpec] = SESSION_VIEWS) -> "dict[str, dict[str, RawMetadataValue]]":
-    """The metadata of these views of one session after a step, by asset name (reads only)."""
-    session_id, ledger, store = step.session_id, runtime.ledger, runtime.image_store
+    """The metadata of these views of one session after a step, by asset name, from what was read for it
+    (`read_view_inputs`; no ledger access)."""
+    store = runtime.image_store
     names = {v.key.path[-1] for v in views}
     step_md: dict[str, RawMetadataValue] = {
         "status": step.status,
         "iteration": step.iteration,
         "round": step.next_round or "done",
         "pending_requests": step.pending_requests,
-        "requests_by_state": dg.MetadataValue.json(ledger.state_counts(session_id=session_id)),
+        "requests_by_state": dg.MetadataValue.json(inputs.requests_by_state),
         "batch_api_mode": runtime.settings.batch_api_mode,
-        **runtime.sessions.money_and_time(session_id),
+        **inputs.money_and_time,
     }
     if step.next_round is not None:
-        tiers = reader.round_tiers(session_id, RoundId(step.iteration, step.next_round))
         step_md["round_tiers"] = dg.MetadataValue.md(
-            table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in tiers]))
+            table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in inputs.round_tiers]))
     if step.winner_id:
         step_md["winner"] = step.winner_id
     if step.error:
@@ -102,7 +139,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
 
     found: dict[str, dict[str, RawMetadataValue]] = {queued_requests.key.path[-1]: step_md}
     if names & {"generated_prompts", "image_candidates"}:
-        candidates = ledger.session_candidates(session_id)
+        candidates = inputs.candidates
         latest = max((c.iteration for c in candidates if c.image_path), default=None)
         found["generated_prompts"] = {
             "candidates": len(candidates),
@@ -115,7 +152,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
             "thumbnails": dg.MetadataValue.md(thumbnails_md([c for c in candidates if c.iteration == latest], store)),
         } if "image_candidates" in names else {}
     if "ranked_results" in names:
-        state = SearchState.model_validate_json(ledger.session_state_json(session_id))
+        state = inputs.state
         ranking: dict[str, RawMetadataValue] = {
             "status": step.status,
             "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
@@ -130,8 +167,9 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
     return {name: found[name] for name in (v.key.path[-1] for v in SESSION_VIEWS) if name in names}
 
 
-def record_session_views(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerReader,
-                         before: SessionRound | None, step: SessionProgress) -> None:
-    """A materialisation of each view the step changed, on the session's partition, in the run that moved it."""
-    for asset, metadata in session_views(runtime, reader, step, changed_views(before, step)).items():
-        context.log_event(dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata))
+def view_materializations(runtime: Runtime, steps: list[tuple[SessionProgress, list[dg.AssetSpec]]],
+                          inputs: dict[str, ViewInputs]) -> list[dg.AssetMaterialization]:
+    """A materialisation of each view each step changed, on the session's partition (no ledger access)."""
+    return [dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata)
+            for step, views in steps
+            for asset, metadata in session_views(runtime, step, inputs[step.session_id], views).items()]

@@ -6,7 +6,7 @@ process open the file, even read-only, while one writes) so a sensor tick stays 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date
@@ -199,22 +199,39 @@ class LedgerReader:
     def open_applied_rounds(self, session_id: str) -> dict[RoundId, dict[str, int]]:
         """Rounds the session has applied whose requests are not all terminal (state -> count): a corrupt step,
         since a round is applied only once all its answers are in."""
+        return self.open_applied_rounds_of([session_id]).get(session_id, {})
+
+    def open_applied_rounds_of(self, session_ids: Sequence[str]) -> dict[str, dict[RoundId, dict[str, int]]]:
+        """`open_applied_rounds` of several sessions in one query (only sessions that have any)."""
         with self.connect() as con:
-            rows = con.execute("SELECT q.iteration, q.round, q.state, count(*) FROM requests q"
+            rows = con.execute("SELECT q.session_id, q.iteration, q.round, q.state, count(*) FROM requests q"
                                " JOIN rounds r USING (session_id, iteration, round)"
-                               " WHERE q.session_id = ? AND q.state NOT IN (SELECT unnest(?))"
-                               " GROUP BY ALL ORDER BY 1, 2, 3", [session_id, list(_TERMINAL)]).fetchall()
-        out: dict[RoundId, dict[str, int]] = {}
-        for iteration, round_name, state, n in rows:
-            out.setdefault(RoundId(iteration, round_name), {})[state] = n
+                               " WHERE q.session_id IN (SELECT unnest(?)) AND q.state NOT IN (SELECT unnest(?))"
+                               " GROUP BY ALL ORDER BY 1, 2, 3, 4", [list(session_ids), list(_TERMINAL)]).fetchall()
+        out: dict[str, dict[RoundId, dict[str, int]]] = {}
+        for session_id, iteration, round_name, state, n in rows:
+            out.setdefault(session_id, {}).setdefault(RoundId(iteration, round_name), {})[state] = n
         return out
 
     def round_tiers(self, session_id: str, round_id: RoundId) -> list[tuple[str, str | None, str, int]]:
         """(tier, tier reason, state, count) of one round's requests: why each ran where it ran."""
+        return self.rounds_tiers({session_id: round_id}).get(session_id, [])
+
+    def rounds_tiers(self, rounds: dict[str, RoundId]) -> dict[str, list[tuple[str, str | None, str, int]]]:
+        """`round_tiers` of one round of each of several sessions (session id -> round), in one query."""
+        if not rounds:
+            return {}
         with self.connect() as con:
-            return con.execute("SELECT tier, tier_reason, state, count(*) FROM requests WHERE session_id = ?"
-                               " AND iteration = ? AND round = ? GROUP BY ALL ORDER BY 4 DESC, 1, 3",
-                               [session_id, *round_id]).fetchall()
+            rows = con.execute(
+                "SELECT q.session_id, tier, tier_reason, state, count(*) FROM requests q"
+                " JOIN (SELECT unnest(?) AS session_id, unnest(?) AS iteration, unnest(?) AS round) w"
+                "  ON q.session_id = w.session_id AND q.iteration = w.iteration AND q.round = w.round"
+                " GROUP BY ALL ORDER BY 1, 5 DESC, 2, 4",
+                [list(rounds), [r.iteration for r in rounds.values()], [r.round for r in rounds.values()]]).fetchall()
+        found: dict[str, list[tuple[str, str | None, str, int]]] = {}
+        for session_id, *tiers in rows:
+            found.setdefault(session_id, []).append(tuple(tiers))
+        return found
 
     def live_duplicate_members(self) -> list[tuple[str, int]]:
         """Custom ids that are members of more than one live batch: they would be paid for twice."""
@@ -230,12 +247,14 @@ class LedgerReader:
             return cost_figures_on(con, session_id)
 
     def session_budget(self, session_id: str) -> Decimal | None:
+        return self.session_budgets([session_id]).get(session_id)
+
+    def session_budgets(self, session_ids: Sequence[str]) -> dict[str, Decimal]:
+        """The budget of each of these sessions that has one, in one query."""
         with self.connect() as con:
-            row = con.execute("SELECT config FROM sessions WHERE session_id = ?", [session_id]).fetchone()
-        if row is None:
-            return None
-        budget = orjson.loads(row[0]).get("budget_usd")
-        return None if budget is None else Decimal(str(budget))
+            rows = con.execute("SELECT session_id, config->>'budget_usd' FROM sessions WHERE session_id IN (SELECT unnest(?))"
+                               " AND config->>'budget_usd' IS NOT NULL", [list(session_ids)]).fetchall()
+        return {session_id: Decimal(budget) for session_id, budget in rows}
 
     def batch_overview(self, *, limit: int = 50) -> list[BatchOverview]:
         """The newest batches with the sessions whose requests they carry (for asset metadata)."""

@@ -184,10 +184,19 @@ class SessionRecords(LedgerCore):
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def session_candidates(self, session_id: str) -> list[CandidateRow]:
+        return self.candidates_of([session_id]).get(session_id, [])
+
+    def candidates_of(self, session_ids: Sequence[str]) -> dict[str, list[CandidateRow]]:
+        """Several sessions' candidates in one query, each session's by iteration, then rank."""
         with self.connect() as con:
-            cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates WHERE session_id = ?"
-                              " ORDER BY iteration, rank NULLS LAST, candidate_id", [session_id])
-            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row, strict=True))) for row in cur.fetchall()]
+            cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates"
+                              " WHERE session_id IN (SELECT unnest(?))"
+                              " ORDER BY session_id, iteration, rank NULLS LAST, candidate_id", [list(session_ids)])
+            found: dict[str, list[CandidateRow]] = {}
+            for row in cur.fetchall():
+                candidate = CandidateRow(**dict(zip(CandidateRow.model_fields, row, strict=True)))
+                found.setdefault(candidate.session_id, []).append(candidate)
+            return found
 
     def session_costs(self, session_id: str) -> dict[str, dict[str, Decimal | int]]:
         """Per tier: calls, tokens, actual and standard-tier cost of a session's requests. Lines of duplicate
