@@ -26,7 +26,7 @@ import pstats
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from batch_pipeline.defs.batch_assets import ReadyDriver, moved
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--profile-out", help="also dump the profile here (pstats format)")
     args = parser.parse_args()
-    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; S={args.sessions}, "
           f"N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, batch tier, deferred (flush age 0)")
     with tempfile.TemporaryDirectory(prefix="bench-tick-") as tmp:

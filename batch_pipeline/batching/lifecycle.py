@@ -259,21 +259,22 @@ class BatchLifecycle:
             return []
         found = []
         oldest = min(sent for _bid, sent in keys.values()) - CREATE_SETTLE_MARGIN_S
-        for remote in self.client.batches.list(limit=100):
-            key = (remote.metadata or {}).get(METADATA_KEY)
-            if key in keys and remote.id != keys[key][0] and self.ledger.batch(key).phase in _SETTLED_PHASES:
-                duplicate = self.ledger.record_duplicate(key, remote.id, remote.status)
-                if duplicate is not None:
-                    found.append(duplicate.batch_key)
-                    log.error("batch %s: remote batch %s carries its key but is not the one recorded (a create that "
-                              "landed late); recorded as duplicate %s", key, remote.id, duplicate.batch_key)
-                    if remote.status in ACTIVE_STATUSES and remote.status != "cancelling":
-                        try:
-                            self.client.batches.cancel(remote.id)
-                        except openai.ConflictError:
-                            log.warning("duplicate batch %s finished before it could be cancelled", remote.id)
-            if remote.created_at < oldest:
-                break
+        with self.ledger.released():  # the few ledger calls below open their own connections
+            for remote in self.client.batches.list(limit=100):
+                key = (remote.metadata or {}).get(METADATA_KEY)
+                if key in keys and remote.id != keys[key][0] and self.ledger.batch(key).phase in _SETTLED_PHASES:
+                    duplicate = self.ledger.record_duplicate(key, remote.id, remote.status)
+                    if duplicate is not None:
+                        found.append(duplicate.batch_key)
+                        log.error("batch %s: remote batch %s carries its key but is not the one recorded (a create "
+                                  "that landed late); recorded as duplicate %s", key, remote.id, duplicate.batch_key)
+                        if remote.status in ACTIVE_STATUSES and remote.status != "cancelling":
+                            try:
+                                self.client.batches.cancel(remote.id)
+                            except openai.ConflictError:
+                                log.warning("duplicate batch %s finished before it could be cancelled", remote.id)
+                if remote.created_at < oldest:
+                    break
         return found
 
     def cancel(self, batch_key: str) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerBusy, is_lock_error
@@ -252,8 +251,9 @@ class LedgerReader:
     def session_budgets(self, session_ids: Sequence[str]) -> dict[str, Decimal]:
         """The budget of each of these sessions that has one, in one query."""
         with self.connect() as con:
-            rows = con.execute("SELECT session_id, config->>'budget_usd' FROM sessions WHERE session_id IN (SELECT unnest(?))"
-                               " AND config->>'budget_usd' IS NOT NULL", [list(session_ids)]).fetchall()
+            rows = con.execute("SELECT session_id, config->>'budget_usd' FROM sessions"
+                               " WHERE session_id IN (SELECT unnest(?)) AND config->>'budget_usd' IS NOT NULL",
+                               [list(session_ids)]).fetchall()
         return {session_id: Decimal(budget) for session_id, budget in rows}
 
     def batch_overview(self, *, limit: int = 50) -> list[BatchOverview]:

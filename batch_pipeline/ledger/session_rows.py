@@ -104,11 +104,13 @@ class SessionRecords(LedgerCore):
                 "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
                 " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
                 " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
-                "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration, unnest(?::VARCHAR[]) AS next_round,"
+                "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration,"
+                "  unnest(?::VARCHAR[]) AS next_round,"
                 "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
-                " WHERE sessions.session_id = v.session_id AND sessions.status = 'running' RETURNING sessions.session_id",
+                " WHERE sessions.session_id = v.session_id AND sessions.status = 'running'"
+                " RETURNING sessions.session_id",
                 [self.clock(), *map(list, zip(*((x.session_id, x.state_json, x.status, x.iteration, x.next_round,
-                                                 x.winner_id, x.error) for x in saves)))]).fetchall()}
+                                                 x.winner_id, x.error) for x in saves), strict=True))]).fetchall()}
             if not saved:
                 return saved
             ids = [sid for sid in (x.session_id for x in saves) if sid in saved]

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import TypeGuard
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.pricing import PriceCatalog
@@ -125,7 +126,8 @@ class RoundExecutor:
         moved = []
         seconds_left = deadline_at - self.clock()
         for row in self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id, retried=True):
-            choice = self.policy.fallback(attempts=row.attempts, max_attempts=self.max_attempts, seconds_left=seconds_left)
+            choice = self.policy.fallback(attempts=row.attempts, max_attempts=self.max_attempts,
+                                          seconds_left=seconds_left)
             if choice is not None:
                 self.ledger.requeue([row.request_id], tier=choice.tier, reason=choice.reason)
                 moved.append(row.request_id)
@@ -194,6 +196,7 @@ class RoundExecutor:
         return make_custom_id("", call.key)
 
 
-def refused_for_content(call: Call, result: CallResult) -> bool:
+def refused_for_content(call: Call, result: CallResult) -> TypeGuard[ImageCall]:
     """An image call the API refused for its content (`retry_refused_images` rephrases and retries it)."""
-    return isinstance(call, ImageCall) and not result.ok and any(c in (result.error or "") for c in CONTENT_POLICY_CODES)
+    return isinstance(call, ImageCall) and not result.ok and any(
+        c in (result.error or "") for c in CONTENT_POLICY_CODES)

@@ -48,7 +48,7 @@ def test_a_driver_tick_opens_the_ledger_once_and_lets_go_of_it_while_waiting_on_
                                                           params=SearchParams(N=4, M=2, K=2, E=2)))
         held_during: list[str] = []
         runtime.client._client.event_hooks["request"].append(lambda request: held_during.append(
-            f"{request.method} {request.url.path}") if getattr(runtime.ledger._local, "con", None) is not None else None)
+            f"{request.method} {request.url.path}") if getattr(runtime.ledger._local, "con", None) else None)
         api_calls: list[str] = []
         runtime.client._client.event_hooks["request"].append(lambda request: api_calls.append(request.url.path))
         driver = Driver(runtime, owner="cli", session_ids=[session_id])

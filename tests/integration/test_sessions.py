@@ -1,6 +1,8 @@
 """Beam-search sessions end to end on every tier: real SDK -> simulator -> ledger."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from batch_pipeline.search import SearchParams
