@@ -54,7 +54,7 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
     wanted = set(session_ids) if session_ids is not None else None
     actions, planned = [], {}
     for row, started in ledger.current_round_starts():
-        if wanted is not None and row.session_id not in wanted or row.next_round is None:
+        if (wanted is not None and row.session_id not in wanted) or row.next_round is None:
             continue
         params = SearchParams.model_validate(row.config["params"])
         left = rounds_after(params, row.iteration, row.next_round)
