@@ -62,7 +62,10 @@ class SyncTierRunner:
             pending = {pool.submit(self._run_one, rows[rid], tier): rid for rid in started}
             renewed_at = time.monotonic()
             while pending:
-                done, _ = wait(pending, timeout=self.lease_s / 3, return_when=FIRST_COMPLETED)
+                # The calls take seconds: the ledger file is let go meanwhile, so readers in other processes
+                # (the sensor, the API's GETs) need not wait for them; each answer is recorded as it returns.
+                with self.ledger.released():
+                    done, _ = wait(pending, timeout=self.lease_s / 3, return_when=FIRST_COMPLETED)
                 for future in done:
                     rid = pending.pop(future)
                     try:

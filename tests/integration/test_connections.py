@@ -2,6 +2,8 @@
 connection in its thread, and a batch's first create no remote list walk."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import duckdb
@@ -11,7 +13,7 @@ from batch_pipeline.driver import Driver
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
-from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from tests.integration.support import runtime_for
 
 
@@ -74,3 +76,27 @@ def test_a_new_batch_is_created_without_walking_the_remote_list(tmp_path):
         assert runtime.manager.submit_queued(session_ids=[session_id])
     assert ("GET", "/v1/batches") not in requests_seen, "a batch never sent cannot exist remotely: no lookup"
     assert requests_seen.count(("POST", "/v1/batches")) == 1
+
+
+def test_a_standard_round_lets_go_of_the_ledger_while_its_calls_are_out(tmp_path):
+    """Another process reads the ledger while a tick waits on slow synchronous calls (issue 11)."""
+    sim = Simulator(SimulatorConfig(data_dir=tmp_path / "sim"))
+    with sim.serve() as url:
+        runtime = runtime_for(url, tmp_path)
+        session_id = runtime.sessions.start(SessionConfig(prompt="a lighthouse", tier="standard", driver="cli",
+                                                          params=SearchParams(N=4, M=2, K=2, E=2)))
+        sim.add_fault(FaultRule(kind="slow", path="/v1/chat/completions", params={"seconds": 12}))
+        calls_out = threading.Event()
+        runtime.client._client.event_hooks["request"].append(lambda request: calls_out.set())
+        tick = threading.Thread(target=Driver(runtime, owner="cli", session_ids=[session_id]).tick, daemon=True)
+        tick.start()
+        assert calls_out.wait(60), "the tick sent its first round"
+        reader = subprocess.run(
+            [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True);"
+             " print(con.execute('SELECT count(*) FROM requests').fetchone()[0])", str(runtime.ledger.path)],
+            capture_output=True, text=True, timeout=120)
+        still_waiting = tick.is_alive()
+        tick.join(180)
+    assert reader.returncode == 0, reader.stderr
+    assert int(reader.stdout) == 4, "the reader sees the round's four requests"
+    assert still_waiting, "it read while the tick was still waiting on its calls"
