@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from batch_pipeline.batching.model_rules import is_reasoning_model, normalise_chat_params
-from batch_pipeline.vocabulary import Endpoint
+from batch_pipeline.vocabulary import Endpoint, RoundId
 from batch_pipeline.batching.requests import (
     IMAGE_TOKENS,
     ChatRequest,
@@ -172,3 +172,48 @@ def test_cache_identity_ignores_key_order_and_request_key_but_not_endpoint_or_va
     assert body_hash(Endpoint.CHAT, a) != body_hash(Endpoint.CHAT, a | {"seed": 2})
     one, two = chat("k1", text="same"), chat("k2", text="same")
     assert one.request_id != two.request_id and one.body_hash == two.body_hash
+
+
+# -- the fast path: a built request is not validated twice, and its body is serialised once ------------
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"session_id": "s-1", "tier_reason": "deadline", "round_id": RoundId(2, "vision"), "tier": "flex"},
+    {"tier": "standard"},
+])
+def test_a_built_request_equals_the_validated_model_of_the_same_values(kwargs):
+    from batch_pipeline.records import QueuedRequest, canonical_body
+
+    for request in (ChatRequest(key="k/1 é", model="gpt-4.1-mini", max_tokens=50, temperature=0.3,
+                                messages=[{"role": "user", "content": "é 🙂 \"q\""}], extra={"user": "u"}),
+                    ChatRequest(key="k2", model="gpt-5-mini", max_tokens=20, reasoning_effort="low",
+                                messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "x"}])):
+        queued = build_request(request, namespace="ns", operation="expand", **kwargs)
+        validated = QueuedRequest(**queued.model_dump())
+        assert queued == validated and validated == queued
+        assert queued.model_dump() == validated.model_dump() and queued.model_fields_set == validated.model_fields_set
+        assert type(queued.tier) is type(validated.tier) and type(queued.endpoint) is type(validated.endpoint)
+        assert queued.body_text() == validated.body_text() == canonical_body(queued.body).decode()
+        assert queued.body_hash == body_hash(queued.endpoint, queued.body)
+        # a copy with another body is serialised again, never stored stale
+        changed = queued.model_copy(update={"body": {**queued.body, "seed": 7}})
+        assert orjson.loads(changed.body_text())["seed"] == 7
+
+
+def test_request_line_is_the_jsonl_line_with_sorted_keys_and_line_bytes_long():
+    from batch_pipeline.batching.requests import request_line
+
+    queued = build_request(ChatRequest(key="k", model="gpt-5-mini", max_tokens=9,
+                                       messages=[{"role": "user", "content": "ünï 🙂"}]), namespace="t", operation="o")
+    line = request_line(queued)
+    assert orjson.loads(line) == orjson.loads(jsonl_line(queued.request_id, queued.endpoint, queued.body))
+    assert len(line) == len(jsonl_line(queued.request_id, queued.endpoint, queued.body)) == queued.line_bytes
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"operation": 3}, "operation"), ({"session_id": 5}, "session_id"),
+                                               ({"round_id": ("2", "text")}, "round_id"), ({"tier": "cheap"}, "tier")])
+def test_values_stored_without_a_second_validation_are_still_refused_when_wrong(kwargs, field):
+    request = ChatRequest(key="k", model="gpt-5-mini", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(RequestValidationError) as err:
+        build_request(request, **{"namespace": "t", "operation": "o", **kwargs})
+    assert err.value.field == field
