@@ -49,7 +49,7 @@ class QueuedRequest(BaseModel):
     def body_text(self) -> str:
         """`body` as the JSON text the ledger stores and input lines embed (keys sorted), serialised once."""
         try:
-            return self._body_text
+            return self._body_text  # type: ignore[attr-defined]  # the slot, set by from_checked or below
         except AttributeError:
             text = canonical_body(self.body).decode()
             object.__setattr__(self, "_body_text", text)

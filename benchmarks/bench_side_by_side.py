@@ -113,6 +113,13 @@ def project_ingest(ledger: Ledger, table: results_mod.ResultTable) -> None:
 
 # -- yardsticks ----------------------------------------------------------------------------------
 
+def yardstick_dumps(n: int, repeats: int) -> float:
+    """orjson.dumps of the envelopes the project writes (the same custom_ids and bodies), one per line."""
+    envelopes = [{"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
+                 for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))]
+    return median_time(lambda: [orjson.dumps(e) for e in envelopes], repeats)
+
+
 def yardstick_insert(directory: Path, rows: dict[str, list]) -> Callable[[], None]:
     """The same result rows as a pyarrow table, inserted into the ledger's `results` table."""
     schema = (Path(results_mod.__file__).parent.parent / "ledger" / "schema.sql").read_text()
@@ -123,7 +130,7 @@ def yardstick_insert(directory: Path, rows: dict[str, list]) -> Callable[[], Non
         con = duckdb.connect(str(path))
         try:
             con.execute(schema)
-            arrow_rows = pa.table(rows)  # made before the clock starts: the yardstick is DuckDB's insert alone
+            con.register("arrow_rows", pa.table(rows))  # made before the clock: the yardstick is DuckDB's insert
             start = time.perf_counter()
             con.begin()
             con.execute(f"INSERT INTO results ({', '.join(rows)}) SELECT * FROM arrow_rows")
@@ -253,11 +260,7 @@ def main() -> None:
         rows: list[tuple[str, float, str, float | None]] = []  # label, seconds, yardstick label, yardstick seconds
 
         build_s = median_time(lambda: project_build(n, home / "input.jsonl"), repeats)
-        queued = [build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n)]
-        envelopes = [{"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body} for q in queued]
-        del queued
-        dumps_s = median_time(lambda: [orjson.dumps(e) for e in envelopes], repeats)
-        del envelopes
+        dumps_s = yardstick_dumps(n, repeats)
         rows.append(("build + validate + JSONL line", build_s, "orjson.dumps of the same envelopes", dumps_s))
         if args.no_peer:
             peer_s, why = None, "--no-peer given"
@@ -293,7 +296,7 @@ def main() -> None:
         del yard_rows
 
         print()
-        print(f"| path | project lines/s | yardstick | yardstick lines/s | project / yardstick |")
+        print("| path | project lines/s | yardstick | yardstick lines/s | project / yardstick |")
         print("|---|---:|---|---:|---:|")
         for label, seconds, yard_label, yard_s in rows:
             if label.startswith("(peer)"):

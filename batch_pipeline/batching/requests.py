@@ -156,7 +156,7 @@ def body_hash(endpoint: str, body: dict[str, Any]) -> str:
     return _hash(endpoint, canonical_body(body))
 
 
-def _hash(endpoint: str, body_bytes: bytes) -> str:
+def _hash(endpoint: Endpoint | str, body_bytes: bytes) -> str:
     prefix = _HASH_PREFIX.get(endpoint) or str(endpoint).encode() + b"\n"
     return hashlib.sha256(prefix + body_bytes).hexdigest()
 
@@ -167,7 +167,7 @@ def _line_head(custom_id: str, endpoint: str) -> bytes:
 
 
 # Per endpoint, computed once: the hash prefix and the bytes of a line's head besides the custom_id.
-_HASH_PREFIX = {e: str(e).encode() + b"\n" for e in Endpoint}
+_HASH_PREFIX: dict[str, bytes] = {e: str(e).encode() + b"\n" for e in Endpoint}
 _HEAD_BYTES = {e: len(_line_head("", e)) - len(orjson.dumps("")) for e in Endpoint}
 
 

@@ -183,8 +183,9 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                     data = body.get("data")
                     if data is not None and image_store is not None and type(data) is list \
                             and any("b64_json" in item for item in data):
-                        body = store_images(RequestOutcome(request_id=custom_id, outcome=outcome, response=body),
-                                            image_store).response
+                        stored = store_images(RequestOutcome(request_id=custom_id, outcome=outcome, response=body),
+                                              image_store).response
+                        body = stored if stored is not None else body
                     if outcome is succeeded:
                         usage = _token_counts(body.get("usage"))
                         if type(usage) is tuple:

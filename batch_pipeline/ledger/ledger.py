@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 import orjson
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
@@ -562,12 +562,12 @@ class Ledger(SessionRecords, SpendingRecords):
             deadline_tier, deadline_reason = con.execute(
                 "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
             cancelled = [rid for rid, outcome, _ in outcomes if outcome == Outcome.CANCELLED] if deadline_tier else []
-            unrun = set(cancelled)
-            ran = [o for o in outcomes if o[0] not in unrun] if unrun else outcomes
+            unrun = cancelled
+            unrun_ids = set(unrun)
+            ran = [o for o in outcomes if o[0] not in unrun_ids] if unrun else outcomes
             self._apply_outcome_rows(con, [o[0] for o in ran], [o[1] for o in ran], [o[2] for o in ran], members,
                                      batch_key, max_attempts)
             if unrun:
-                unrun = cancelled  # type: ignore[assignment]
                 # We cancelled this batch at its round's deadline: what never ran is finished on another tier
                 # (an attempt that was not the request's fault, so it does not count against max_attempts).
                 self._requeue_or_end(con, unrun, RequestState.CANCELLED, batch_key, deadline_reason, max_attempts=2**31,
