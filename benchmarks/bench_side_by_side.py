@@ -1,6 +1,7 @@
 """Benchmark: the file and ledger hot paths next to their yardsticks and the `openai-batch` peer, in one run.
 
-Every row is timed `--repeats` times (median printed) on the same 50,000 chat requests:
+Every row is timed `--repeats` times (median printed) on the same 50,000 chat requests, the project, its
+yardstick and the peer taking turns, so a shared machine's load weighs on them alike:
 
   build    the project's `build_request` + the JSONL line, written to a file
            yardstick: orjson.dumps of the same envelopes; peer: openai-batch `Batch.add_to_batch` -> file
@@ -10,8 +11,9 @@ Every row is timed `--repeats` times (median printed) on the same 50,000 chat re
            yardstick: a pyarrow table of the same result rows inserted into the same `results` table
 
 The peer is installed by this script into a throwaway venv (pip's cache makes that quick) and run in
-a subprocess; with --no-peer, or when the install fails, its row says why it was skipped.
-Also prints the peak RSS of a fresh process that parses, prices and ingests one 50,000-line batch.
+a subprocess (timed inside it, start-up excluded); with --no-peer, or when the install fails, its row says
+why it was skipped. Also prints the peak RSS (VmHWM) of a fresh process that parses, prices and ingests
+one 50,000-line batch, and its peak before the ingest began.
 Usage: python benchmarks/bench_side_by_side.py [--lines 50000] [--repeats 5] [--no-peer]
 """
 from __future__ import annotations
@@ -60,16 +62,6 @@ def output_line(i: int) -> bytes:
                       "prompt_tokens_details": {"cached_tokens": 16 if i % 3 == 0 else 0}}}}}) + b"\n"
 
 
-def median_time(fn: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None) -> float:
-    times = []
-    for _ in range(repeats):
-        arg = setup() if setup else None
-        start = time.perf_counter()
-        fn(arg) if setup else fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 # -- the project's paths -------------------------------------------------------------------------
 
 def project_build(n: int, path: Path) -> None:
@@ -113,11 +105,10 @@ def project_ingest(ledger: Ledger, table: results_mod.ResultTable) -> None:
 
 # -- yardsticks ----------------------------------------------------------------------------------
 
-def yardstick_dumps(n: int, repeats: int) -> float:
-    """orjson.dumps of the envelopes the project writes (the same custom_ids and bodies), one per line."""
-    envelopes = [{"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
-                 for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))]
-    return median_time(lambda: [orjson.dumps(e) for e in envelopes], repeats)
+def yardstick_envelopes(n: int) -> list[dict]:
+    """The envelopes the project writes (the same custom_ids and bodies), for orjson.dumps one per line."""
+    return [{"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
+            for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))]
 
 
 def yardstick_insert(directory: Path, rows: dict[str, list]) -> Callable[[], None]:
@@ -156,14 +147,6 @@ def yardstick_rows(table: results_mod.ResultTable) -> dict[str, list]:
             "price_version": col("price_version"), "recorded_at": [0.0] * n}
 
 
-def median_insert(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        run()
-        times.append(run.elapsed)
-    return statistics.median(times)
-
-
 # -- the peer ------------------------------------------------------------------------------------
 
 PEER_SCRIPT = textwrap.dedent("""
@@ -184,24 +167,52 @@ PEER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def peer_build(n: int, repeats: int, directory: Path) -> tuple[float | None, str]:
-    """Median seconds of openai-batch writing n lines, or None and why it was skipped."""
+def peer_install(directory: Path) -> tuple[list[str] | None, str]:
+    """The command that times openai-batch writing lines once (installed into a throwaway venv), or None and
+    why it was skipped."""
     venv = directory / "peer-venv"
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
         py = venv / "bin" / "python"
         # openai pinned to the project's version (pip's cache has the wheel); the peer imports httpx itself
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PEER, "openai==3.57.0", "httpx"],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PEER,
+                        "openai==3.57.0", "httpx"], check=True, capture_output=True, timeout=600)
         script = directory / "peer.py"
         script.write_text(PEER_SCRIPT)
-        done = subprocess.run([str(py), str(script), str(n), str(repeats), str(directory / "peer.jsonl")],
-                              check=True, capture_output=True, text=True, timeout=600)
-        return float(done.stdout.strip().splitlines()[-1]), ""
-    except (subprocess.SubprocessError, OSError, ValueError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        detail = detail.decode() if isinstance(detail, bytes) else detail
-        return None, f"{PEER} not run: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+        return [str(py), str(script)], ""
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"{PEER} not installed: {_last_line(exc)}"
+
+
+def peer_once(command: list[str], n: int, directory: Path) -> float:
+    """Seconds openai-batch takes to write n lines (timed inside its process, start-up excluded)."""
+    done = subprocess.run([*command, str(n), "1", str(directory / "peer.jsonl")], check=True, capture_output=True,
+                          text=True, timeout=600)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _last_line(exc: BaseException) -> str:
+    detail = getattr(exc, "stderr", None) or str(exc)
+    detail = detail.decode() if isinstance(detail, bytes) else detail
+    return detail.strip().splitlines()[-1] if detail.strip() else repr(exc)
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, the runs taking turns (a, b, c, a, b, c, ...): a shared machine's load
+    then weighs on all of them alike, which timing each in its own phase does not."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return run
 
 
 # -- peak memory of one ingest -------------------------------------------------------------------
@@ -245,6 +256,32 @@ def ingest_peak_mb(directory: Path, n: int) -> tuple[float, float]:
     return float(before), float(peak)
 
 
+def build_phase(n: int, repeats: int, home: Path, peer_command: list[str] | None) -> dict[str, float]:
+    envelopes = yardstick_envelopes(n)
+    runs = {"build": timed(lambda: project_build(n, home / "input.jsonl")),
+            "dumps": timed(lambda: [orjson.dumps(e) for e in envelopes])}
+    if peer_command is not None:
+        runs["peer"] = lambda: peer_once(peer_command, n, home)
+    return interleaved(runs, repeats)
+
+
+def ingest_phase(n: int, repeats: int, home: Path, table: results_mod.ResultTable) -> dict[str, float]:
+    yardstick = yardstick_insert(home, yardstick_rows(table))
+
+    def ingest_once() -> float:
+        # ingest consumes its table: each turn gets a copy, made outside the timing like the ledger
+        ledger, copy = fresh_ledger(home, n), table_copy(table)
+        start = time.perf_counter()
+        project_ingest(ledger, copy)
+        return time.perf_counter() - start
+
+    def yardstick_once() -> float:
+        yardstick()
+        return yardstick.elapsed  # type: ignore[attr-defined]
+
+    return interleaved({"ingest": ingest_once, "insert": yardstick_once}, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=50_000)
@@ -259,13 +296,17 @@ def main() -> None:
         home = Path(tmp)
         rows: list[tuple[str, float, str, float | None]] = []  # label, seconds, yardstick label, yardstick seconds
 
-        build_s = median_time(lambda: project_build(n, home / "input.jsonl"), repeats)
-        dumps_s = yardstick_dumps(n, repeats)
-        rows.append(("build + validate + JSONL line", build_s, "orjson.dumps of the same envelopes", dumps_s))
         if args.no_peer:
-            peer_s, why = None, "--no-peer given"
+            peer_command, why = None, "--no-peer given"
         else:
-            peer_s, why = peer_build(n, repeats, home)
+            peer_command, why = peer_install(home)
+        try:
+            medians = build_phase(n, repeats, home, peer_command)
+        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            why = f"{PEER} failed: {_last_line(exc)}"
+            medians = build_phase(n, repeats, home, None)
+        build_s, peer_s = medians["build"], medians.get("peer")
+        rows.append(("build + validate + JSONL line", build_s, "orjson.dumps of the same envelopes", medians["dumps"]))
         rows.append((f"(peer) {PEER} add_to_batch -> file", peer_s or 0.0, "", None))
 
         output = home / "output.jsonl"
@@ -276,24 +317,21 @@ def main() -> None:
                 for raw in fh:
                     orjson.loads(raw)
 
-        loads_s = median_time(loads_lines, repeats)
-        rows.append(("parse + classify the output file", median_time(lambda: project_parse(output), repeats),
-                     "orjson.loads per line", loads_s))
         table = None
 
         def parse_price() -> None:
             nonlocal table
             table = project_parse_price(output, catalog)
 
-        rows.append(("parse + classify + price", median_time(parse_price, repeats), "orjson.loads per line", loads_s))
+        medians = interleaved({"loads": timed(loads_lines), "parse": timed(lambda: project_parse(output)),
+                               "price": timed(parse_price)}, repeats)
+        rows.append(("parse + classify the output file", medians["parse"], "orjson.loads per line", medians["loads"]))
+        rows.append(("parse + classify + price", medians["price"], "orjson.loads per line", medians["loads"]))
 
-        yard_rows = yardstick_rows(table)
-        # ingest consumes its table: each repeat gets a copy (made outside the timing, like the ledger)
-        ingest_s = median_time(lambda args: project_ingest(*args), repeats,
-                               setup=lambda: (fresh_ledger(home, n), table_copy(table)))
-        rows.append(("ingest outcomes into the ledger", ingest_s, "pyarrow table insert of the same rows",
-                     median_insert(yardstick_insert(home, yard_rows), repeats)))
-        del yard_rows
+        assert table is not None
+        medians = ingest_phase(n, repeats, home, table)
+        rows.append(("ingest outcomes into the ledger", medians["ingest"], "pyarrow table insert of the same rows",
+                     medians["insert"]))
 
         print()
         print("| path | project lines/s | yardstick | yardstick lines/s | project / yardstick |")

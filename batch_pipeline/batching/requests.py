@@ -5,6 +5,7 @@ First step of the data flow: everything a provider or a workload wants to run be
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -94,7 +95,8 @@ def build_request(
     image_store: ImageStore | None = None,
 ) -> QueuedRequest:
     """Validate and normalise `request` into the record the ledger queues."""
-    if isinstance(request, ChatRequest):
+    # `type(...) is` first: isinstance on a pydantic model class goes through ABCMeta, a microsecond a call
+    if type(request) is ChatRequest or isinstance(request, ChatRequest):
         body, est_tokens, inline_extra = _chat_body(request, image_store)
     else:
         body, est_tokens, inline_extra = _image_body(request), _estimate_text_tokens(request.prompt), 0
@@ -226,11 +228,20 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
               "max_completion_tokens": max_completion_tokens, "reasoning_effort": req.reasoning_effort, "seed": req.seed}
     if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
         _check_extra(req.key, req.extra, ChatRequest.model_fields)
-    params, _notes = normalise_chat_params(req.model, params)
+    # keyed by the values' types too: 1 and 1.0 (and True) are equal keys but serialise differently
+    params = _normalised_params(req.model, tuple(params.items()), tuple(map(type, params.values())))
     body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
     if req.response_format is not None:
         body["response_format"] = req.response_format
     return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalised_params(model: str, params: tuple[tuple[str, Any], ...], _types: tuple[type, ...]) -> dict[str, Any]:
+    """`normalise_chat_params` (a pure function of its arguments) remembered: a workload sends the same few
+    parameter sets to the same few models, and the rule costs more than the rest of a body's checks. The
+    dict returned is shared: callers copy it (a body unpacks it), never change it."""
+    return normalise_chat_params(model, dict(params))[0]
 
 
 def _check_response_format(req: ChatRequest) -> None:

@@ -256,15 +256,17 @@ def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, 
     if actual is not None and standard is not None and actual.text is not None and standard.text is not None \
             and endpoint != Endpoint.IMAGES:
         (pi, pc, po), (si, sc, so) = actual.text, standard.text
-        for at in todo:
-            row = rows[at]
-            if at in usages:
-                u = usages[at]
-                row = (*row[:6], u.input_tokens, u.cached_tokens, u.output_tokens, *row[9:])
-            inp, cached, out = row[6:9]
-            uncached = inp - cached
-            rows[at] = (*row[:10], uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
-                        version, *row[13:])
+        for at, u in usages.items():  # the few rows whose usage needed validating: their tokens first
+            rows[at] = (*rows[at][:6], u.input_tokens, u.cached_tokens, u.output_tokens, *rows[at][9:])
+        billed = set(todo) if len(todo) < len(rows) else None
+        costed = []
+        for at, row in enumerate(rows):
+            if billed is None or at in billed:
+                uncached, cached, out = row[6] - row[7], row[7], row[8]
+                row = row[:10] + (uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
+                                  version) + row[13:]
+            costed.append(row)
+        rows[:] = costed
         return table
     for at in todo:  # images, unpriced models, and prices finer than the unit: the per-row rule
         row = rows[at]

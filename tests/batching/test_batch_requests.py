@@ -217,3 +217,22 @@ def test_values_stored_without_a_second_validation_are_still_refused_when_wrong(
     with pytest.raises(RequestValidationError) as err:
         build_request(request, **{"namespace": "t", "operation": "o", **kwargs})
     assert err.value.field == field
+
+
+def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
+    from batch_pipeline.batching.requests import _normalised_params
+
+    for model in ("gpt-5-mini", "gpt-4.1-mini", "o3"):
+        for params in ({"temperature": 0.7, "top_p": None, "max_tokens": 300, "max_completion_tokens": None,
+                        "reasoning_effort": None, "seed": None},
+                       {"temperature": 1.0, "top_p": 1, "max_tokens": None, "max_completion_tokens": 9,
+                        "reasoning_effort": "low", "seed": 3}):
+            for _ in range(2):  # computed, then remembered
+                got = _normalised_params(model, tuple(params.items()), tuple(map(type, params.values())))
+                assert got == normalise_chat_params(model, params)[0]
+    as_int = {"temperature": None, "top_p": None, "max_tokens": None, "max_completion_tokens": None,
+              "reasoning_effort": None, "seed": 1}
+    as_bool = {**as_int, "seed": True}
+    for params in (as_int, as_bool):
+        got = _normalised_params("gpt-4.1-mini", tuple(params.items()), tuple(map(type, params.values())))
+        assert type(got["seed"]) is type(params["seed"])
