@@ -91,7 +91,8 @@ class CostReport:
                  " | standard for these calls | batch/flex saved | saved % | cache avoided |", "|" + "---|" * 13]
         for r in self.rows:
             lines.append(f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
-                         f" | {r.output_tokens:,} | {r.images:,} | {format_usd(r.cost_usd)} | {format_usd(standard_for_calls(r))}"
+                         f" | {r.output_tokens:,} | {r.images:,} | {format_usd(r.cost_usd)}"
+                         f" | {format_usd(standard_for_calls(r))}"
                          f" | {format_usd(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
                          f" | {format_usd(cache_avoided(r))} |")
         lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{format_usd(self.paid)}**"

@@ -1,8 +1,9 @@
 """The session driver: one `tick` that moves the sessions a driver owns forward, and one loop around it.
 
 A tick recovers calls lost by a dead process, advances every owned running session (apply finished
-rounds, queue the next; standard/flex calls run now), holds their round deadlines (`deadlines.py`), flushes the owned batch-tier queue (per
-BATCH_API_MODE and the flush thresholds), polls the owned batches and sweeps for late duplicates, then
+rounds, queue the next; standard/flex calls run now), holds their round deadlines (`deadlines.py`),
+flushes the owned batch-tier queue (per BATCH_API_MODE and the flush thresholds), polls the owned
+batches and sweeps for late duplicates, then
 ingests what ended. `run` repeats it on the poll policy until a condition holds. The CLI, the HTTP
 API's worker and `batch-pipeline demo` are thin calls of this; the Dagster runs call the same
 primitives (`SessionService.advance`, `BatchLifecycle.submit_queued/refresh/ingest_ended`).
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.deadlines import DeadlineAction, enforce_round_deadlines
@@ -164,7 +165,7 @@ class Driver:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, until: Callable[[Tick], bool], *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
-            sleep: Callable[[float], None] = time.sleep, on_tick: Callable[[Tick], None] | None = None) -> Tick:
+            sleep: Callable[[float], object] = time.sleep, on_tick: Callable[[Tick], None] | None = None) -> Tick:
         """Tick until `until(tick)` holds or `timeout_s` passes, backing off between ticks on the poll
         policy. Transient errors (the API unreachable, the ledger held by another process) are logged and
         waited out with a growing delay; they never end the loop. Returns the last tick."""
@@ -194,8 +195,8 @@ class Driver:
             sleep(max(0.0, min(policy.delay(polls, key=self.owner, consecutive_errors=errors), deadline - self.clock())))
             polls += 1
 
-    def run_session(self, session_id: str, **kwargs) -> SessionProgress:
-        """Drive one owned session to its end (or the timeout) and return where it stands."""
+    def run_session(self, session_id: str, **kwargs: Any) -> SessionProgress:
+        """Drive one owned session to its end (or the timeout) and return where it stands; `kwargs` go to `run`."""
 
         def ended(tick: Tick) -> bool:
             progress = tick.progress.get(session_id)

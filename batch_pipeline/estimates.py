@@ -17,10 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS
-from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
+from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage
 from batch_pipeline.batching.requests import IMAGE_TOKENS
 from batch_pipeline.records import QueuedRequest
-from batch_pipeline.search import SearchParams, SearchState, expected_call_counts, plan_round, start_search
+from batch_pipeline.search import SearchParams, SearchState, TextCall, expected_call_counts, plan_round, start_search
 from batch_pipeline.search.prompts import judge_system, judge_text
 from batch_pipeline.vocabulary import Endpoint, Tier
 
@@ -45,7 +45,7 @@ def _output_tokens(operation: str, model: str, max_tokens: int, history: OutputH
     return max_tokens, False
 
 
-def call_cost(*, model: str, tier: Tier | str, input_tokens: int = 0, output_tokens: int = 0,
+def call_cost(*, model: str, tier: Tier, input_tokens: int = 0, output_tokens: int = 0,
               images: int = 0, quality: str | None = None, size: str | None = None,
               catalog: PriceCatalog) -> Decimal:
     """One call's cost on `tier` (raises UnknownPriceError: nothing is ever costed at $0 by default)."""
@@ -91,7 +91,7 @@ def estimate_session(prompt: str, params: SearchParams, catalog: PriceCatalog, *
     counts = expected_call_counts(params)
     calls = {"text": sum(c.text for c in counts), "image": sum(c.image for c in counts),
              "vision": sum(c.vision for c in counts)}
-    first_text = plan_round(start_search(prompt, params, "estimate"))
+    first_text = [c for c in plan_round(start_search(prompt, params, "estimate")) if isinstance(c, TextCall)]
     text_in = max(_tokens(json.dumps(c.messages)) + _tokens(json.dumps(c.response_schema)) for c in first_text)
     vision_in = (_tokens(judge_system(params)) + _tokens(judge_text(prompt, 0, params.E)) + 2 * IMAGE_TOKENS[params.vision_detail]
                  + _tokens(json.dumps(first_text[0].response_schema)))

@@ -71,7 +71,7 @@ class QueuedRequest(BaseModel):
         return request
 
     @model_validator(mode="after")
-    def _custom_id_is_valid(self) -> "QueuedRequest":
+    def _custom_id_is_valid(self) -> QueuedRequest:
         if not _CUSTOM_ID.match(self.request_id):
             raise ValueError(f"request_id {self.request_id!r} is not a valid custom_id (<=64 chars, [A-Za-z0-9_-])")
         return self
@@ -118,7 +118,7 @@ class ResultTable:
     # The columns the ledger stores (the last two only serve pricing).
     STORED = COLUMNS[:13]
 
-    __slots__ = ("rows", "_index")
+    __slots__ = ("_index", "rows")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -163,12 +163,16 @@ class ResultTable:
 
     def outcomes(self) -> list[RequestOutcome]:
         """The rows as `RequestOutcome`s (for the per-outcome API; the bulk path never builds them)."""
-        return [RequestOutcome(
-            request_id=rid, outcome=Outcome(outcome), status_code=status, response=orjson.loads(raw) if raw is not None else None,
-            error_code=code, error_message=message, input_tokens=inp, cached_tokens=cached, output_tokens=out,
-            images=images, cost_usd=from_units(cost), standard_cost_usd=from_units(standard), price_version=version)
-            for rid, outcome, status, raw, code, message, inp, cached, out, images, cost, standard, version, _, _
-            in self.rows]
+        return [self._outcome(row) for row in self.rows]
+
+    @staticmethod
+    def _outcome(row: tuple) -> RequestOutcome:
+        rid, outcome, status, raw, code, message, inp, cached, out, images, cost, standard, version = row[:13]
+        return RequestOutcome(
+            request_id=rid, outcome=Outcome(outcome), status_code=status,
+            response=orjson.loads(raw) if raw is not None else None, error_code=code, error_message=message,
+            input_tokens=inp, cached_tokens=cached, output_tokens=out, images=images, cost_usd=from_units(cost),
+            standard_cost_usd=from_units(standard), price_version=version)
 
 
 def to_units(amount: Decimal) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
@@ -36,7 +37,7 @@ class Runtime:
     sessions: SessionService
 
 
-def tier_policy_from(settings: Settings, **overrides) -> TierPolicy:
+def tier_policy_from(settings: Settings, **overrides: Any) -> TierPolicy:
     return TierPolicy(
         batch_enabled=settings.batch_api_enabled,
         enabled_for={"llm": settings.batch_llm_enabled, "vision": settings.batch_vision_enabled,

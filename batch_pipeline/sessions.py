@@ -10,7 +10,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -20,13 +20,14 @@ from pydantic import AfterValidator, BaseModel, Field
 from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.deadlines import round_deadline
-from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.errors import BatchPipelineError
+from batch_pipeline.estimates import estimate_session, iso_utc, rounds_left, session_completion
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger import Ledger
-from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow
+from batch_pipeline.ledger.session_rows import CandidateRow, RoundRow, SessionRow
 from batch_pipeline.providers.executor import RoundExecutor
 from batch_pipeline.providers.tier_policy import TierMode
+from batch_pipeline.records import QueuedRequest
 from batch_pipeline.search import SearchFailed, SearchParams, SearchState, apply_round, plan_round, start_search
 from batch_pipeline.search.schemas import not_blank
 from batch_pipeline.vocabulary import ENDED_STATUSES, RoundId
@@ -100,12 +101,16 @@ class SessionService:
         """The config as it will run: the deadline defaulted (BATCH_MAX_WAIT_HOURS), and its models checked
         against the price catalog (`UnpricedModelError` naming the field: nothing is costed at $0)."""
         if config.deadline_hours is None:
-            config = config.model_copy(update={"deadline_hours": self.default_deadline_hours})
+            config = config.model_copy(update={"deadline_hours": self.deadline_hours(config)})
         p = config.params
         self.executor.catalog.check_search_models(text_model=p.text_model, vision_model=p.vision_model,
                                                   image_model=p.image_model, image_size=p.image_size,
                                                   image_quality=p.image_quality)
         return config
+
+    def deadline_hours(self, config: SessionConfig) -> float:
+        """The config's deadline, or the default (BATCH_MAX_WAIT_HOURS) when it names none."""
+        return self.default_deadline_hours if config.deadline_hours is None else config.deadline_hours
 
     def start(self, config: SessionConfig) -> str:
         """Record a new session. Idempotent for an explicit `session_id`: the same launch again returns the
@@ -117,7 +122,7 @@ class SessionService:
         state = start_search(config.prompt, config.params, session_id)
         created = self.ledger.create_session(session_id, config.prompt,
                                              config.model_dump(mode="json") | {"fingerprint": fingerprint},
-                                             state.model_dump_json(), deadline_at=self.clock() + config.deadline_hours * 3600,
+                                             state.model_dump_json(), deadline_at=self.clock() + self.deadline_hours(config) * 3600,
                                              next_round=state.next_round)
         if not created:
             existing = self.ledger.session(session_id)
@@ -142,14 +147,19 @@ class SessionService:
     def state(self, session_id: str) -> SearchState:
         return SearchState.model_validate_json(self.ledger.session_state_json(session_id))
 
+    def row(self, session_id: str) -> SessionRow:
+        """The session's ledger row; KeyError for an unknown session."""
+        row = self.ledger.session(session_id)
+        if row is None:
+            raise KeyError(f"unknown session {session_id!r}")
+        return row
+
     def advance(self, session_id: str) -> SessionProgress:
         """Apply every round whose results are in; stop at the first that waits for a batch.
 
         Every write is conditional on the session still running: a cancel that lands meanwhile wins.
         """
-        row = self.ledger.session(session_id)
-        if row is None:
-            raise KeyError(f"unknown session {session_id!r}")
+        row = self.row(session_id)
         state = self.state(session_id)
         if row.status in FINISHED:
             return self._progress(state, row.status, error=row.error)
@@ -189,7 +199,8 @@ class SessionService:
                 return self._ended(session_id)
         return self._progress(state, "completed")
 
-    def _over_budget(self, session_id: str, round_id: RoundId, requests, budget: Decimal) -> str | None:
+    def _over_budget(self, session_id: str, round_id: RoundId, requests: Sequence[QueuedRequest],
+                     budget: Decimal) -> str | None:
         """Why this round must not be sent (it would take the session over its budget), or None."""
         spent = self.ledger.cost_figures(session_id=session_id).paid
         estimate = self.executor.estimate_cost(requests)
@@ -203,7 +214,7 @@ class SessionService:
         best = None
         if state.iterations:
             ranks = state.iterations[-1].ranks
-            best = min(ranks, key=ranks.get) if ranks else None
+            best = min(ranks, key=ranks.__getitem__) if ranks else None
         log.warning("session %s stopped: %s", state.session_id, reason)
         self.ledger.end_session(state.session_id, "stopped", reason, winner_id=best)
         return self._ended(state.session_id)
@@ -211,7 +222,7 @@ class SessionService:
     def money_and_time(self, session_id: str, *, estimate: bool = False) -> dict[str, str]:
         """The session's deadline, completion estimate (with its basis) and three cost figures, as text for
         metadata (launch run, session assets); `estimate` adds the whole session priced on every tier."""
-        row = self.ledger.session(session_id)
+        row = self.row(session_id)
         state = self.state(session_id)
         figures = self.ledger.cost_figures(session_id=session_id)
         out = {"deadline": iso_utc(row.deadline_at), "budget": format_usd(Decimal(row.config["budget_usd"]))
@@ -261,7 +272,7 @@ class SessionService:
                              output_tokens=r.output_tokens) for r in state.rounds])
 
     def _ended(self, session_id: str) -> SessionProgress:
-        row = self.ledger.session(session_id)
+        row = self.row(session_id)
         progress = self._progress(self.state(session_id), row.status, error=row.error)
         return progress.model_copy(update={"winner_id": progress.winner_id or row.winner_id})
 

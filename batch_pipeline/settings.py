@@ -10,18 +10,18 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Required, TypedDict, get_args
 from urllib.parse import urlsplit
 
 import annotated_types
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-
-log = logging.getLogger(__name__)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batch_pipeline.errors import BatchPipelineError
+
+log = logging.getLogger(__name__)
 
 # The Batch API accepts exactly one completion window, "24h"; waiting longer than that is never useful.
 BATCH_COMPLETION_WINDOW_HOURS = 24.0
@@ -122,6 +122,12 @@ class _EnvironSource(EnvSettingsSource):
             if not (self.env_ignore_empty and value == "")
         }
 
+
+class OpenAIClientKwargs(TypedDict, total=False):
+    """What `Settings.openai_client_kwargs` passes to `openai.OpenAI(...)`."""
+
+    api_key: Required[str]
+    base_url: str | None
 
 
 @dataclass(frozen=True)
@@ -247,14 +253,14 @@ class Settings(BaseSettings):
     def home(self) -> PipelineHome:
         return PipelineHome(self.batch_pipeline_home)
 
-    def openai_client_kwargs(self) -> dict[str, str]:
+    def openai_client_kwargs(self) -> OpenAIClientKwargs:
         """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""
         if self.openai_api_key is None:
             if self.uses_local_endpoint:  # the simulator takes any key; never used for a remote endpoint
                 return {"api_key": LOCAL_PLACEHOLDER_KEY, "base_url": self.openai_base_url}
             # The SDK refuses to start without a key; say which variable to set before it does.
             raise SettingsError(["OPENAI_API_KEY: must be set to call the API (any string for a local simulator)"])
-        kwargs = {"api_key": self.openai_api_key.get_secret_value()}
+        kwargs: OpenAIClientKwargs = {"api_key": self.openai_api_key.get_secret_value()}
         # Left out when unset so the SDK keeps its own default endpoint.
         if self.openai_base_url is not None:
             kwargs["base_url"] = self.openai_base_url

@@ -23,6 +23,10 @@ class Endpoint(StrEnum):
     IMAGES = "/v1/images/generations"
 
 
+# The same endpoints, as the SDK types `batches.create(endpoint=...)` (a test keeps the two equal).
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/images/generations"]
+
+
 class Outcome(StrEnum):
     """How one attempt of a request ended."""
 
@@ -55,4 +59,5 @@ class RoundId(NamedTuple):
         return f"i{self.iteration}-{self.round}"
 
 
-__all__ = ["Tier", "Endpoint", "Outcome", "RemoteBatchStatus", "ENDED_STATUSES", "ACTIVE_STATUSES", "RoundId"]
+__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "BatchEndpoint", "Endpoint", "Outcome", "RemoteBatchStatus", "RoundId",
+           "Tier"]

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -35,8 +35,8 @@ from batch_pipeline.cli.demo import (
     start_simulator,
     stop,
 )
-from batch_pipeline.ledger import Ledger
 from batch_pipeline.errors import LedgerBusy
+from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="per S: give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary instance and logs")
     args = parser.parse_args()
-    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, dagster {dg.__version__}")
     print(f"# N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, tier batch, deferred, "
           f"turnaround {args.turnaround} s, sensor interval {args.sensor_interval} s")

@@ -34,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=50_000)
     n = parser.parse_args().lines
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{platform.python_implementation()} {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         ledger = Ledger(home / "ledger.duckdb")
@@ -48,7 +49,7 @@ def main() -> None:
         plan = timed("plan batches", n, lambda: plan_batches(ledger.queued_rows(), SplitLimits()))
         (batch,) = plan.batches
         ledger.create_batch_intent("bench", batch.endpoint, batch.model, batch.members)
-        path, size, lines = timed("stream the input file", n, lambda: write_batch_file(ledger, "bench", home, None))
+        _, size, _ = timed("stream the input file", n, lambda: write_batch_file(ledger, "bench", home, None))
         print(f"{'':<34} input file {size / 1e6:.1f} MB")
 
         output = home / "output.jsonl"

@@ -19,8 +19,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.driver import Driver
 from batch_pipeline.runtime import build_runtime
 from batch_pipeline.search import SearchParams, dependent_rounds
@@ -86,7 +86,7 @@ def main() -> None:
         hours = rounds * args.turnaround_min / 60
         print(f"{variant:<17} {rounds:>16.0f} {statistics.mean(r['calls'] for r in rows):>7.1f} {format_usd(cost):>11} "
               f"{hours:>18.1f} h {statistics.mean(r['quality'] for r in rows):>15.3f}")
-    pairs = list(zip(results[3], results[2]))
+    pairs = list(zip(results[3], results[2], strict=True))
     same = sum(a["winner"] == b["winner"] for a, b in pairs)
     two_better = sum(b["quality"] > a["quality"] for a, b in pairs)
     tied = sum(b["quality"] == a["quality"] for a, b in pairs)

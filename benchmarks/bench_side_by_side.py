@@ -36,11 +36,11 @@ import orjson
 import pyarrow as pa
 
 from batch_pipeline.batching import results as results_mod
-from batch_pipeline.vocabulary import Endpoint, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import ChatRequest, build_request, request_line
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.records import from_units
+from batch_pipeline.vocabulary import Endpoint, Tier
 
 PEER = "openai-batch==0.3.4"
 MODEL = "gpt-5-mini"
@@ -341,7 +341,7 @@ def main() -> None:
                 if peer_s is None:
                     print(f"| {label} | skipped | {why} | | |")
                 else:
-                    print(f"| {label} | {n / peer_s:,.0f} | | | project build is {peer_s / build_s:.2f}x the peer's speed |")
+                    print(f"| {label} | {n / peer_s:,.0f} | | | project build is {peer_s / build_s:.2f}x the peer's |")
                 continue
             print(f"| {label} | {n / seconds:,.0f} | {yard_label} | {n / yard_s:,.0f} | {yard_s / seconds:.2f} |")
 

@@ -16,4 +16,4 @@ from .content import STYLE_VOCABULARY
 from .faults import FaultRule
 from .server import Simulator
 
-__all__ = ["Simulator", "SimulatorConfig", "ManualClock", "SystemClock", "FaultRule", "STYLE_VOCABULARY"]
+__all__ = ["STYLE_VOCABULARY", "FaultRule", "ManualClock", "Simulator", "SimulatorConfig", "SystemClock"]

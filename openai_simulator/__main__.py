@@ -17,7 +17,7 @@ def _phase_seconds(text: str) -> dict[str, float]:
     values = [float(part) for part in text.split(",")]
     if not 1 <= len(values) <= len(PHASES):
         raise argparse.ArgumentTypeError(f"expected 1-{len(PHASES)} comma-separated numbers for {', '.join(PHASES)}")
-    return dict(zip(PHASES, values))
+    return dict(zip(PHASES, values, strict=False))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -229,11 +229,11 @@ def build_app(sim: Simulator) -> Starlette:
     async def admin_health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "now": sim.clock.now(), "batches": sim.batch_count()})
 
-    async def unknown_route(request: Request, exc: HTTPException) -> Response:
-        # The real API's wording for a path or method it does not serve.
+    async def unknown_route(request: Request, exc: Exception) -> Response:
+        # The real API's wording for a path or method it does not serve (Starlette raises both as HTTPException).
         return JSONResponse({"error": {"message": f"Invalid URL ({request.method} {request.url.path})",
                                        "type": "invalid_request_error", "param": None, "code": None}},
-                            status_code=exc.status_code)
+                            status_code=exc.status_code if isinstance(exc, HTTPException) else 404)
 
     def api(path: str, handler: Handler, method: str) -> Route:
         return Route(path, openai_route(handler), methods=[method])

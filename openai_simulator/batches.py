@@ -4,6 +4,7 @@ Driven lazily by the clock whenever `app.py` creates, reads, lists or cancels; l
 """
 from __future__ import annotations
 
+import builtins  # BatchEngine.list shadows the builtin in its class body
 import copy
 import math
 import random
@@ -90,7 +91,7 @@ class BatchEngine:
             errors = parsed.errors or self._token_limit_errors(parsed.model, parsed.prompt_tokens)
             batch_id = new_batch_id()
             self.store.keep_input(batch_id, input_file_id)
-            record = {
+            record: dict[str, Any] = {
                 "batch": {
                     "id": batch_id,
                     "object": "batch",
@@ -194,7 +195,7 @@ class BatchEngine:
             output_ttl = check_expires_after(expires_after, "output_expires_after")
         return endpoint, params["input_file_id"], metadata, output_ttl
 
-    def _token_limit_errors(self, model: str | None, prompt_tokens: int) -> list[dict]:
+    def _token_limit_errors(self, model: str | None, prompt_tokens: int) -> builtins.list[dict]:
         if model is None:
             return []
         limit = self.config.token_limit(model)
@@ -320,7 +321,7 @@ class BatchEngine:
 
     # --- running lines ---------------------------------------------------------------------
 
-    def _lines(self, record: dict) -> list[RequestLine]:
+    def _lines(self, record: dict) -> builtins.list[RequestLine]:
         raw = self.store.input_copy_path(record["batch"]["id"]).read_bytes()
         return parse_input(raw, record["batch"]["endpoint"], max_bytes=sys.maxsize, max_lines=sys.maxsize).lines
 
@@ -337,7 +338,7 @@ class BatchEngine:
     def _run(
         self,
         record: dict,
-        lines: list[RequestLine],
+        lines: builtins.list[RequestLine],
         at: float,
         *,
         keep_fraction: float = 1.0,
@@ -429,7 +430,7 @@ class BatchEngine:
             "error": {"code": code, "message": NEVER_RAN_MESSAGES[code]},
         }
 
-    def _write_result_file(self, record: dict, kind: str, entries: list[dict], at: float) -> str | None:
+    def _write_result_file(self, record: dict, kind: str, entries: builtins.list[dict], at: float) -> str | None:
         if not entries:
             return None
         ttl = record["sim"]["output_ttl"] or OUTPUT_FILE_TTL_SECONDS

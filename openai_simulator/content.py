@@ -364,5 +364,5 @@ def png_prompt(data: bytes) -> str | None:
         with Image.open(io.BytesIO(data)) as image:
             text = getattr(image, "text", {}) or {}
             return text.get(PNG_PROMPT_KEY)
-    except Exception:  # noqa: BLE001 - any undecodable image simply carries no prompt
+    except Exception:  # any undecodable image simply carries no prompt
         return None

@@ -46,7 +46,7 @@ def chat_completion(body: Any, ctx: Context) -> dict:
     response_format = body.get("response_format") or {}
     judging = is_judge_request(body)
 
-    choices = []
+    choices: list[dict[str, Any]] = []
     for index in range(int(body.get("n") or 1)):
         rng = content.rng_for(digest, "choice", index)
         if response_format.get("type") == "json_schema":

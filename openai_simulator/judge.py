@@ -79,7 +79,7 @@ class Judge:
         user_prompt = user_prompt_of(all_text(body))
         noise = rng_for(digest, "judge-noise")
         self.scores: dict[str, Scores] = {}
-        for label, part in zip("AB", image_parts(body)):
+        for label, part in zip("AB", image_parts(body), strict=False):
             data = decode_data_url(str(part.get("url", "")))
             image_prompt = (png_prompt(data) if data else None) or ""
             self.scores[label] = Scores(

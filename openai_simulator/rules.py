@@ -144,8 +144,9 @@ def check_expires_after(expires_after: Any, param: str) -> int:
     """`{anchor: "created_at", seconds: 3600..2592000}` -> seconds (real API bounds: 1 hour to 30 days)."""
     if not isinstance(expires_after, dict) or expires_after.get("anchor") != "created_at":
         raise invalid_value(f"{param}.anchor", "Invalid value: expected anchor 'created_at'.")
+    value: Any = expires_after.get("seconds")  # None (absent) fails int() like any other non-integer
     try:
-        seconds = int(expires_after.get("seconds"))
+        seconds = int(value)
     except (TypeError, ValueError):
         raise invalid_value(f"{param}.seconds", "Invalid value: 'seconds' must be an integer.") from None
     if not 3600 <= seconds <= 2_592_000:

@@ -15,6 +15,7 @@ from .config import Clock, SimulatorConfig
 from .faults import FaultBook, FaultRule
 from .store import Store
 
+
 class Simulator:
     """An offline OpenAI API. State lives in `config.data_dir`: a new Simulator there resumes it.
 

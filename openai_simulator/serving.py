@@ -8,15 +8,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 STARTUP_TIMEOUT_SECONDS = 10.0
 
 
 @contextmanager
-def serve_in_thread(app, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server",
-                    lifespan: str = "off", log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
+def serve_in_thread(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server",
+                    lifespan: Literal["auto", "on", "off"] = "off", log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
     """Yield "http://HOST:PORT" once the server accepts connections; stop it on exit."""
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan=lifespan,

@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 
 from batch_pipeline.api.app import ApiConfigError, check_bind, create_app, openapi_document
-from openai_simulator.serving import serve_in_thread
 from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator.serving import serve_in_thread
 from tests.integration.support import runtime_for, wait_until
 from tests.lock_holder import hold_lock
 
@@ -117,8 +117,8 @@ SMALL = {"prompt": "a fox in the snow", "n": 4, "m": 2, "iterations": 2, "ensemb
 
 
 def test_start_a_batch_session_and_follow_it_to_a_winner(api):
-    url, runtime = api
-    status, started, headers = call(f"{url}/api/beam-search", "POST", SMALL)
+    url, _ = api
+    status, started, _ = call(f"{url}/api/beam-search", "POST", SMALL)
     assert status == 202 and started["status"] == "running" and started["tier"] == "batch"
     assert started["batchWaitMode"] == "deferred" and started["eventsUrl"] == f"/api/job/{started['jobId']}/events"
     # Priced before spending, on every tier; no batch observed yet, so the wait is the API's window, capped
@@ -161,7 +161,7 @@ def test_start_a_batch_session_and_follow_it_to_a_winner(api):
 
 
 def test_models_size_and_quality_are_settable_and_an_unpriced_model_is_refused(api):
-    url, runtime = api
+    url, _ = api
     status, refused, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"textModel": "gpt-9-turbo"})
     assert status == 400 and refused["errors"][0]["field"] == "textModel" and "price catalog" in refused["error"]
     status, refused, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"imageSize": "512x512"})

@@ -178,9 +178,10 @@ def test_empty_variable_counts_as_unset() -> None:
 def test_derived_paths_live_under_pipeline_home(tmp_path: Path) -> None:
     settings = load_settings({"BATCH_PIPELINE_HOME": str(tmp_path)})
 
-    assert settings.ledger_path == tmp_path / "ledger.duckdb"
-    assert settings.image_root == tmp_path / "images"
-    assert settings.batch_files_dir == tmp_path / "batch_files"
+    assert settings.home.ledger == tmp_path / "ledger.duckdb"
+    assert settings.home.images == tmp_path / "images"
+    assert settings.home.batch_files == tmp_path / "batch_files"
+    assert settings.home.reports == tmp_path / "reports"
 
 
 def test_settings_are_immutable() -> None:

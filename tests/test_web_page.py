@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from batch_pipeline.api.app import create_app
-from openai_simulator.serving import serve_in_thread
 from openai_simulator import Simulator, SimulatorConfig
+from openai_simulator.serving import serve_in_thread
 from tests.integration.support import runtime_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,7 +26,7 @@ def _missing() -> str | None:
     if CHROMIUM is None or CHROMEDRIVER is None:
         return "no chromium/chromedriver on PATH (apt-get install chromium chromium-driver)"
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - only probes that it is installed
     except ImportError:
         return "the selenium package is not installed (pip install -e '.[dev]')"
     return None

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from importlib import resources
@@ -24,6 +25,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -33,13 +35,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_pipeline.batching.image_store import REF_PREFIX
-from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.polling import progress as batch_progress
+from batch_pipeline.batching.pricing import UnpricedModelError, cost_json
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.errors import BatchPipelineError, LedgerBusy, is_ledger_busy, is_lock_error
 from batch_pipeline.estimates import estimate_session, session_completion
 from batch_pipeline.estimates import iso_utc as _iso
+from batch_pipeline.ledger.session_rows import CandidateRow, SessionRow
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchParams, dependent_rounds
 from batch_pipeline.sessions import FINISHED, SessionConfig, SessionConflict, UserPrompt
@@ -154,7 +157,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
     ledger = runtime.ledger
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_worker:
             worker.start()
         try:
@@ -292,7 +295,8 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
                 try:
-                    snapshot = await run_in_threadpool(_progress_snapshot, runtime, session_id) or snapshot
+                    latest = await run_in_threadpool(_progress_snapshot, runtime, session_id)
+                    snapshot = latest or snapshot
                 except (LedgerBusy, duckdb.IOException) as exc:  # another process writes: try again next time
                     if not is_ledger_busy(exc):
                         raise
@@ -366,12 +370,12 @@ class HostGuard:
 class JsonCORSMiddleware(CORSMiddleware):
     """Starlette's CORS middleware, refusing a preflight in JSON like every other answer."""
 
-    def preflight_response(self, request_headers) -> Response:
+    def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
         headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
-        return JSONResponse(status_code=response.status_code, content={"error": response.body.decode()},
+        return JSONResponse(status_code=response.status_code, content={"error": bytes(response.body).decode()},
                             headers=headers)
 
 
@@ -452,7 +456,7 @@ def _host_name(host: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
-async def _send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _send_error(send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -487,7 +491,8 @@ def _validation_error(exc: ValidationError, rename: dict[str, str] | None = None
         "error": "; ".join(f"{e['field']}: {e['message']}" for e in errors), "errors": errors})
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException), "registered for HTTPException (Starlette's handler type takes any)"
     return JSONResponse(status_code=exc.status_code, content={"error": exc.detail}, headers=exc.headers)
 
 
@@ -514,7 +519,7 @@ def _job_or_none(runtime: Runtime, session_id: str) -> dict[str, Any] | None:
     return None if row is None else _job(runtime, row)
 
 
-def _job(runtime: Runtime, row, brief: bool = False) -> dict[str, Any]:
+def _job(runtime: Runtime, row: SessionRow, brief: bool = False) -> dict[str, Any]:
     """The seed's job view: status, progress, batches in flight and the winner once done."""
     state = runtime.sessions.state(row.session_id)
     total_rounds = dependent_rounds(state.params)
@@ -558,21 +563,21 @@ def _batch_ids(runtime: Runtime, session_id: str) -> dict[str, Any]:
     return {"batchId": latest.openai_batch_id if latest else None, "batchIds": [b.openai_batch_id for b in created]}
 
 
-def _completion(runtime: Runtime, row) -> dict[str, Any]:
+def _completion(runtime: Runtime, row: SessionRow) -> dict[str, Any]:
     return session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(row.session_id),
                               mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround()).to_json()
 
 
 def _estimates(runtime: Runtime, session_id: str) -> dict[str, Any]:
     """The POST answer's estimates: cost on every tier (catalog and call counts) and completion (history)."""
-    row = runtime.ledger.session(session_id)
+    row = runtime.sessions.row(session_id)
     config = SessionConfig.model_validate({k: v for k, v in row.config.items() if k != "fingerprint"})
     cost = estimate_session(config.prompt, config.params, runtime.catalog, history=runtime.ledger.observed_output_tokens())
     return {**_batch_ids(runtime, session_id), **_completion(runtime, row),
             "deadline": _iso(row.deadline_at), "estimate": cost.to_json()}
 
 
-def _candidate(session_id: str, c) -> dict[str, Any]:
+def _candidate(session_id: str, c: CandidateRow) -> dict[str, Any]:
     return {"candidateId": c.candidate_id, "iteration": c.iteration, "rank": c.rank, "score": c.score,
             "survived": c.survived, "failed": c.failed, "prompt": c.combined, "parentId": c.parent_id,
             "votesWon": c.votes_won, "votesLost": c.votes_lost,
@@ -588,7 +593,7 @@ def _batch_results(runtime: Runtime, batch_id: str, with_answers: bool) -> dict[
     finals = ledger.final_results(list(members.values())) if record.phase == "ingested" else {}
     results = []
     for rid, o in sorted(finals.items()):
-        item = {"customId": rid, "outcome": str(o.outcome), "statusCode": o.status_code, "error": o.error_message,
+        item: dict[str, Any] = {"customId": rid, "outcome": str(o.outcome), "statusCode": o.status_code, "error": o.error_message,
                 "costUsd": str(o.cost_usd), "standardCostUsd": str(o.standard_cost_usd)}
         if with_answers:
             item["answer"] = _answer(o.response)
@@ -776,7 +781,8 @@ def openapi_document() -> dict[str, Any]:
                 params=[{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
                         {"name": "answers", "in": "query", "required": False,
                          "schema": {"type": "boolean", "default": False},
-                         "description": "include each request's answer: {type: text, text} or {type: image, imageUrl}"}])},
+                         "description": "include each request's answer: "
+                                        "{type: text, text} or {type: image, imageUrl}"}])},
         },
     }
 
@@ -797,5 +803,12 @@ def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8700) -> None:
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning")
 
 
-__all__ = ["create_app", "serve", "check_bind", "openapi_document", "ApiConfigError", "SessionWorker",
-           "BeamSearchRequest"]
+__all__ = [
+    "ApiConfigError",
+    "BeamSearchRequest",
+    "SessionWorker",
+    "check_bind",
+    "create_app",
+    "openapi_document",
+    "serve",
+]

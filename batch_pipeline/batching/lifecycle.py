@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import openai
 from openai.types import Batch
@@ -23,16 +24,15 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import ResultFileError, price_results, read_result_table
-from batch_pipeline.failpoints import failpoint
 from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
+from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
 from batch_pipeline.ledger.states import BatchPhase
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, ENDED_STATUSES, BatchEndpoint, Outcome, Tier
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,13 @@ class BatchLifecycle:
             log.info("batch %s: a create sent %.0f s ago may still land; not sending another yet",
                      record.batch_key, self.clock() - record.create_sent_at)
             return
+        assert record.input_file_id is not None, "an uploaded batch has its input file"
         first_create = record.create_sent_at is None
         self.ledger.mark_create_sent(record.batch_key, sweep_window_s=BATCH_WINDOW_SECONDS)
         try:
             remote = self.create_client.batches.create(
                 input_file_id=record.input_file_id,
-                endpoint=record.endpoint,
+                endpoint=cast(BatchEndpoint, record.endpoint),  # the ledger holds an Endpoint value
                 completion_window=COMPLETION_WINDOW,
                 metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
                           "bp_requests": str(record.request_count)},
@@ -231,7 +232,7 @@ class BatchLifecycle:
         inflight = [b for b in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids)
                     if b.status not in ENDED_STATUSES]
         if inflight:
-            wanted = {b.openai_batch_id: b for b in inflight}
+            wanted = {b.openai_batch_id: b for b in inflight if b.openai_batch_id is not None}
             seen = find_batches(self.client, wanted,
                                 created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
             self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
@@ -296,6 +297,7 @@ class BatchLifecycle:
                 if record.batch_key not in self._seen_ended:
                     # Read the final state once more: file ids are only trustworthy after the batch ended.
                     # (A status this manager saw ended in its own list walk is such a read already.)
+                    assert record.openai_batch_id is not None, "a created batch has its remote id"
                     remote = self.client.batches.retrieve(record.openai_batch_id)
                     self.ledger.record_remote_status([_remote_status(record.batch_key, remote)])
                 if self.ingest(self.ledger.batch(record.batch_key)):

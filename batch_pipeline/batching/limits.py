@@ -4,12 +4,14 @@ The assembler splits files to stay inside them; the simulator enforces its own c
 """
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import BaseModel, Field
 
 # Source: the OpenAI API reference (Batch), collected 2026-11.
 MAX_REQUESTS_PER_FILE = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
-COMPLETION_WINDOW = "24h"
+COMPLETION_WINDOW: Final = "24h"  # Final: typed as the literal the SDK's create() asks for
 BATCH_WINDOW_SECONDS = 24 * 3600
 MAX_CUSTOM_ID_CHARS = 64
 

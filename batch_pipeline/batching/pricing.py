@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from batch_pipeline.vocabulary import Tier
 from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import UNITS_PER_USD, CostFigures
+from batch_pipeline.vocabulary import Tier
 
 if TYPE_CHECKING:
     from openai.types import CompletionUsage
@@ -33,7 +33,7 @@ _DATED_SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 class UnknownPriceError(BatchPipelineError, LookupError):
     """The catalog holds no price for this model (or its snapshot) on this tier."""
 
-    def __init__(self, model: str, tier: Tier | str | None, reason: str) -> None:
+    def __init__(self, model: str, tier: Tier | None, reason: str) -> None:
         self.model = model
         self.tier = tier
         on_tier = f" on tier {str(tier)!r}" if tier is not None else ""
@@ -95,7 +95,7 @@ class CostBreakdown(BaseModel):
     actual: Decimal
     standard: Decimal
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects a decorator over @property; pydantic documents this
     @property
     def saved(self) -> Decimal:
         return self.standard - self.actual
@@ -320,9 +320,8 @@ class PriceCatalog:
         text_prices = self._data.models.get(key)
         return text_prices is not None and text_prices.flex is not None
 
-    def cost(self, model: str, tier: Tier | str, usage: TokenUsage) -> Decimal:
+    def cost(self, model: str, tier: Tier, usage: TokenUsage) -> Decimal:
         """Exact USD cost of `usage` on `tier`; raises UnknownPriceError when there is no price."""
-        tier = Tier(tier)
         key = self.resolve_model(model)
         # Price blocks are named after the Tier values, so a tier selects its block by name.
         text_prices = self._data.models.get(key)
@@ -336,7 +335,7 @@ class PriceCatalog:
             raise UnknownPriceError(model, tier, "the catalog prices image models per image, not per token")
         return self._image_cost(model, tier, getattr(self._data.images[key], tier.value), usage)
 
-    def unit_prices(self, model: str, tier: Tier | str) -> UnitPrices | None:
+    def unit_prices(self, model: str, tier: Tier) -> UnitPrices | None:
         """The prices of `model` on `tier` as whole units of 1e-12 USD (the ledger's DECIMAL scale).
 
         Bulk pricing multiplies integers with these instead of building a Decimal per row; the result
@@ -353,7 +352,7 @@ class PriceCatalog:
             per_token = [price * UNITS_PER_USD / TOKENS_PER_PRICE_UNIT for price in (prices.input, prices.cached_input, prices.output)]
             if any(p != p.to_integral_value() for p in per_token):
                 return None
-            return UnitPrices(text=tuple(int(p) for p in per_token))  # type: ignore[arg-type]
+            return UnitPrices(text=tuple(int(p) for p in per_token))
         prices_img = getattr(self._data.images[key], tier.value)
         if prices_img is None:
             raise UnknownPriceError(model, tier, "the model does not support this tier")
@@ -362,7 +361,7 @@ class PriceCatalog:
             return None
         return UnitPrices(image={k: int(p) for k, p in per_image.items()})
 
-    def cost_breakdown(self, model: str, tier: Tier | str, usage: TokenUsage) -> CostBreakdown:
+    def cost_breakdown(self, model: str, tier: Tier, usage: TokenUsage) -> CostBreakdown:
         """The cost on `tier` and, for the savings report, on the standard tier for the same usage."""
         return CostBreakdown(
             actual=self.cost(model, tier, usage),

@@ -15,12 +15,11 @@ import orjson
 from pydantic import BaseModel, Field
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
-from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
-from batch_pipeline.vocabulary import Endpoint, Tier
-from batch_pipeline.vocabulary import RoundId
+from batch_pipeline.errors import BatchPipelineError
 from batch_pipeline.records import QueuedRequest, canonical_body
+from batch_pipeline.vocabulary import Endpoint, RoundId, Tier
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})

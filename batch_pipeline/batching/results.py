@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.records import RequestOutcome, ResultTable, to_units
-from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
 from batch_pipeline.errors import BatchPipelineError
+from batch_pipeline.records import RequestOutcome, ResultTable, to_units
+from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
 # Worth another attempt: throttling, timeouts, conflicts and server errors (the SDK's own retry set).
 RETRYABLE_STATUS = {408, 409, 429}
@@ -67,7 +67,8 @@ def classify_line(line: dict[str, Any]) -> RequestOutcome:
 
 def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOutcome:
     """Replace `b64_json` payloads by image-store refs (the ledger never holds image bytes)."""
-    data = (outcome.response or {}).get("data")
+    response = outcome.response or {}
+    data = response.get("data")
     if not isinstance(data, list) or not any("b64_json" in item for item in data):
         return outcome
     items = []
@@ -76,7 +77,7 @@ def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOut
             ref = image_store.put(base64.b64decode(item["b64_json"]))
             item = {k: v for k, v in item.items() if k != "b64_json"} | {"image_ref": ref}
         items.append(item)
-    return outcome.model_copy(update={"response": {**outcome.response, "data": items}})
+    return outcome.model_copy(update={"response": {**response, "data": items}})
 
 
 def usage_of(endpoint: str, response: dict[str, Any], request_body: Callable[[], dict[str, Any]]) -> TokenUsage:
@@ -263,8 +264,8 @@ def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, 
         for at, row in enumerate(rows):
             if billed is None or at in billed:
                 uncached, cached, out = row[6] - row[7], row[7], row[8]
-                row = row[:10] + (uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
-                                  version) + row[13:]
+                row = (*row[:10], uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
+                       version, *row[13:])
             costed.append(row)
         rows[:] = costed
         return table

@@ -144,7 +144,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, *, timeout_s: float) -> Non
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on port {port}")
+            program = proc.args[0] if isinstance(proc.args, list) else proc.args  # _spawn passes a list
+            raise RuntimeError(f"{program!s} exited with {proc.returncode} before listening on port {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -197,7 +198,7 @@ def wait_for_runs_to_finish(paths: DemoPaths, *, timeout_s: float) -> bool:
 
 def stop(proc: subprocess.Popen | None, *, timeout_s: float = 15) -> None:
     """Stop a child and its process group: SIGTERM, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
+    if proc is None or (proc.poll() is not None and not _group_alive(proc.pid)):
         return
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
         try:
@@ -302,7 +303,8 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
                   flush=True)
             last = status
             if state == "completed":
-                print(f"winner: {winner}: {reader.candidate_prompt(session_id, winner)}")
+                prompt = reader.candidate_prompt(session_id, winner) if winner is not None else None
+                print(f"winner: {winner}: {prompt}")
                 print("cost: " + "; ".join(cost_lines(reader.cost_figures(session_id=session_id)))
                       + ". Full report: materialise cost_report.")
                 if exit_when_done:

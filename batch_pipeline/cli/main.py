@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--deadline-hours", type=float, default=None,
                         help="finish within this many hours (<= 24; default BATCH_MAX_WAIT_HOURS, 24)")
     search.add_argument("--budget", type=Decimal, default=None, metavar="USD",
-                        help="spend limit: a round that would go over it is not sent; the session ends stopped (budget); unset means no limit")
+                        help="spend limit: a round that would go over it is not sent; the session ends stopped "
+                             "(budget); unset means no limit")
     search.add_argument("--estimate", action="store_true",
                         help="print what the session would cost on each tier (and how long), then exit without spending")
     search.add_argument("--text-model", default=SearchParams.model_fields["text_model"].default, help="text model")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             from openai_simulator.__main__ import main as simulator_main
 
-            return simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+            simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
+            return 0
         if args.command == "api":
             return run_api(args)
         if args.command == "search":
@@ -312,7 +314,8 @@ def print_summary(ledger: Ledger) -> None:
         batches = con.execute("SELECT status, count(*), sum(request_count) FROM batches GROUP BY 1").fetchall()
     print("\nrequests by state:", ledger.state_counts())
     print("batches:", {status: f"{n} ({reqs} requests)" for status, n, reqs in batches})
-    header = f"{'operation':<10} {'model':<17} {'calls':>5} {'in tok':>8} {'out tok':>8} {'images':>6} {'batch $':>10} {'standard $':>11}"
+    header = (f"{'operation':<10} {'model':<17} {'calls':>5} {'in tok':>8} {'out tok':>8} {'images':>6} "
+              f"{'batch $':>10} {'standard $':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for op, model, n, tin, tout, imgs, cost, std in by_op:
         print(f"{op:<10} {model:<17} {n:>5} {tin:>8} {tout:>8} {imgs:>6} {cost:>10.6f} {std:>11.6f}")

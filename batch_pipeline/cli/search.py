@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import UnpricedModelError, cost_lines, format_usd
-from batch_pipeline.runtime import Runtime, build_runtime
-from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.estimates import estimate_completion, estimate_session, rounds_left, session_completion
+from batch_pipeline.runtime import Runtime, build_runtime
+from batch_pipeline.search import SearchParams, dependent_rounds, start_search
 from batch_pipeline.sessions import SessionConfig, SessionConflict, SessionProgress
 from batch_pipeline.settings import SettingsError, load_settings, mask_url
 from batch_pipeline.vocabulary import RoundId
@@ -76,7 +76,8 @@ def run_search_command(args: argparse.Namespace) -> int:
             print(f"{exc}: pass the same settings to resume it, or another --session-id", file=sys.stderr)
             return 2
         verb = "resuming unfinished session" if resumed else "new session"
-        print(f"{verb} {session_id} on tier {args.tier} against {mask_url(env.get('OPENAI_BASE_URL')) or 'the OpenAI API'}; "
+        target = mask_url(env.get("OPENAI_BASE_URL")) or "the OpenAI API"
+        print(f"{verb} {session_id} on tier {args.tier} against {target}; "
               f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)"))
         print(f"estimated completion: {completion_line(runtime, session_id)}")
         progress = run_with_progress(runtime, session_id, rounds=dependent_rounds(config.params))
@@ -103,13 +104,13 @@ def print_estimate(runtime: Runtime, config: SessionConfig) -> None:
     print("basis: " + "; ".join(estimate.basis))
     rounds = rounds_left(start_search(config.prompt, config.params, "estimate"))
     now = time.time()
-    done = estimate_completion(now=now, deadline_at=now + config.deadline_hours * 3600, rounds=rounds,
+    done = estimate_completion(now=now, deadline_at=now + runtime.sessions.deadline_hours(config) * 3600, rounds=rounds,
                                params=config.params, mode=config.tier, turnaround=runtime.ledger.observed_turnaround())
     print(f"time: about {done.wait_hours:.2f} h ({done.basis}); deadline {config.deadline_hours:g} h")
 
 
 def completion_line(runtime: Runtime, session_id: str) -> str:
-    row = runtime.ledger.session(session_id)
+    row = runtime.sessions.row(session_id)
     done = session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(session_id),
                               mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround())
     return f"{done.to_json()['estimatedCompletionTime']} (in {done.wait_hours:.2f} h; {done.basis})"
@@ -147,7 +148,8 @@ def print_report(runtime: Runtime, session_id: str, progress: SessionProgress) -
           + ", ".join(f"i{k}: {s:+.3f}" for k, s in enumerate(state.final_best_scores)))
     print(f"\n{'round':<10} {'calls':>6} {'ok':>5} {'failed':>6} {'in tok':>9} {'out tok':>8}")
     for r in state.rounds:
-        print(f"{RoundId(r.iteration, r.round)!s:<10} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} {r.input_tokens:>9} {r.output_tokens:>8}")
+        print(f"{RoundId(r.iteration, r.round)!s:<10} {r.calls:>6} {r.succeeded:>5} {r.failed:>6} "
+              f"{r.input_tokens:>9} {r.output_tokens:>8}")
     print(f"{len(state.rounds)} rounds, {sum(r.calls for r in state.rounds)} calls")
     costs = runtime.ledger.session_costs(session_id)
     header = f"{'tier':<9} {'calls':>6} {'in tok':>9} {'out tok':>8} {'images':>6} {'paid':>10} {'standard':>10}"

@@ -12,11 +12,11 @@ shared batch stage.
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from batch_pipeline.vocabulary import ACTIVE_STATUSES
 from batch_pipeline.defs.checks import TICK_CHECKS, budgets_result, invariants_result, rounds_terminal_result
 from batch_pipeline.defs.decisions import step_due
 from batch_pipeline.defs.rendering import batches_md
@@ -26,7 +26,10 @@ from batch_pipeline.driver import Driver, Tick
 from batch_pipeline.ledger.reader import BatchOverview, LedgerReader, SessionRound
 from batch_pipeline.runtime import Runtime
 from batch_pipeline.sessions import SessionProgress
-from batch_pipeline.vocabulary import Tier
+from batch_pipeline.vocabulary import ACTIVE_STATUSES, Tier
+
+if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no public name for it
+    from dagster._core.definitions.metadata import RawMetadataValue
 
 GROUP = "batches"
 
@@ -83,7 +86,7 @@ def flush_wait_s(runtime: Runtime, owned: list[str] | None, *, within_s: float) 
     return max(0.0, wait) if wait <= within_s else None
 
 
-def _batch_metadata(overview: list[BatchOverview]) -> dict[str, object]:
+def _batch_metadata(overview: list[BatchOverview]) -> "dict[str, RawMetadataValue]":
     in_flight = [b for b in overview if b.phase == "created" and (b.status is None or b.status in ACTIVE_STATUSES)]
     return {
         "batches_in_flight": len(in_flight),
@@ -97,7 +100,7 @@ def _batch_metadata(overview: list[BatchOverview]) -> dict[str, object]:
     pool=LEDGER_POOL,
     description="One tick of the driver over every Dagster session: step the ready ones, flush, poll, ingest.")
 def pipeline_tick(context: dg.AssetExecutionContext, openai: OpenAIResource, ledger: LedgerResource,
-                  image_store: ImageStoreResource):
+                  image_store: ImageStoreResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     started = time.monotonic()
     runtime = runtime_from(openai, ledger, image_store)  # once per run: settings, catalog, client, ledger
     driver = ReadyDriver(runtime, owner="dagster")
@@ -119,7 +122,8 @@ def pipeline_tick(context: dg.AssetExecutionContext, openai: OpenAIResource, led
 
 
 def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerReader,
-            before: dict[str, SessionRound], keys_before: set[str], tick: Tick, started: float):
+            before: dict[str, SessionRound], keys_before: set[str], tick: Tick,
+            started: float) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     with runtime.ledger.unit():
         steps = [p for p in tick.progress.values() if moved(before, p)]
         corrupt = {p.session_id: {str(r): states for r, states in rounds.items()} for p in steps
@@ -127,7 +131,7 @@ def _record(context: dg.AssetExecutionContext, runtime: Runtime, reader: LedgerR
         for step in steps:
             if step.session_id not in corrupt:
                 record_session_views(context, runtime, reader, before.get(step.session_id), step)
-        statuses = Counter(p.status for p in steps)
+        statuses: Counter[str] = Counter(p.status for p in steps)
         failed = [p.session_id for p in steps if p.status == "failed"]
         overview = reader.batch_overview()
         planned = [b for b in overview if b.batch_key not in keys_before]

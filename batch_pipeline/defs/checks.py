@@ -12,7 +12,6 @@ from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import LedgerReader
 
-
 ROUNDS_TERMINAL = dg.AssetCheckSpec(
     "applied_rounds_terminal", asset="session_steps",
     description="Every request of the applied rounds of each session the tick moved reached a terminal state: "

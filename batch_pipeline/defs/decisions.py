@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.vocabulary import ENDED_STATUSES
 from batch_pipeline.ledger.reader import QueueState, SessionRound, WatchedBatch
+from batch_pipeline.vocabulary import ENDED_STATUSES
 
 # A run key that failed (or finished without doing the work) this many times is not requested again:
 # the problem needs a person, and a loop of failing runs would hide it.

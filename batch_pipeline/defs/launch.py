@@ -10,15 +10,17 @@ from typing import Literal
 
 import dagster as dg
 from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 
-from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.batching.pricing import PriceCatalog, UnpricedModelError
+from batch_pipeline.defs.resources import LEDGER_POOL, ImageStoreResource, LedgerResource, OpenAIResource, runtime_from
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 
 # One partition per session: each step re-materialises the session's partition, so its latest
 # materialisation is the session's current state (see ARCHITECTURE.md, "Dagster layer").
-SESSIONS = dg.DynamicPartitionsDefinition(name="sessions")
+SESSIONS_NAME = "sessions"  # the partitions definition's name, typed str (its `.name` is Optional)
+SESSIONS = dg.DynamicPartitionsDefinition(name=SESSIONS_NAME)
 
 
 class LaunchSessionConfig(dg.Config):
@@ -81,7 +83,7 @@ def _problems(exc: ValidationError) -> list[str]:
     return [f"{_field_of(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
 
 
-@dg.config_mapping(config_schema=LaunchSessionConfig.to_config_schema())
+@dg.config_mapping(config_schema=LaunchSessionConfig.to_config_schema().as_field())
 def checked_launch_config(config: dict) -> dict:
     """Validate the launchpad's values before a run exists: out-of-range values, a blank prompt or an M
     that does not divide N are refused at launch (DagsterInvalidConfigError naming the field)."""
@@ -99,7 +101,7 @@ def checked_launch_config(config: dict) -> dict:
     return {"ops": {"start_session": {"config": config}}}
 
 
-def _field_of(error: dict) -> str:
+def _field_of(error: ErrorDetails) -> str:
     """The launchpad field an error is about (`params` is the core's grouping, not a launchpad field)."""
     return ".".join(str(p) for p in error["loc"] if p != "params") or "config"
 
@@ -117,7 +119,7 @@ def start_session(context: dg.OpExecutionContext, config: LaunchSessionConfig, o
     except ValueError as exc:  # e.g. a session id the search's keys cannot carry
         raise dg.Failure(description=f"session_id: {exc}") from None
     # The driver sensor adds missing partitions too, so a crash right here loses nothing.
-    context.instance.add_dynamic_partitions(SESSIONS.name, [session_id])
+    context.instance.add_dynamic_partitions(SESSIONS_NAME, [session_id])
     context.add_output_metadata({"session_id": session_id, "tier": session_config.tier,
                                  "params": dg.MetadataValue.json(session_config.params.model_dump()),
                                  **runtime.sessions.money_and_time(session_id, estimate=True)})

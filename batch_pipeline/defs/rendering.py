@@ -51,8 +51,8 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
         pass
     if not path.exists():
         return None
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as opened:
+        img = opened.convert("RGB")
         scale = px / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()

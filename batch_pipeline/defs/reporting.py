@@ -12,15 +12,16 @@ from batch_pipeline.batching.pricing import cost_lines, format_usd
 from batch_pipeline.cost_report import build_cost_report, percent, saved_share
 from batch_pipeline.defs.batch_assets import batch_results
 from batch_pipeline.defs.resources import LEDGER_POOL, LedgerResource
-from batch_pipeline.settings import PipelineHome
 from batch_pipeline.defs.session_assets import queued_requests
+from batch_pipeline.settings import PipelineHome
 
 
 @dg.asset(
     deps=[batch_results, queued_requests], pool=LEDGER_POOL, group_name="reports", kinds={"duckdb", "csv"},
     description=(
         "Spend by day, model, tier and operation over every recorded result, next to the standard-tier "
-        "price of the calls made, the batch/flex savings and, apart, what the cache avoided. A markdown table (to the cent) in the "
+        "price of the calls made, the batch/flex savings and, apart, what the cache avoided. "
+        "A markdown table (to the cent) in the "
         "metadata, a CSV with exact amounts and a PNG chart under BATCH_PIPELINE_HOME/reports/. "
         "Materialised daily by `daily_cost_report_schedule`, or by hand."),
 )

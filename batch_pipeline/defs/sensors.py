@@ -24,7 +24,7 @@ from batch_pipeline.defs.decisions import (
     record_polls,
     tick_due,
 )
-from batch_pipeline.defs.launch import SESSIONS
+from batch_pipeline.defs.launch import SESSIONS, SESSIONS_NAME
 from batch_pipeline.defs.resources import LedgerResource, OpenAIResource
 from batch_pipeline.defs.run_history import prior_runs, runs_in_progress
 from batch_pipeline.errors import LedgerBusy
@@ -102,7 +102,7 @@ def pipeline_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
                    max_requests=settings.batch_flush_max_requests, max_age_s=settings.batch_flush_max_age_seconds,
                    now=snapshot_at)
     # A session whose launch run died before adding its partition still gets one here.
-    known = set(context.instance.get_dynamic_partitions(SESSIONS.name))
+    known = set(context.instance.get_dynamic_partitions(SESSIONS_NAME))
     missing = sorted({r.session_id for r in rounds} - known)
     partitions = [SESSIONS.build_add_request(missing)] if missing else None
     summary = (f"{len(rounds)} running session(s), {queue.queued} queued, {len(watched)} batch(es) watched, "

@@ -7,6 +7,8 @@ They are asset specs without a compute function of their own: the loop lives in 
 that moves it is one per tick, not one per session.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from batch_pipeline.defs.launch import SESSIONS
@@ -16,6 +18,9 @@ from batch_pipeline.runtime import Runtime
 from batch_pipeline.search import SearchState
 from batch_pipeline.sessions import SessionProgress
 from batch_pipeline.vocabulary import RoundId
+
+if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no public name for it
+    from dagster._core.definitions.metadata import RawMetadataValue
 
 GROUP = "search"
 
@@ -59,7 +64,7 @@ ROUND_VIEWS = {"text": generated_prompts, "image": image_candidates, "vision": r
 def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg.AssetSpec]:
     """The views a step changed: its queued round always; a view whose round it applied; all four on a
     session's first step and when it ends. Rendering only these keeps a tick's cost to what moved."""
-    if before is None or step.status != "running" and step.status != "waiting" or \
+    if before is None or (step.status != "running" and step.status != "waiting") or \
             (before.iteration, before.next_round, before.requests) == (0, "text", 0):
         return SESSION_VIEWS
     order = list(ROUND_VIEWS)
@@ -73,11 +78,11 @@ def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg
 
 
 def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
-                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> dict[str, dict[str, object]]:
+                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> "dict[str, dict[str, RawMetadataValue]]":
     """The metadata of these views of one session after a step, by asset name (reads only)."""
     session_id, ledger, store = step.session_id, runtime.ledger, runtime.image_store
     names = {v.key.path[-1] for v in views}
-    step_md: dict[str, object] = {
+    step_md: dict[str, RawMetadataValue] = {
         "status": step.status,
         "iteration": step.iteration,
         "round": step.next_round or "done",
@@ -95,7 +100,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
     if step.error:
         step_md["error"] = step.error
 
-    found: dict[str, dict[str, object]] = {queued_requests.key.path[-1]: step_md}
+    found: dict[str, dict[str, RawMetadataValue]] = {queued_requests.key.path[-1]: step_md}
     if names & {"generated_prompts", "image_candidates"}:
         candidates = ledger.session_candidates(session_id)
         latest = max((c.iteration for c in candidates if c.image_path), default=None)
@@ -111,7 +116,7 @@ def session_views(runtime: Runtime, reader: LedgerReader, step: SessionProgress,
         } if "image_candidates" in names else {}
     if "ranked_results" in names:
         state = SearchState.model_validate_json(ledger.session_state_json(session_id))
-        ranking: dict[str, object] = {
+        ranking: dict[str, RawMetadataValue] = {
             "status": step.status,
             "ranked_iteration": state.iterations[-1].iteration if state.iterations else -1,
             "ranking": dg.MetadataValue.md(ranking_md(state, store)),

@@ -3,4 +3,4 @@ from batch_pipeline.errors import LedgerError, StateTransitionError
 from batch_pipeline.ledger.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 
-__all__ = ["Ledger", "LedgerError", "StateTransitionError", "BatchPhase", "RequestState"]
+__all__ = ["BatchPhase", "Ledger", "LedgerError", "RequestState", "StateTransitionError"]

@@ -1,12 +1,35 @@
-"""The bulk insert every ledger module shares."""
+"""What every ledger module shares: the bulk insert, and what `Ledger`'s mixins use of it."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
+
+from batch_pipeline.errors import LedgerError
+
+
+class LedgerCore(Protocol):
+    """What the mixins (`SessionRecords`, `SpendingRecords`) use of the `Ledger` they are mixed into."""
+
+    clock: Callable[[], float]
+
+    def connect(self, *, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+    def transaction(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+    def _cancel_queued(self, con: duckdb.DuckDBPyConnection, session_id: str, reason: str) -> list[str]: ...
+
+
+def one_row(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The row of a query that always has one (an aggregate, or a row the caller's transaction holds)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LedgerError("a query that always returns a row returned none")
+    return row
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
@@ -14,7 +37,7 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[st
     about 40x slower at 50,000 rows; see docs/PERFORMANCE.md)."""
     if not rows:
         return
-    column_lists = [list(values) for values in zip(*rows)]
+    column_lists = [list(values) for values in zip(*rows, strict=True)]
     selects = ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selects}", column_lists)
 

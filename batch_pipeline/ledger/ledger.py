@@ -12,7 +12,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,12 @@ from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
-from batch_pipeline.ledger.db import arrow_view, insert_columns, insert_rows
+from batch_pipeline.ledger.db import arrow_view, insert_columns, insert_rows, one_row
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
     BATCH_TRANSITIONS,
     REQUEST_TRANSITIONS,
-    TERMINAL_REQUEST_STATES,
     BatchPhase,
     RequestState,
 )
@@ -262,11 +260,12 @@ class Ledger(SessionRecords, SpendingRecords):
             sql += " AND session_id IN (SELECT unnest(?))"
             params.append(list(session_ids))
         with self.connect() as con:
-            count, oldest = con.execute(sql, params).fetchone()
+            count, oldest = one_row(con.execute(sql, params))
         return int(count), oldest
 
     def request_states(self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None) -> dict[str, RequestState]:
-        sql, params = "SELECT request_id, state FROM requests", []
+        sql = "SELECT request_id, state FROM requests"
+        params: list[Any] = []
         if request_ids is not None:
             sql += " WHERE request_id IN (SELECT unnest(?))"
             params.append(list(request_ids))
@@ -322,7 +321,8 @@ class Ledger(SessionRecords, SpendingRecords):
         only_in_flight = "WHERE b.phase IN ('intent', 'uploaded', 'created')" if in_flight else ""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)}, bool_and(q.session_id = ?) AS exclusive"
+                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)},"
+                " bool_and(q.session_id = ?) AS exclusive"
                 " FROM batches b JOIN batch_members m USING (batch_key) JOIN requests q USING (request_id)"
                 f" {only_in_flight}"
                 " GROUP BY ALL HAVING bool_or(q.session_id = ?) ORDER BY b.created_at, b.batch_key",
@@ -447,10 +447,11 @@ class Ledger(SessionRecords, SpendingRecords):
     def batch_serves_no_running_session(self, batch_key: str) -> bool:
         """Every request still submitted in this batch belongs to a session that has ended (cancelled)."""
         with self.connect() as con:
-            row = con.execute(
+            row = one_row(con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
-                " FROM requests q LEFT JOIN sessions s USING (session_id) WHERE q.batch_key = ? AND q.state = 'submitted'",
-                [batch_key]).fetchone()
+                " FROM requests q LEFT JOIN sessions s USING (session_id)"
+                " WHERE q.batch_key = ? AND q.state = 'submitted'",
+                [batch_key]))
         return row[0] > 0 and row[0] == row[1]
 
     def inflight_tokens_by_model(self) -> dict[str, int]:
@@ -517,7 +518,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 con.execute(
                     "UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, completed_count = ?,"
                     " failed_count = ?, errors = ?, polls = polls + 1, updated_at = ?,"
-                    " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled') THEN coalesce(ended_at, ?) END"
+                    " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled')"
+                    " THEN coalesce(ended_at, ?) END"
                     " WHERE batch_key = ? AND phase = 'created'",
                     [s.status, s.output_file_id, s.error_file_id, s.completed_count, s.failed_count,
                      orjson.dumps(s.errors).decode() if s.errors else None, now, s.status, now, s.batch_key],
@@ -559,8 +561,8 @@ class Ledger(SessionRecords, SpendingRecords):
                      for rid in sorted(missing)]  # nothing silently dropped
             outcomes = [(row[0], row[1], row[5] or row[4]) for row in rows]
             self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
-            deadline_tier, deadline_reason = con.execute(
-                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
+            deadline_tier, deadline_reason = one_row(con.execute(
+                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]))
             cancelled = [rid for rid, outcome, _ in outcomes if outcome == Outcome.CANCELLED] if deadline_tier else []
             unrun = cancelled
             unrun_ids = set(unrun)
@@ -619,8 +621,8 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute(
                 "INSERT INTO batches (batch_key, endpoint, model, phase, status, request_count, input_bytes,"
                 " est_prompt_tokens, input_file_id, openai_batch_id, created_at, updated_at, duplicate_of)"
-                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens, input_file_id,"
-                " ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
+                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens,"
+                " input_file_id, ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
                 [key, status, openai_batch_id, now, now, original_key])
             con.execute("INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
                         [key, original_key])
@@ -662,7 +664,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     # -- synchronous tiers and the cache -----------------------------------------------------
 
-    def start_sync(self, request_ids: Sequence[str], tier: Tier | str, reason: str | None = None, *,
+    def start_sync(self, request_ids: Sequence[str], tier: Tier, reason: str | None = None, *,
                    lease_owner: str | None = None, lease_s: float = 3600.0) -> list[str]:
         """queued -> running for a synchronous call; `reason` replaces the tier reason only if given.
 
@@ -710,7 +712,8 @@ class Ledger(SessionRecords, SpendingRecords):
         failed when out of attempts. Rows no longer running are left alone. Returns the ids recovered."""
         with self.transaction() as con:
             running = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                "SELECT request_id, attempts FROM requests"
+                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
             lost = [o for o in outcomes if o.request_id in running]
             tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
@@ -722,7 +725,7 @@ class Ledger(SessionRecords, SpendingRecords):
                         [[o.request_id for o in lost]])
         return [o.request_id for o in lost]
 
-    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier | str, *, max_attempts: int,
+    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int,
                              reason: str | None = None) -> None:
         """Results of synchronous calls (or cache hits); `tier` is the tier that actually ran them."""
         now = self.clock()
@@ -730,11 +733,13 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
                         " (SELECT unnest(?))", [str(tier), reason, [o.request_id for o in outcomes]])
             attempts = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                "SELECT request_id, attempts FROM requests"
+                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
                 [[o.request_id for o in outcomes]]).fetchall())
             missing = [o.request_id for o in outcomes if o.request_id not in attempts]
             lost = {rid for (rid,) in con.execute(
-                "SELECT r.request_id FROM results r WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
+                "SELECT r.request_id FROM results r"
+                " WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
                 [missing]).fetchall()} if missing else set()
             if set(missing) - lost:
                 raise StateTransitionError(f"requests not running: {sorted(set(missing) - lost)[:5]}")
@@ -776,7 +781,8 @@ class Ledger(SessionRecords, SpendingRecords):
         problems = []
         with self.connect() as con:
             for rid, n in con.execute(
-                "SELECT request_id, count(*) FROM request_events WHERE to_state IN ('succeeded','failed','expired','cancelled')"
+                "SELECT request_id, count(*) FROM request_events"
+                " WHERE to_state IN ('succeeded','failed','expired','cancelled')"
                 " GROUP BY request_id HAVING count(*) > 1").fetchall():
                 problems.append(f"request {rid} reached a terminal state {n} times")
             for rid, state in con.execute(
@@ -784,7 +790,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 " (SELECT batch_key FROM batches WHERE phase IN ('ingested', 'abandoned'))").fetchall():
                 problems.append(f"request {rid} is {state} in a finished batch")
             for bid, n in con.execute(
-                "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1").fetchall():
+                "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL"
+                " GROUP BY 1 HAVING count(*) > 1").fetchall():
                 problems.append(f"remote batch {bid} recorded {n} times")
         return problems
 
@@ -848,14 +855,14 @@ class Ledger(SessionRecords, SpendingRecords):
     def _apply_outcome_rows(self, con: duckdb.DuckDBPyConnection, ids: list[str], outcomes: list[str],
                             messages: list[str | None], attempts: dict[str, int], batch_key: str | None,
                             max_attempts: int) -> None:
-        """Move each request by its outcome (columns: id, outcome, error text); the moves go through `_move_requests`."""
+        """Move each request by its outcome (columns: id, outcome, error text), through `_move_requests`."""
         final = {Outcome.SUCCEEDED: RequestState.SUCCEEDED, Outcome.FAILED_PERMANENT: RequestState.FAILED,
                  Outcome.CANCELLED: RequestState.CANCELLED}
         moves: dict[RequestState, list[str]] = defaultdict(list)
-        errors = {rid: message or outcome for rid, outcome, message in zip(ids, outcomes, messages)
+        errors = {rid: message or outcome for rid, outcome, message in zip(ids, outcomes, messages, strict=True)
                   if outcome != Outcome.SUCCEEDED}
         retry_groups: dict[RequestState, list[str]] = defaultdict(list)
-        for rid, outcome in zip(ids, outcomes):
+        for rid, outcome in zip(ids, outcomes, strict=True):
             if outcome in final:
                 moves[final[outcome]].append(rid)  # type: ignore[index]
             else:
@@ -883,7 +890,7 @@ class Ledger(SessionRecords, SpendingRecords):
                             batch_key=batch_key, reason=reason, errors=errors or None)
 
     @staticmethod
-    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier | str]],
+    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]],
                         now: float) -> None:
         insert_rows(con, "results", _RESULT_COLUMNS, [
                 (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,
@@ -907,10 +914,11 @@ class Ledger(SessionRecords, SpendingRecords):
         while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
             chunk = rows[-RESULT_CHUNK:]
             del rows[-RESULT_CHUNK:]
-            values = list(zip(*(row[:13] for row in chunk)))
+            values = list(zip(*(row[:13] for row in chunk), strict=True))
             n = len(chunk)
             del chunk
-            columns = {name: pa.array(column, kind, memory_pool=pool) for name, column, kind in zip(names, values, types)}
+            columns = {name: pa.array(column, kind, memory_pool=pool)
+                       for name, column, kind in zip(names, values, types, strict=True)}
             columns |= {"attempt": pa.array([attempts[r] for r in values[0]], pa.int32()),
                         "batch_key": pa.array([batch_key] * n, pa.string()), "tier": pa.array([str(tier)] * n),
                         "recorded_at": pa.array([now] * n, pa.float64())}
@@ -961,7 +969,7 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
 
 
 def _request_from_row(row: tuple) -> RequestRow:
-    data = dict(zip(RequestRow.model_fields, row))
+    data = dict(zip(RequestRow.model_fields, row, strict=True))
     return RequestRow(**data | {"body": orjson.loads(data["body"])})
 
 
@@ -986,7 +994,7 @@ _UNIT = "0.000000000001"
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:
-    data = dict(zip(BatchRecord.model_fields, row))
+    data = dict(zip(BatchRecord.model_fields, row, strict=True))
     data["errors"] = orjson.loads(data["errors"]) if data["errors"] else None
     return BatchRecord(**data)
 

@@ -19,6 +19,7 @@ import orjson
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerBusy, is_lock_error
+from batch_pipeline.ledger.db import one_row
 from batch_pipeline.ledger.spending import cost_figures_on
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import CostFigures
@@ -170,8 +171,8 @@ class LedgerReader:
         """The batch-tier queue, and the half-sent batches; those whose create went out at or after
         `settled_before` are only counted, as resuming them could not create them yet."""
         with self.connect() as con:
-            queued, oldest = con.execute(
-                "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'").fetchone()
+            queued, oldest = one_row(con.execute(
+                "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'"))
             half_sent = con.execute(
                 "SELECT batch_key, coalesce(create_sent_at < ?, true) FROM batches"
                 " WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key", [settled_before]).fetchall()
@@ -245,7 +246,7 @@ class LedgerReader:
                 "  FILTER (WHERE q.session_id IS NOT NULL), b.created_at"
                 " FROM batches b LEFT JOIN batch_members m USING (batch_key) LEFT JOIN requests q USING (request_id)"
                 " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?", [limit]).fetchall()
-        return [BatchOverview(*row[:9], tuple(row[9] or ()), row[10]) for row in rows]
+        return [BatchOverview(*(*row[:9], tuple(row[9] or ()), row[10])) for row in rows]
 
     # -- the cost report ------------------------------------------------------------------------
 

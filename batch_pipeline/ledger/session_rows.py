@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel
 
 from batch_pipeline.errors import LedgerError
-from batch_pipeline.ledger.db import insert_rows
+from batch_pipeline.ledger.db import LedgerCore, insert_rows
 
 
 class SessionRow(BaseModel):
@@ -60,7 +60,7 @@ class RoundRow(BaseModel):
 _SESSION_COLUMNS = ", ".join(SessionRow.model_fields)
 
 
-class SessionRecords:
+class SessionRecords(LedgerCore):
     """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
 
     def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,
@@ -141,13 +141,13 @@ class SessionRecords:
         with self.connect() as con:
             cur = con.execute("SELECT * FROM rounds WHERE session_id = ? ORDER BY seq, iteration", [session_id])
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def session_candidates(self, session_id: str) -> list[CandidateRow]:
         with self.connect() as con:
             cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates WHERE session_id = ?"
                               " ORDER BY iteration, rank NULLS LAST, candidate_id", [session_id])
-            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row))) for row in cur.fetchall()]
+            return [CandidateRow(**dict(zip(CandidateRow.model_fields, row, strict=True))) for row in cur.fetchall()]
 
     def session_costs(self, session_id: str) -> dict[str, dict[str, Decimal | int]]:
         """Per tier: calls, tokens, actual and standard-tier cost of a session's requests. Lines of duplicate
@@ -165,5 +165,5 @@ class SessionRecords:
 
 
 def _session_from_row(row: tuple) -> SessionRow:
-    data = dict(zip(SessionRow.model_fields, row))
+    data = dict(zip(SessionRow.model_fields, row, strict=True))
     return SessionRow(**data | {"config": orjson.loads(data["config"])})

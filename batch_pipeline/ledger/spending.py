@@ -9,29 +9,31 @@ from __future__ import annotations
 from decimal import Decimal
 from statistics import median
 
+import duckdb
+
+from batch_pipeline.ledger.db import LedgerCore, one_row
 from batch_pipeline.records import CostFigures
 from batch_pipeline.vocabulary import RoundId
 
 
-
-def cost_figures_on(con, session_id: str | None = None) -> CostFigures:
+def cost_figures_on(con: duckdb.DuckDBPyConnection, session_id: str | None = None) -> CostFigures:
     """Paid; what the standard tier would have charged for the calls actually made (cache hits are no call);
     what the cache avoided (cache hits at the standard price). Duplicate lines are paid calls. Over the `spend`
     view, on an open connection (the ledger's or a read-only reader's)."""
     where, params = ("WHERE session_id = ?", [session_id]) if session_id is not None else ("", [])
-    paid, standard, avoided, hits, calls, unpriced = con.execute(
+    paid, standard, avoided, hits, calls, unpriced = one_row(con.execute(
         "SELECT coalesce(sum(cost_usd) FILTER (counted_tier != 'cache'), 0),"
         " coalesce(sum(standard_cost_usd) FILTER (counted_tier != 'cache'), 0),"
         " coalesce(sum(standard_cost_usd) FILTER (counted_tier = 'cache'), 0),"
         " count(*) FILTER (counted_tier = 'cache' AND outcome = 'succeeded'),"
         " count(*) FILTER (counted_tier != 'cache' AND (outcome = 'succeeded' OR tier = 'duplicate')),"
         " count(*) FILTER (unpriced)"
-        f" FROM spend {where}", params).fetchone()
+        f" FROM spend {where}", params))
     return CostFigures(paid=Decimal(paid), standard_for_calls=Decimal(standard), cache_avoided=Decimal(avoided),
                        cache_hits=hits, calls=calls, unpriced_calls=unpriced)
 
 
-class SpendingRecords:
+class SpendingRecords(LedgerCore):
     """Ledger methods for costs and turnaround (see `schema.sql`: results, duplicate_results, batch_turnaround)."""
 
     def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
@@ -73,7 +75,8 @@ class SpendingRecords:
         """(operation, model) -> (mean output tokens of answered calls, how many): the estimates' history."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT q.operation, q.model, avg(r.output_tokens), count(*) FROM results r JOIN requests q USING (request_id)"
+                "SELECT q.operation, q.model, avg(r.output_tokens), count(*)"
+                " FROM results r JOIN requests q USING (request_id)"
                 " WHERE r.outcome = 'succeeded' AND r.tier != 'cache' AND r.price_version NOT LIKE 'estimate:%'"
                 " GROUP BY 1, 2").fetchall()
         return {(op, model): (float(mean), int(n)) for op, model, mean, n in rows}
@@ -81,6 +84,6 @@ class SpendingRecords:
     def round_started_at(self, session_id: str, round_id: RoundId) -> float | None:
         """When a session's round was first queued (None: not yet)."""
         with self.connect() as con:
-            (started,) = con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND iteration = ?"
-                                     " AND round = ?", [session_id, *round_id]).fetchone()
+            (started,) = one_row(con.execute("SELECT min(created_at) FROM requests WHERE session_id = ? AND iteration = ?"
+                                             " AND round = ?", [session_id, *round_id]))
         return started

@@ -7,21 +7,24 @@ image  -> image generation; the picture lands in the content-addressed image sto
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.search.calls import Call, CallResult, ImageCall, TextCall, VisionCall
+from batch_pipeline.vocabulary import Outcome
+
+# Each provider takes the one kind of Call it serves.
+CallT = TypeVar("CallT", TextCall, VisionCall, ImageCall, contravariant=True)
 
 
-class CapabilityProvider(Protocol):
-    def to_request(self, call: Call) -> ChatRequest | ImageRequest: ...
+class CapabilityProvider(Protocol[CallT]):
+    def to_request(self, call: CallT) -> ChatRequest | ImageRequest: ...
 
-    def to_result(self, call: Call, outcome: RequestOutcome) -> CallResult: ...
+    def to_result(self, call: CallT, outcome: RequestOutcome, tier: str | None = None) -> CallResult: ...
 
 
 def _json_schema_format(name: str, schema: dict) -> dict:
@@ -45,7 +48,7 @@ def _parsed_content(call: Call, outcome: RequestOutcome, tier: str | None) -> Ca
     if not result.ok:
         return result
     try:
-        content = outcome.response["choices"][0]["message"]["content"]
+        content = (outcome.response or {})["choices"][0]["message"]["content"]
         return result.model_copy(update={"content": orjson.loads(content)})
     except (KeyError, IndexError, TypeError, orjson.JSONDecodeError) as exc:
         return result.model_copy(update={"ok": False, "error": f"unparseable answer: {exc}"})
@@ -95,6 +98,6 @@ class ImageProvider:
         return result.model_copy(update={"image_path": str(self.image_store.path(ref))})
 
 
-def providers_for(image_store: ImageStore) -> dict[str, CapabilityProvider]:
-    """Capability providers by Call.kind."""
+def providers_for(image_store: ImageStore) -> dict[str, CapabilityProvider[Any]]:
+    """Capability providers by Call.kind (chosen at run time by the call's kind, so typed for any call)."""
     return {"text": TextProvider(), "vision": VisionProvider(image_store), "image": ImageProvider(image_store)}

@@ -12,18 +12,17 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from batch_pipeline.batching.image_store import ImageStore
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, QueuedRequest, build_request, make_custom_id
 from batch_pipeline.estimates import request_cost
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
-from batch_pipeline.vocabulary import Endpoint, RoundId
 from batch_pipeline.providers.capabilities import providers_for
 from batch_pipeline.providers.sync_tiers import SyncTierRunner
 from batch_pipeline.providers.tier_policy import TierMode, TierPolicy
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.search.calls import Call, CallResult, ImageCall
+from batch_pipeline.vocabulary import Endpoint, Outcome, RoundId, Tier
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ class RoundExecutor:
                 messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the scene and style "
                            "but avoids anything a content policy could refuse. Answer with the prompt only."},
                           {"role": "user", "content": call.prompt}]))
-            if rephrased is None:
+            if rephrased is None or rephrased.response is None:
                 continue
             retry = call.model_copy(update={"key": f"{call.key}-rt",
                                             "prompt": rephrased.response["choices"][0]["message"]["content"].strip()})

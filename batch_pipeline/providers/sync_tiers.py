@@ -16,14 +16,14 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.leases import DEFAULT_LEASE_S, owner_is_dead, this_process
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.requests import resolve_image_refs
 from batch_pipeline.batching.results import RETRYABLE_STATUS, estimate_lost, price_outcome, store_images
-from batch_pipeline.ledger import Ledger
 from batch_pipeline.failpoints import failpoint
+from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.ledger import RequestRow
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import PriceCatalog
+from batch_pipeline.vocabulary import Tier
 
 TierMode = Literal["standard", "flex", "batch", "hybrid"]
 # Per-operation switches (BATCH_LLM_ENABLED, BATCH_VISION_ENABLED, BATCH_IMAGES_ENABLED) by operation.

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 # The batch layer prefixes keys to build custom_ids (at most 64 characters); 48 leaves it 16.
 MAX_KEY_LENGTH = 48
 MAX_SESSION_ID_LENGTH = 16
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_SESSION_ID_LENGTH)
+_SESSION_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_SESSION_ID_LENGTH}}}")
 
 
 class TextCall(BaseModel):

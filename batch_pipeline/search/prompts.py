@@ -130,7 +130,7 @@ def critique_messages(user_prompt: str, params: SearchParams, dimension: Dimensi
             "prompt's two parts and what a judge said of it against other images are under the request.",
             f"The part to improve is {part}, {_SCOPE[dimension]}. Keep {other} unchanged.",
             "Return:",
-            f"- critique: what the image shows wrongly, weakly or not at all, judged against the user's request;",
+            "- critique: what the image shows wrongly, weakly or not at all, judged against the user's request;",
             f"- recommendation: the concrete change to make to {part};",
             f"- children: {params.children_per_parent} variants, each with the complete new {part} (not a list "
             f"of edits) and combined, one image prompt fusing it with the unchanged {other}. Make each "

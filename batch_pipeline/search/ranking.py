@@ -63,14 +63,15 @@ def fit_log_strengths(
         if winner not in position or loser not in position or winner == loser:
             raise ValueError(f"outcome ({winner!r}, {loser!r}) does not name two distinct known items")
         wins[position[winner]] += 1
-        games[tuple(sorted((position[winner], position[loser])))] += 1
+        first, second = sorted((position[winner], position[loser]))
+        games[first, second] += 1
     # Sorted so that the result depends on the multiset of votes, not on their order.
     fit = _Fit(wins, sorted(games.items()), prior_games)
 
     log_strength = [0.0] * len(ids)
     for _ in range(_MAX_STEPS):
         updated = fit.accelerated_step(log_strength)
-        change = max((abs(new - old) for new, old in zip(updated, log_strength)), default=0.0)
+        change = max((abs(new - old) for new, old in zip(updated, log_strength, strict=True)), default=0.0)
         log_strength = updated
         if change < _TOLERANCE:
             break
@@ -150,14 +151,14 @@ class _Fit:
         """
         x1 = self.mm_step(x)
         x2 = self.mm_step(x1)
-        r = [b - a for a, b in zip(x, x1)]
-        v = [c - 2 * b + a for a, b, c in zip(x, x1, x2)]
+        r = [b - a for a, b in zip(x, x1, strict=True)]
+        v = [c - 2 * b + a for a, b, c in zip(x, x1, x2, strict=True)]
         r_norm, v_norm = math.hypot(*r), math.hypot(*v)
         if v_norm == 0.0:
             return x2
         alpha = min(-r_norm / v_norm, -1.0)  # alpha = -1 reproduces x2
         # Clamped so that a wild extrapolation cannot overflow exp(); real log-strengths stay far inside.
-        jump = [a - 2 * alpha * dr + alpha * alpha * dv for a, dr, dv in zip(x, r, v)]
+        jump = [a - 2 * alpha * dr + alpha * alpha * dv for a, dr, dv in zip(x, r, v, strict=True)]
         jump = [max(-_LOG_BOUND, min(_LOG_BOUND, value)) for value in jump]
         candidate = self.mm_step(jump)
         return candidate if self.log_posterior(candidate) >= self.log_posterior(x2) else x2
@@ -165,5 +166,5 @@ class _Fit:
     def log_posterior(self, x: list[float]) -> float:
         # Plain exp/log is safe here: |x| stays within _LOG_BOUND, far from float overflow.
         strength = [math.exp(v) for v in x]
-        total = sum(w * v - self.prior_games * math.log(p + 1.0) for w, v, p in zip(self.wins, x, strength))
+        total = sum(w * v - self.prior_games * math.log(p + 1.0) for w, v, p in zip(self.wins, x, strength, strict=True))
         return total - sum(count * math.log(strength[i] + strength[j]) for (i, j), count in self.games)

@@ -10,7 +10,6 @@ from __future__ import annotations
 #   vision -> every pair of the pool not compared before, x E votes, all at once; ranked by Bradley-Terry
 # With rounds_per_iteration=2 (the default) the vision round also critiques each pooled image and writes its
 # children, so iterations after the first start at the image round.
-
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 
@@ -148,7 +147,11 @@ def run_search(
 def _text_operation(iteration: int) -> tuple[Literal["expand", "refine"], type[Expansion] | type[RefineWhat] | type[RefineHow]]:
     if iteration == 0:
         return "expand", Expansion
-    return "refine", RefineWhat if refined_dimension(iteration) == "what" else RefineHow
+    return "refine", _refine_model(iteration)
+
+
+def _refine_model(iteration: int) -> type[RefineWhat] | type[RefineHow]:
+    return RefineWhat if refined_dimension(iteration) == "what" else RefineHow
 
 
 def _text_calls(state: SearchState) -> list[Call]:
@@ -192,14 +195,14 @@ def _apply_text(state: SearchState, results: Mapping[str, CallResult]) -> None:
     operation, _ = _text_operation(k)
     specs = new_candidates(state)
     keys = [text_key(state.session_id, k, operation, spec.index) for spec in specs]
-    for spec, key in zip(specs, keys):
+    for spec, key in zip(specs, keys, strict=True):
         candidate = Candidate(id=spec.id, iteration=k, parent_id=spec.parent_id)
         if spec.parent_id is None:
             expansion, error = _parse(results.get(key), Expansion)
             if expansion is not None:
                 candidate.what, candidate.how, candidate.combined = expansion.what, expansion.how, expansion.combined
         else:
-            wire, error = _parse(results.get(key), _text_operation(k)[1])
+            wire, error = _parse(results.get(key), _refine_model(k))
             refinement = wire.to_refinement() if wire is not None else None
             if refinement is not None:
                 parent = state.candidate(spec.parent_id)
@@ -325,6 +328,7 @@ def _apply_critiques(state: SearchState, results: Mapping[str, CallResult]) -> N
     model = _critique_model(k)
     by_parent: dict[str, tuple[list, str | None]] = {}
     for spec in new_candidates(state):
+        assert spec.parent_id is not None, "only iteration 0 has no parents, and it has no critiques"
         if spec.parent_id not in by_parent:
             parsed, error = _parse(results.get(critique_key(state.session_id, k - 1, spec.parent_id)), model)
             by_parent[spec.parent_id] = (parsed.refinements() if parsed is not None else [], error)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import orjson
 import pytest
 
 from batch_pipeline.batching.model_rules import is_reasoning_model, normalise_chat_params
-from batch_pipeline.vocabulary import Endpoint, RoundId
 from batch_pipeline.batching.requests import (
     IMAGE_TOKENS,
     ChatRequest,
@@ -18,6 +18,7 @@ from batch_pipeline.batching.requests import (
     make_custom_id,
     resolve_image_refs,
 )
+from batch_pipeline.vocabulary import BatchEndpoint, Endpoint, RoundId
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -236,3 +237,7 @@ def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
     for params in (as_int, as_bool):
         got = _normalised_params("gpt-4.1-mini", tuple(params.items()), tuple(map(type, params.values())))
         assert type(got["seed"]) is type(params["seed"])
+
+
+def test_the_sdk_literal_of_batch_endpoints_names_the_same_endpoints_as_the_vocabulary() -> None:
+    assert set(get_args(BatchEndpoint)) == {endpoint.value for endpoint in Endpoint}

@@ -7,8 +7,6 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome, Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.batching.results import (
     ResultFileError,
@@ -17,6 +15,8 @@ from batch_pipeline.batching.results import (
     read_result_files,
     store_images,
 )
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome, Tier
 
 CHAT, IMAGES = "/v1/chat/completions", "/v1/images/generations"
 

@@ -12,7 +12,6 @@ import pytest
 from openai.types import CompletionUsage
 
 from batch_pipeline.batching import pricing
-from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import (
     CostBreakdown,
     PriceCatalog,
@@ -20,6 +19,7 @@ from batch_pipeline.batching.pricing import (
     UnknownPriceError,
     round_cents,
 )
+from batch_pipeline.vocabulary import Tier
 
 PACKAGED_PRICES = Path(pricing.__file__).with_name("prices.json")
 # 1,000 input tokens of which 200 cached, 500 output tokens.
@@ -54,8 +54,8 @@ def test_flex_chat_cost_is_billed_at_batch_rates(catalog: PriceCatalog) -> None:
     assert catalog.cost("gpt-5-mini", Tier.FLEX, CHAT_USAGE) == catalog.cost("gpt-5-mini", Tier.BATCH, CHAT_USAGE)
 
 
-def test_tier_may_be_given_as_its_string_value(catalog: PriceCatalog) -> None:
-    assert catalog.cost("gpt-5", "batch", CHAT_USAGE) == catalog.cost("gpt-5", Tier.BATCH, CHAT_USAGE)
+def test_a_tier_read_back_as_its_string_value_costs_the_same(catalog: PriceCatalog) -> None:
+    assert catalog.cost("gpt-5", Tier("batch"), CHAT_USAGE) == catalog.cost("gpt-5", Tier.BATCH, CHAT_USAGE)
 
 
 def test_batch_costs_exactly_half_of_standard_for_every_catalog_price(catalog: PriceCatalog) -> None:

@@ -17,9 +17,9 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from openai_simulator import FaultRule
-from tests.lock_holder import hold_lock
 from tests.defs.support import file_digest, launch, record_prior_run
 from tests.defs.support import tick as tick_run
+from tests.lock_holder import hold_lock
 
 API_CALLS: list[tuple[str, str]] = []
 
@@ -28,7 +28,7 @@ class CountingOpenAIResource(OpenAIResource):
     """The real client, recording every HTTP call it makes (method, path)."""
 
     def get_client(self) -> openai.OpenAI:
-        hook = lambda request: API_CALLS.append((request.method, request.url.path))  # noqa: E731
+        hook = lambda request: API_CALLS.append((request.method, request.url.path))  # noqa: E731 - a one-line event hook
         return openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
                              http_client=httpx2.Client(event_hooks={"request": [hook]}))
 
@@ -86,7 +86,7 @@ def test_nothing_is_due_while_requests_are_out_then_the_answered_round_is(instan
     waiting = tick(instance, resources)
     assert keys(waiting) == [] and "nothing due" in waiting.skip_reason.skip_message, "queued, younger than 60 s"
     monkeypatch.setenv("BATCH_FLUSH_MAX_REQUESTS", "4")
-    (flush_key,) = keys(tick(instance, resources))
+    (_flush_key,) = keys(tick(instance, resources))
     assert "flush: 4 queued >= 4" in tick(instance, resources).run_requests[0].tags["batch_pipeline/tick_reason"]
     monkeypatch.setenv("BATCH_FLUSH_MAX_REQUESTS", "1000")
     # Flushed; the simulator ends the batch at once and the same run ingests it, applies the round and, the

@@ -10,8 +10,8 @@ import dagster as dg
 import openai
 
 from batch_pipeline.cli.demo import DemoPaths, free_port, prepare_instance, start_daemon, start_simulator, stop
-from batch_pipeline.ledger import Ledger
 from batch_pipeline.errors import LedgerBusy
+from batch_pipeline.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -33,7 +33,7 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
                       extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4",
                              "OPENAI_API_KEY": API_KEY})
     daemon = processes.daemon(env, "daemon-1")
-    for sid, prompt in zip(SESSIONS, ("a lighthouse in a storm", "a koi pond in autumn")):
+    for sid, prompt in zip(SESSIONS, ("a lighthouse in a storm", "a koi pond in autumn"), strict=True):
         launch_session(paths, env, sid, prompt=prompt, N=4, M=2, K=2, E=2, tier="batch")
 
     reader = LedgerReader(paths.ledger_path, lock_timeout_s=1.0)

@@ -5,7 +5,8 @@ as the real API may after a client has gone. The tick run's worker is killed in 
 ledger says `uploaded` (create sent, no answer) while the batch is about to exist remotely. The code
 server reports the run failed; the pipeline sensor asks for a tick that resumes the half-sent batch only
 once the lost create could no longer land (its timeout plus a margin), and the resumed flush finds the
-batch by its key in the remote list instead of creating another. (Resuming at once created a second batch: this test found it.)
+batch by its key in the remote list instead of creating another. (Resuming at once created a second
+batch: this test found it.)
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Integration fixtures: the real `openai` SDK driving the in-thread simulator, a real DuckDB ledger."""
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +9,6 @@ import pytest
 
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.lifecycle import BatchLifecycle
-from batch_pipeline.batching.limits import SplitLimits
-from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.batching.requests import ChatRequest, build_request
 from batch_pipeline.ledger import Ledger
 from openai_simulator import Simulator, SimulatorConfig
 from tests.integration.support import make_manager

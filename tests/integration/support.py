@@ -9,7 +9,7 @@ import openai
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.lifecycle import BatchLifecycle
 from batch_pipeline.batching.polling import PollPolicy
-from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
+from batch_pipeline.batching.requests import ChatRequest, build_request
 from batch_pipeline.ledger import Ledger
 
 

@@ -1,7 +1,6 @@
 """The batch core end to end: real SDK -> simulator -> ledger, including the failure paths."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,16 +8,14 @@ import time
 from decimal import Decimal
 
 import orjson
-import pytest
 
 from batch_pipeline.batching.limits import SplitLimits
-from batch_pipeline.vocabulary import Outcome, Tier
-from batch_pipeline.errors import is_transient
 from batch_pipeline.batching.requests import ChatRequest, ImageRequest, build_request
+from batch_pipeline.errors import is_transient
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
+from batch_pipeline.vocabulary import Outcome, Tier
 from openai_simulator import FaultRule, Simulator, SimulatorConfig
-
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, make_manager, wait_until
 
@@ -252,7 +249,8 @@ def test_process_killed_between_create_and_recording_id_reattaches_on_restart(le
 
         Ledger.mark_created = die
         client = openai.OpenAI(api_key="sk-test", base_url={base_url!r}, max_retries=0)
-        BatchLifecycle(client, Ledger({str(ledger.path)!r}), files_dir={str(tmp_path / 'batch_files')!r}).submit_queued()
+        files_dir = {str(tmp_path / 'batch_files')!r}
+        BatchLifecycle(client, Ledger({str(ledger.path)!r}), files_dir=files_dir).submit_queued()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9, proc.stderr

@@ -19,8 +19,8 @@ from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.states import BatchPhase, RequestState
 from batch_pipeline.search import SearchParams, plan_round
 from batch_pipeline.sessions import SessionConfig
-from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from batch_pipeline.vocabulary import RoundId, Tier
+from openai_simulator import FaultRule, Simulator, SimulatorConfig
 from tests.conftest import ManualClock
 from tests.integration.support import chat_requests, drive, make_manager, runtime_for, wait_until
 from tests.lock_holder import hold_lock

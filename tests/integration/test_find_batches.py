@@ -19,7 +19,7 @@ def calls() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def counting_client(base_url: str, calls: list[tuple[str, str]]) -> openai.OpenAI:
-    hook = lambda request: calls.append((request.method, request.url.path))  # noqa: E731
+    hook = lambda request: calls.append((request.method, request.url.path))  # noqa: E731 - a one-line event hook
     return openai.OpenAI(api_key="sk-test-not-a-secret", base_url=base_url, max_retries=0,
                          http_client=httpx2.Client(event_hooks={"request": [hook]}))
 

@@ -1,12 +1,9 @@
 """Beam-search sessions end to end on every tier: real SDK -> simulator -> ledger."""
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
-from batch_pipeline.runtime import build_runtime
-from batch_pipeline.search import SearchParams, plan_round
+from batch_pipeline.search import SearchParams
 from batch_pipeline.sessions import SessionConfig
 from openai_simulator import FaultRule
 from tests.integration.support import drive, runtime_for

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.batching.pricing import UnpricedModelError
 from batch_pipeline.batching.polling import PollPolicy
+from batch_pipeline.batching.pricing import UnpricedModelError
 from batch_pipeline.driver import Driver
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.runtime import build_runtime

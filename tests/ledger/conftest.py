@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome
 from batch_pipeline.batching.requests import ChatRequest, QueuedRequest, build_request
 from batch_pipeline.ledger import Ledger
-from tests.conftest import ManualClock
 from batch_pipeline.ledger.ledger import QueuedRow, RemoteStatus
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome
+from tests.conftest import ManualClock
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def queue(ledger: Ledger, make_request) -> Callable[..., list[str]]:
 
 @pytest.fixture
 def submit(ledger: Ledger) -> Callable[..., list[str]]:
-    """Put the given queued ids into a created batch (intent -> uploaded -> created), optionally with a remote status."""
+    """Put queued ids into a created batch (intent -> uploaded -> created), optionally with a remote status."""
 
     def make(batch_key: str, request_ids: Sequence[str], *, status: str | None = None) -> list[str]:
         rows = {r.request_id: r for r in ledger.queued_rows()}

@@ -6,13 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from batch_pipeline.vocabulary import Outcome, Tier
-
-
-from batch_pipeline.records import RequestOutcome
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
 from batch_pipeline.ledger.ledger import RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.records import RequestOutcome
+from batch_pipeline.vocabulary import Outcome, Tier
 
 EXPIRED, RETRY, PERMANENT, CANCELLED = (Outcome.EXPIRED, Outcome.FAILED_RETRYABLE, Outcome.FAILED_PERMANENT,
                                         Outcome.CANCELLED)

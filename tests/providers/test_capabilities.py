@@ -7,11 +7,11 @@ import orjson
 from PIL import Image
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
-from batch_pipeline.records import RequestOutcome
-from batch_pipeline.vocabulary import Outcome
 from batch_pipeline.batching.requests import build_request, jsonl_line, resolve_image_refs
 from batch_pipeline.providers.capabilities import ImageProvider, TextProvider, VisionProvider
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.search.calls import ImageCall, TextCall, VisionCall
+from batch_pipeline.vocabulary import Outcome
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["what"], "properties": {"what": {"type": "string"}}}
 

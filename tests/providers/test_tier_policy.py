@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from batch_pipeline.vocabulary import Tier
 from batch_pipeline.batching.pricing import PriceCatalog
 from batch_pipeline.providers.tier_policy import TierPolicy
+from batch_pipeline.vocabulary import Tier
 
 CATALOG = PriceCatalog.load()
 HOUR = 3600.0

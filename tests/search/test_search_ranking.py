@@ -90,7 +90,7 @@ def plain_mm(items, outcomes, prior_games=1.0, sweeps=20_000):
     p = {x: 1.0 for x in items}
     for _ in range(sweeps):
         p = {
-            x: wins[x] / (prior_games / (p[x] + 1) + sum(1 / (p[w] + p[l]) for w, l in outcomes if x in (w, l)))
+            x: wins[x] / (prior_games / (p[x] + 1) + sum(1 / (p[w] + p[lo]) for w, lo in outcomes if x in (w, lo)))
             for x in items
         }
     mean = sum(math.log(v) for v in p.values()) / len(p)

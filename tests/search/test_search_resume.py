@@ -64,4 +64,5 @@ def test_a_different_seed_changes_the_presentation_order_and_may_change_the_outc
     seeded = [run_search(PROMPT, SearchParams(rounds_per_iteration=3, N=6, M=2, K=3, E=2, seed=s), "t1", executor_factory()) for s in (0, 1)]
     orders = [[(v.a, v.b, v.vote_index, v.first_shown) for v in state.votes] for state in seeded]
     assert orders[0] != orders[1]
-    assert [[v.winner for v in s.votes] for s in seeded][0] != [[v.winner for v in s.votes] for s in seeded][1]
+    winners = [[v.winner for v in s.votes] for s in seeded]
+    assert winners[0] != winners[1]

@@ -1,6 +1,6 @@
 """The beam search driven round by round with the fake models: rounds, calls, refinement, elitism, lineage."""
 import re
-from itertools import combinations
+from itertools import combinations, pairwise
 
 import pytest
 
@@ -99,7 +99,7 @@ def test_children_of_one_parent_differ_by_a_variant_nonce_and_carry_its_prompts_
     state = advance(start_search(PROMPT, NINE, "t1"), execute, 3)
     best = state.candidate(state.iterations[0].survivors[0])
     calls = plan_round(state)[:3]  # the children of the best parent come first
-    strengths, weaknesses = ranking_feedback(state, best.id)
+    strengths, _weaknesses = ranking_feedback(state, best.id)
     assert strengths  # the best parent won comparisons, so the judge named strengths
     for j, call in enumerate(calls, start=1):
         text = last_user_message(call)
@@ -156,7 +156,7 @@ def test_lineage_runs_from_the_winner_back_to_iteration_zero(execute):
     assert state.winner_id == state.iterations[-1].best_id
     chain = [state.candidate(cid) for cid in state.lineage]
     assert chain[0].id == state.winner_id and chain[-1].iteration == 0
-    for child, parent in zip(chain, chain[1:]):
+    for child, parent in pairwise(chain):
         assert child.parent_id == parent.id and child.iteration > parent.iteration
     # With children that always improve, the winner is a grandchild refined in both dimensions.
     assert [c.iteration for c in chain] == [2, 1, 0]
@@ -179,7 +179,7 @@ def test_each_vote_shows_the_images_in_a_seeded_order_and_maps_a_and_b_back(exec
     assert all(v.winner == v.first_shown == v.alignment_winner for v in state.votes)
     a_first = sum(v.first_shown == v.a for v in state.votes)
     assert 0 < a_first < len(state.votes)
-    for call, vote in zip(calls, state.votes):
+    for call, vote in zip(calls, state.votes, strict=True):
         assert call.image_paths[0] == paths[vote.first_shown]
         assert f"User prompt: {PROMPT}\nVote {vote.vote_index} of 3" == call.text
 

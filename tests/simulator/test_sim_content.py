@@ -8,7 +8,7 @@ import base64
 import io
 import json
 import random
-from typing import Literal, Optional
+from typing import Literal
 
 from openai.types import Batch
 from PIL import Image
@@ -31,7 +31,7 @@ class Plan(BaseModel):
     score: int = Field(ge=1, le=10)
     mood: Literal["calm", "tense", "joyful"]
     shot: Shot
-    alternative: Optional[Shot]
+    alternative: Shot | None
     final: bool
 
 

@@ -51,7 +51,7 @@ def test_file_upload_honours_expires_after_and_list_filters_by_purpose(api: Api)
 
 
 def test_batch_purpose_requires_a_jsonl_file(api: Api) -> None:
-    with pytest.raises(openai.BadRequestError, match="Must be .jsonl"):
+    with pytest.raises(openai.BadRequestError, match=r"Must be \.jsonl"):
         api.client.files.create(file=("in.csv", b"a,b\n"), purpose="batch")
 
 
