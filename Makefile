@@ -32,6 +32,7 @@ simulator: $(STAMP)
 	$(PY) -m openai_simulator --host 127.0.0.1 --port 8800 --data-dir var/simulator
 
 bench: $(STAMP)
+	$(PY) benchmarks/bench_side_by_side.py
 	$(PY) benchmarks/bench_jsonl.py
 	$(PY) benchmarks/bench_stream_memory.py
 	$(PY) benchmarks/bench_sensor_tick.py

@@ -26,7 +26,7 @@ from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
-from batch_pipeline.batching.results import ResultFileError, price_outcome, read_result_files
+from batch_pipeline.batching.results import ResultFileError, price_results, read_result_table
 from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
@@ -340,20 +340,19 @@ class BatchLifecycle:
             paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
                      for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id))
                      if file_id]
-        outcomes = read_result_files(paths, self.image_store)
+        table = read_result_table(paths, self.image_store)
         if record.status == "failed":
-            outcomes |= self._validation_outcomes(record)
-        priced = [
-            price_outcome(o, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH, catalog=self.catalog,
-                          request_body=functools.partial(self.ledger.request_body, o.request_id))
-            for o in outcomes.values()
-        ]
+            for outcome in self._validation_outcomes(record).values():
+                table.add_outcome(outcome, replace=True)
+        price_results(table, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH, catalog=self.catalog,
+                      request_bodies=lambda ids: {rid: row.body for rid, row in self.ledger.request_rows(ids).items()})
         failpoint("ingest-downloaded")
-        if record.duplicate_of is not None:
-            ingested = self.ledger.record_duplicate_outcome(record.batch_key, priced, max_attempts=self.max_attempts)
+        if record.duplicate_of is not None:  # rare: the per-outcome path
+            ingested = self.ledger.record_duplicate_outcome(record.batch_key, table.outcomes(),
+                                                            max_attempts=self.max_attempts)
         else:
-            ingested = self.ledger.record_batch_outcome(
-                record.batch_key, priced, max_attempts=self.max_attempts,
+            ingested = self.ledger.record_batch_results(
+                record.batch_key, table, max_attempts=self.max_attempts,
                 missing_reason=f"batch {record.status} without a result line for this request")
         for path in [*paths, self.files_dir / f"{record.batch_key}.jsonl"]:
             path.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from batch_pipeline.errors import BatchPipelineError
-from batch_pipeline.records import CostFigures
+from batch_pipeline.records import UNITS_PER_USD, CostFigures
 from batch_pipeline.vocabulary import Tier
 
 if TYPE_CHECKING:
@@ -210,6 +210,16 @@ class UnpricedModelError(BatchPipelineError, ValueError):
         super().__init__(message)
 
 
+class UnitPrices(BaseModel):
+    """Prices of one model on one tier in units of 1e-12 USD: per token (input, cached input, output)
+    for text models, per image by (quality, size) for image models."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: tuple[int, int, int] | None = None
+    image: dict[tuple[str, str], int] | None = None
+
+
 class PriceCatalog:
     """One version of the price list; answers "what did this usage cost on this tier"."""
 
@@ -324,6 +334,32 @@ class PriceCatalog:
             # models are not in the catalog, so a cost built from them would be a guess.
             raise UnknownPriceError(model, tier, "the catalog prices image models per image, not per token")
         return self._image_cost(model, tier, getattr(self._data.images[key], tier.value), usage)
+
+    def unit_prices(self, model: str, tier: Tier) -> UnitPrices | None:
+        """The prices of `model` on `tier` as whole units of 1e-12 USD (the ledger's DECIMAL scale).
+
+        Bulk pricing multiplies integers with these instead of building a Decimal per row; the result
+        is the same exact amount. None when a price is finer than the scale (then price per row).
+        Raises UnknownPriceError like `cost` when the model or tier has no price.
+        """
+        tier = Tier(tier)
+        key = self.resolve_model(model)
+        text_prices = self._data.models.get(key)
+        if text_prices is not None:
+            prices = getattr(text_prices, tier.value)
+            if prices is None:
+                raise UnknownPriceError(model, tier, "the model does not support this tier")
+            per_token = [price * UNITS_PER_USD / TOKENS_PER_PRICE_UNIT for price in (prices.input, prices.cached_input, prices.output)]
+            if any(p != p.to_integral_value() for p in per_token):
+                return None
+            return UnitPrices(text=tuple(int(p) for p in per_token))
+        prices_img = getattr(self._data.images[key], tier.value)
+        if prices_img is None:
+            raise UnknownPriceError(model, tier, "the model does not support this tier")
+        per_image = {(quality, size): price * UNITS_PER_USD for quality, sizes in prices_img.items() for size, price in sizes.items()}
+        if any(p != p.to_integral_value() for p in per_image.values()):
+            return None
+        return UnitPrices(image={k: int(p) for k, p in per_image.items()})
 
     def cost_breakdown(self, model: str, tier: Tier, usage: TokenUsage) -> CostBreakdown:
         """The cost on `tier` and, for the savings report, on the standard tier for the same usage."""

@@ -5,22 +5,24 @@ First step of the data flow: everything a provider or a workload wants to run be
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from batch_pipeline.batching.image_store import ImageStore, is_ref
 from batch_pipeline.batching.limits import MAX_CUSTOM_ID_CHARS
 from batch_pipeline.batching.model_rules import normalise_chat_params
 from batch_pipeline.errors import BatchPipelineError
-from batch_pipeline.records import QueuedRequest
+from batch_pipeline.records import QueuedRequest, canonical_body
 from batch_pipeline.vocabulary import Endpoint, RoundId, Tier
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Prompt-token estimate for an image part, by detail (OpenAI vision pricing: low is a fixed 85
 # tokens; high/auto up to 765 for a 1024px square). Estimates size batches to the token queue.
 IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765, "original": 765}
@@ -92,30 +94,52 @@ def build_request(
     image_store: ImageStore | None = None,
 ) -> QueuedRequest:
     """Validate and normalise `request` into the record the ledger queues."""
-    if isinstance(request, ChatRequest):
+    # `type(...) is` first: isinstance on a pydantic model class goes through ABCMeta, a microsecond a call
+    if type(request) is ChatRequest or isinstance(request, ChatRequest):
         body, est_tokens, inline_extra = _chat_body(request, image_store)
     else:
         body, est_tokens, inline_extra = _image_body(request), _estimate_text_tokens(request.prompt), 0
     request_id = make_custom_id(namespace, request.key)
-    line_len = len(jsonl_line(request_id, request.endpoint, body)) + inline_extra
-    try:
-        return QueuedRequest(
-            request_id=request_id,
-            session_id=session_id,
-            operation=operation,
-            endpoint=request.endpoint,
-            model=request.model,
-            tier=tier,
-            tier_reason=tier_reason,
-            iteration=round_id.iteration if round_id else None,
-            round=round_id.round if round_id else None,
-            body=body,
-            body_hash=body_hash(request.endpoint, body),
-            est_prompt_tokens=est_tokens,
-            line_bytes=line_len,
-        )
-    except ValidationError as exc:  # pragma: no cover - only a bad namespace reaches here
-        raise RequestValidationError(request.key, "key", str(exc)) from exc
+    if not (type(operation) is str and (session_id is None or type(session_id) is str)
+            and (tier_reason is None or type(tier_reason) is str)):
+        _check_strings(request.key, operation=operation, session_id=session_id, tier_reason=tier_reason)
+    iteration, round_ = (None, None) if round_id is None else round_id
+    if round_id is not None and not (type(iteration) is int and type(round_) is str):
+        raise RequestValidationError(request.key, "round_id", f"must be (iteration: int, round: str), got {round_id!r}")
+    if type(tier) is not Tier:
+        try:
+            tier = Tier(tier)
+        except ValueError:
+            raise RequestValidationError(request.key, "tier", f"unknown tier {tier!r}") from None
+    # One serialisation: the hash, the line's length, the ledger's copy and the line all come from these bytes.
+    body_bytes = canonical_body(body)
+    endpoint = request.endpoint
+    # A custom_id is [A-Za-z0-9_-] only, so its JSON string is the id and two quotes.
+    line_len = len(request_id) + 2 + _HEAD_BYTES[endpoint] + len(body_bytes) + 1 + inline_extra
+    # Every value is checked above (make_custom_id only makes valid ids): no second validation.
+    return QueuedRequest.from_checked(
+        body_bytes.decode(),  # text: orjson's bytes keep a 4 KB buffer each, a str is its exact size
+        request_id=request_id,
+        session_id=session_id,
+        operation=operation,
+        endpoint=endpoint,
+        model=request.model,
+        tier=tier,
+        tier_reason=tier_reason,
+        iteration=iteration,
+        round=round_,
+        body=body,
+        body_hash=_hash(endpoint, body_bytes),
+        est_prompt_tokens=est_tokens,
+        line_bytes=line_len,
+    )
+
+
+def _check_strings(key: str, *, operation: Any, **optional: Any) -> None:
+    """The string-typed values `build_request` stores unvalidated: refused here, by name, if not strings."""
+    for name, value in {"operation": operation, **optional}.items():
+        if not isinstance(value, str) and (name == "operation" or value is not None):
+            raise RequestValidationError(key, name, f"must be a string, got {type(value).__name__}")
 
 
 def jsonl_line(custom_id: str, endpoint: str, body: dict[str, Any]) -> bytes:
@@ -123,9 +147,29 @@ def jsonl_line(custom_id: str, endpoint: str, body: dict[str, Any]) -> bytes:
     return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": str(endpoint), "body": body})
 
 
+def request_line(request: QueuedRequest) -> bytes:
+    """A queued request's input-file line (without the newline), from the body serialised at build time."""
+    return b"".join((_line_head(request.request_id, request.endpoint), request.body_text().encode(), b"}"))
+
+
 def body_hash(endpoint: str, body: dict[str, Any]) -> str:
     """Cache identity of a request: same endpoint and same canonical body."""
-    return hashlib.sha256(str(endpoint).encode() + b"\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _hash(endpoint, canonical_body(body))
+
+
+def _hash(endpoint: Endpoint | str, body_bytes: bytes) -> str:
+    prefix = _HASH_PREFIX.get(endpoint) or str(endpoint).encode() + b"\n"
+    return hashlib.sha256(prefix + body_bytes).hexdigest()
+
+
+def _line_head(custom_id: str, endpoint: str) -> bytes:
+    """Everything of a JSONL line before its body; the same bytes `jsonl_line` and the file writer produce."""
+    return b'{"custom_id":%s,"method":"POST","url":%s,"body":' % (orjson.dumps(custom_id), orjson.dumps(str(endpoint)))
+
+
+# Per endpoint, computed once: the hash prefix and the bytes of a line's head besides the custom_id.
+_HASH_PREFIX: dict[str, bytes] = {e: str(e).encode() + b"\n" for e in Endpoint}
+_HEAD_BYTES = {e: len(_line_head("", e)) - len(orjson.dumps("")) for e in Endpoint}
 
 
 def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[str, Any], int, int]:
@@ -135,10 +179,10 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         raise RequestValidationError(req.key, "messages", "must contain at least one message")
     text_chars, image_tokens, inline_extra = 0, 0, 0
     for i, message in enumerate(req.messages):
-        if message.get("role") not in {"system", "developer", "user", "assistant", "tool"}:
+        if message.get("role") not in _ROLES:
             raise RequestValidationError(req.key, f"messages[{i}].role", f"unknown role {message.get('role')!r}")
         content = message.get("content")
-        if isinstance(content, str):
+        if type(content) is str or isinstance(content, str):
             text_chars += len(content)
             continue
         if not isinstance(content, list) or not content:
@@ -169,26 +213,34 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
                 raise RequestValidationError(req.key, f"{where}.type", f"unsupported part type {part.get('type')!r}")
     if req.response_format is not None:
         _check_response_format(req)
-    params = {
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "max_tokens": req.max_tokens,
-        "max_completion_tokens": req.max_completion_tokens,
-        "reasoning_effort": req.reasoning_effort,
-        "seed": req.seed,
-    }
-    for name, value, top in (("temperature", req.temperature, 2), ("top_p", req.top_p, 1)):
-        if value is not None and not (0 <= value <= top):
-            raise RequestValidationError(req.key, name, f"out of range: {value}")
-    for name, count in (("max_tokens", req.max_tokens), ("max_completion_tokens", req.max_completion_tokens)):
-        if count is not None and count < 1:
-            raise RequestValidationError(req.key, name, "must be at least 1")
-    _check_extra(req.key, req.extra, ChatRequest.model_fields)
-    params, _notes = normalise_chat_params(req.model, params)
+    temperature, top_p, max_tokens, max_completion_tokens = (req.temperature, req.top_p, req.max_tokens,
+                                                             req.max_completion_tokens)
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise RequestValidationError(req.key, "temperature", f"out of range: {temperature}")
+    if top_p is not None and not 0 <= top_p <= 1:
+        raise RequestValidationError(req.key, "top_p", f"out of range: {top_p}")
+    if max_tokens is not None and max_tokens < 1:
+        raise RequestValidationError(req.key, "max_tokens", "must be at least 1")
+    if max_completion_tokens is not None and max_completion_tokens < 1:
+        raise RequestValidationError(req.key, "max_completion_tokens", "must be at least 1")
+    params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+              "max_completion_tokens": max_completion_tokens, "reasoning_effort": req.reasoning_effort, "seed": req.seed}
+    if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
+        _check_extra(req.key, req.extra, ChatRequest.model_fields)
+    # keyed by the values' types too: 1 and 1.0 (and True) are equal keys but serialise differently
+    params = _normalised_params(req.model, tuple(params.items()), tuple(map(type, params.values())))
     body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
     if req.response_format is not None:
         body["response_format"] = req.response_format
     return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalised_params(model: str, params: tuple[tuple[str, Any], ...], _types: tuple[type, ...]) -> dict[str, Any]:
+    """`normalise_chat_params` (a pure function of its arguments) remembered: a workload sends the same few
+    parameter sets to the same few models, and the rule costs more than the rest of a body's checks. The
+    dict returned is shared: callers copy it (a body unpacks it), never change it."""
+    return normalise_chat_params(model, dict(params))[0]
 
 
 def _check_response_format(req: ChatRequest) -> None:
@@ -210,7 +262,8 @@ def _check_extra(key: str, extra: dict[str, Any], typed: dict[str, Any]) -> None
 
 
 def _image_body(req: ImageRequest) -> dict[str, Any]:
-    _check_extra(req.key, req.extra, ImageRequest.model_fields)
+    if req.extra:
+        _check_extra(req.key, req.extra, ImageRequest.model_fields)
     if not req.prompt.strip():
         raise RequestValidationError(req.key, "prompt", "must not be empty")
     if not 1 <= req.n <= 10:

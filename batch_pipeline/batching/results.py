@@ -15,7 +15,7 @@ import orjson
 from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.pricing import PriceCatalog, TokenUsage, UnknownPriceError
 from batch_pipeline.errors import BatchPipelineError
-from batch_pipeline.records import RequestOutcome
+from batch_pipeline.records import RequestOutcome, ResultTable, to_units
 from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 
 # Worth another attempt: throttling, timeouts, conflicts and server errors (the SDK's own retry set).
@@ -38,31 +38,31 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise ResultFileError(f"{path.name}: line {n} is not JSON: {exc}") from exc
 
 
-def classify_line(line: dict[str, Any]) -> RequestOutcome:
-    """One output- or error-file line -> its outcome (cost filled in later by `price_outcome`)."""
+def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str, Any] | None, str | None, str | None]:
+    """The one classification rule: (custom_id, outcome, status, response body, error code, error message)."""
     custom_id = line.get("custom_id")
     if not custom_id:
         raise ResultFileError(f"result line without custom_id: {str(line)[:200]}")
-    response, error = line.get("response"), line.get("error")
+    response = line.get("response")
     if response is not None:
         status = int(response.get("status_code") or 0)
         body = response.get("body") or {}
         if 200 <= status < 300:
-            return RequestOutcome(request_id=custom_id, outcome=Outcome.SUCCEEDED, status_code=status, response=body)
+            return custom_id, Outcome.SUCCEEDED, status, body, None, None
         err = body.get("error") or {}
         retryable = status in RETRYABLE_STATUS or status >= 500
-        return RequestOutcome(
-            request_id=custom_id,
-            outcome=Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
-            status_code=status,
-            response=body,
-            error_code=err.get("code") or err.get("type"),
-            error_message=err.get("message"),
-        )
-    error = error or {}
+        return (custom_id, Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT, status, body,
+                err.get("code") or err.get("type"), err.get("message"))
+    error = line.get("error") or {}
     code = error.get("code") or "unknown_error"
-    return RequestOutcome(request_id=custom_id, outcome=NEVER_RAN.get(code, Outcome.FAILED_RETRYABLE),
-                          error_code=code, error_message=error.get("message"))
+    return custom_id, NEVER_RAN.get(code, Outcome.FAILED_RETRYABLE), None, None, code, error.get("message")
+
+
+def classify_line(line: dict[str, Any]) -> RequestOutcome:
+    """One output- or error-file line -> its outcome (cost filled in later by `price_outcome`)."""
+    custom_id, outcome, status, body, code, message = _classify(line)
+    return RequestOutcome(request_id=custom_id, outcome=outcome, status_code=status, response=body, error_code=code,
+                          error_message=message)
 
 
 def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOutcome:
@@ -153,3 +153,133 @@ def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict
             if previous is None or (previous.outcome != Outcome.SUCCEEDED and outcome.outcome == Outcome.SUCCEEDED):
                 outcomes[outcome.request_id] = outcome
     return outcomes
+
+
+# -- the bulk path: one parse per line, columns instead of objects, pricing per model --------------
+
+def read_result_table(paths: list[Path], image_store: ImageStore | None) -> ResultTable:
+    """`read_result_files` as one tuple per line (a `ResultTable`): each line parsed once, classified by the
+    same rule, its body kept as JSON bytes and its usage as integers; no object outlives its line.
+
+    Images are moved to the store line by line, as in `read_result_files`.
+    """
+    table = ResultTable()
+    rows, index, add, loads, dumps = table.rows, table._index, table.add, orjson.loads, orjson.dumps
+    succeeded = Outcome.SUCCEEDED
+    for path in paths:
+        with path.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    line = loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    if not raw.strip():
+                        continue
+                    raise ResultFileError(f"{path.name}: line {n} is not JSON: {exc}") from exc
+                if type(line) is not dict:
+                    raise ResultFileError(f"{path.name}: line {n} is not a JSON object")
+                custom_id, outcome, status, body, code, message = _classify(line)
+                tokens: tuple[int, int, int] | None = None
+                usage = spec = None
+                if type(body) is dict:
+                    data = body.get("data")
+                    if data is not None and image_store is not None and type(data) is list \
+                            and any("b64_json" in item for item in data):
+                        stored = store_images(RequestOutcome(request_id=custom_id, outcome=outcome, response=body),
+                                              image_store).response
+                        body = stored if stored is not None else body
+                    if outcome is succeeded:
+                        usage = _token_counts(body.get("usage"))
+                        if type(usage) is tuple:
+                            tokens, usage = usage, None
+                        if data is not None or "size" in body:
+                            spec = (len(data or ()), body.get("quality"), body.get("size"))
+                # the body as text: orjson's bytes keep a 4 KB buffer each, a str is its exact size (and the
+                # ledger stores text); tokens of a plain `usage` go straight into their columns
+                row = (custom_id, outcome, status, dumps(body).decode() if body is not None else None, code, message,
+                       *(tokens or (0, 0, 0)), 0, 0, 0, None, usage, spec)
+                if custom_id in index:
+                    add(row)
+                else:
+                    index[custom_id] = len(rows)
+                    rows.append(row)
+    return table
+
+
+def _token_counts(usage: Any) -> tuple[int, int, int] | dict[str, Any] | None:
+    """(input, cached, output) from a response's `usage` when it is plain, valid integers (the common case);
+    otherwise the object itself, for `TokenUsage.from_chat_usage` to read (or refuse) as the per-row path does."""
+    if not usage:
+        return None
+    try:
+        if "prompt_tokens" in usage:
+            inp, out, details = usage["prompt_tokens"], usage["completion_tokens"], usage.get("prompt_tokens_details")
+        else:
+            inp, out, details = usage["input_tokens"], usage["output_tokens"], usage.get("input_tokens_details")
+        cached = (details or {}).get("cached_tokens") or 0
+    except (KeyError, TypeError, AttributeError):
+        return usage
+    if type(inp) is int and type(out) is int and type(cached) is int and 0 <= cached <= inp and out >= 0:
+        return inp, cached, out
+    return usage
+
+
+def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, catalog: PriceCatalog,
+                  request_bodies: Callable[[list[str]], dict[str, dict[str, Any]]]) -> ResultTable:
+    """Attach tokens and cost to every successful row, in bulk: one model per batch, integer 1e-12 USD units.
+
+    The same amounts as `price_outcome` row by row (a test holds this); `request_bodies` is asked once,
+    for the image rows whose response omits quality or size.
+    """
+    rows = table.rows
+    todo = [at for at, row in enumerate(rows) if row[1] == Outcome.SUCCEEDED and row[3] is not None]
+    if not todo:
+        return table
+    usages: dict[int, TokenUsage] = {}
+    if endpoint == Endpoint.IMAGES:
+        need = [rows[at][0] for at in todo if not all((rows[at][14] or (0, None, None))[1:])]
+        bodies = request_bodies(need) if need else {}
+        for at in todo:
+            images, quality, size = rows[at][14] or (0, None, None)
+            if not quality or not size:  # older responses omit them: the request says what was asked for
+                body = bodies.get(rows[at][0], {})
+                quality, size = quality or body.get("quality", "auto"), size or body.get("size", "1024x1024")
+            usages[at] = TokenUsage.from_image_request(images, quality, size)
+    else:
+        for at in todo:
+            usage = rows[at][13]
+            if usage is not None:  # not plain integers: validated (or refused) as the per-row path does
+                usages[at] = TokenUsage.from_chat_usage(usage)
+    try:
+        actual, standard = catalog.unit_prices(model, tier), catalog.unit_prices(model, Tier.STANDARD)
+    except UnknownPriceError:
+        actual = standard = None
+    version = catalog.version
+    if actual is not None and standard is not None and actual.text is not None and standard.text is not None \
+            and endpoint != Endpoint.IMAGES:
+        (pi, pc, po), (si, sc, so) = actual.text, standard.text
+        for at, u in usages.items():  # the few rows whose usage needed validating: their tokens first
+            rows[at] = (*rows[at][:6], u.input_tokens, u.cached_tokens, u.output_tokens, *rows[at][9:])
+        billed = set(todo) if len(todo) < len(rows) else None
+        costed = []
+        for at, row in enumerate(rows):
+            if billed is None or at in billed:
+                uncached, cached, out = row[6] - row[7], row[7], row[8]
+                row = (*row[:10], uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
+                       version, *row[13:])
+            costed.append(row)
+        rows[:] = costed
+        return table
+    for at in todo:  # images, unpriced models, and prices finer than the unit: the per-row rule
+        row = rows[at]
+        usage = usages.get(at)
+        if usage is None:
+            usage = TokenUsage(input_tokens=row[6], cached_tokens=row[7], output_tokens=row[8])
+        try:
+            cost = catalog.cost_breakdown(model, tier, usage)
+        except UnknownPriceError:
+            priced: tuple = (0, 0, f"unpriced:{model}")  # tokens still recorded; the cost report flags it
+        else:
+            priced = (to_units(cost.actual), to_units(cost.standard), version)
+        rows[at] = (*row[:6], usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.images, *priced,
+                    row[13], row[14])
+    return table

@@ -18,11 +18,12 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
-from batch_pipeline.ledger.db import insert_rows, one_row
+from batch_pipeline.ledger.db import arrow_view, insert_columns, insert_rows, one_row
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
@@ -31,7 +32,7 @@ from batch_pipeline.ledger.states import (
     BatchPhase,
     RequestState,
 )
-from batch_pipeline.records import QueuedRequest, RequestOutcome
+from batch_pipeline.records import QueuedRequest, RequestOutcome, ResultTable
 from batch_pipeline.vocabulary import ENDED_STATUSES, Outcome, Tier
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class Ledger(SessionRecords, SpendingRecords):
             if new:
                 insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
                     (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                     r.iteration, r.round, orjson.dumps(r.body).decode(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
+                     r.iteration, r.round, r.body_text(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
                      "queued", 0, now, now)
                     for r in new])
                 insert_rows(con, "request_events", _EVENT_COLUMNS,
@@ -580,6 +581,17 @@ class Ledger(SessionRecords, SpendingRecords):
         after the commit but before the caller noticed is harmless. Members without an outcome
         are treated as retryable: nothing is silently dropped.
         """
+        return self.record_batch_results(batch_key, ResultTable.from_outcomes(outcomes), max_attempts=max_attempts,
+                                         missing_reason=missing_reason)
+
+    def record_batch_results(self, batch_key: str, table: ResultTable, *, max_attempts: int,
+                             missing_reason: str = "no line in the output or error file") -> bool:
+        """`record_batch_outcome` for a `ResultTable` (the bulk path: rows go in through Arrow, in chunks).
+
+        The same transaction and the same rules: idempotent, members without a row are retryable,
+        every state change passes `_move_requests`. The table is consumed (its rows are dropped as they
+        are inserted, so a batch's responses are not held twice).
+        """
         now = self.clock()
         with self.transaction() as con:
             phase = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
@@ -587,17 +599,24 @@ class Ledger(SessionRecords, SpendingRecords):
                 raise LedgerError(f"unknown batch {batch_key!r}")
             if phase[0] == BatchPhase.INGESTED:
                 return False
-            members = {rid: attempts for rid, attempts in con.execute(
+            members = dict(con.execute(
                 "SELECT r.request_id, r.attempts FROM batch_members m JOIN requests r USING (request_id)"
-                " WHERE m.batch_key = ? AND r.state = 'submitted' AND r.batch_key = ?", [batch_key, batch_key]).fetchall()}
-            by_id = {o.request_id: o for o in outcomes if o.request_id in members}
-            for rid in members.keys() - by_id.keys():
-                by_id[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=missing_reason)
-            self._insert_results(con, [(o, members[o.request_id], batch_key, Tier.BATCH) for o in by_id.values()], now)
+                " WHERE m.batch_key = ? AND r.state = 'submitted' AND r.batch_key = ?", [batch_key, batch_key]).fetchall())
+            rows = [row for row in table.rows if row[0] in members]
+            table.rows = []
+            missing = members.keys() - {row[0] for row in rows}
+            rows += [(rid, str(Outcome.FAILED_RETRYABLE), None, None, None, missing_reason, 0, 0, 0, 0, 0, 0, None)
+                     for rid in sorted(missing)]  # nothing silently dropped
+            outcomes = [(row[0], row[1], row[5] or row[4]) for row in rows]
+            self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
             deadline_tier, deadline_reason = one_row(con.execute(
                 "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]))
-            unrun = [rid for rid, o in by_id.items() if deadline_tier and o.outcome == Outcome.CANCELLED]
-            self._apply_outcomes(con, [o for rid, o in by_id.items() if rid not in unrun], members, batch_key, max_attempts)
+            cancelled = [rid for rid, outcome, _ in outcomes if outcome == Outcome.CANCELLED] if deadline_tier else []
+            unrun = cancelled
+            unrun_ids = set(unrun)
+            ran = [o for o in outcomes if o[0] not in unrun_ids] if unrun else outcomes
+            self._apply_outcome_rows(con, [o[0] for o in ran], [o[1] for o in ran], [o[2] for o in ran], members,
+                                     batch_key, max_attempts)
             if unrun:
                 # We cancelled this batch at its round's deadline: what never ran is finished on another tier
                 # (an attempt that was not the request's fault, so it does not count against max_attempts).
@@ -832,20 +851,21 @@ class Ledger(SessionRecords, SpendingRecords):
         all_ids = [rid for ids in moves.values() for rid in ids]
         if not all_ids:
             return
-        current = dict(con.execute("SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                   [all_ids]).fetchall())
+        with arrow_view(con, {"id": all_ids}) as view:
+            current = dict(con.execute(f"SELECT request_id, state FROM requests WHERE request_id IN (SELECT id FROM {view})"
+                                       ).fetchall())
         now = self.clock()
         for to_state, ids in moves.items():
             if not ids:
                 continue
+            # the states this move may leave from, as stored: one set test per request, no enum per row
+            allowed = {str(state) for state, targets in REQUEST_TRANSITIONS.items()
+                       if to_state in targets and (not expect_from or state in expect_from)}
             for rid in ids:
-                if rid not in current:
-                    raise StateTransitionError(f"unknown request {rid!r}")
-                from_state = RequestState(current[rid])
-                if (expect_from and from_state not in expect_from) or to_state not in REQUEST_TRANSITIONS[from_state]:
-                    raise StateTransitionError(f"request {rid!r}: {from_state} -> {to_state} is not allowed")
-            if not ids:
-                continue
+                if current.get(rid) not in allowed:
+                    if rid not in current:
+                        raise StateTransitionError(f"unknown request {rid!r}")
+                    raise StateTransitionError(f"request {rid!r}: {RequestState(current[rid])} -> {to_state} is not allowed")
             sets = "state = ?, updated_at = ?"
             params: list[Any] = [str(to_state), now]
             if batch_key is not None:
@@ -853,12 +873,17 @@ class Ledger(SessionRecords, SpendingRecords):
                 params.append(batch_key)
             if count_attempt:
                 sets += ", attempts = attempts + 1"
-            con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT unnest(?))", [*params, ids])
-            insert_rows(con, "request_events", _EVENT_COLUMNS,
-                         [(rid, now, current[rid], str(to_state), batch_key, (errors or {}).get(rid, reason)) for rid in ids])
+            with arrow_view(con, {"id": ids}) as view:
+                con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT id FROM {view})", params)
+            n = len(ids)
+            insert_columns(con, "request_events", {
+                "request_id": pa.array(ids, pa.string()), "event_at": pa.array([now] * n, pa.float64()),
+                "from_state": pa.array([current[rid] for rid in ids], pa.string()),
+                "to_state": pa.array([str(to_state)] * n, pa.string()), "batch_key": pa.array([batch_key] * n, pa.string()),
+                "reason": pa.array([errors.get(rid, reason) for rid in ids] if errors else [reason] * n, pa.string())})
         if errors:
-            con.execute("UPDATE requests SET last_error = e.error FROM (SELECT unnest(?) AS id, unnest(?) AS error) e"
-                        " WHERE requests.request_id = e.id", [list(errors), list(errors.values())])
+            with arrow_view(con, {"id": list(errors), "error": list(errors.values())}) as view:
+                con.execute(f"UPDATE requests SET last_error = e.error FROM {view} e WHERE requests.request_id = e.id")
 
     def _move_batch(self, con: duckdb.DuckDBPyConnection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
         row = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
@@ -872,17 +897,24 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def _apply_outcomes(self, con: duckdb.DuckDBPyConnection, outcomes: list[RequestOutcome], attempts: dict[str, int],
                         batch_key: str | None, max_attempts: int) -> None:
+        self._apply_outcome_rows(con, [o.request_id for o in outcomes], [str(o.outcome) for o in outcomes],
+                                 [o.error_message or o.error_code for o in outcomes], attempts, batch_key, max_attempts)
+
+    def _apply_outcome_rows(self, con: duckdb.DuckDBPyConnection, ids: list[str], outcomes: list[str],
+                            messages: list[str | None], attempts: dict[str, int], batch_key: str | None,
+                            max_attempts: int) -> None:
+        """Move each request by its outcome (columns: id, outcome, error text), through `_move_requests`."""
         final = {Outcome.SUCCEEDED: RequestState.SUCCEEDED, Outcome.FAILED_PERMANENT: RequestState.FAILED,
                  Outcome.CANCELLED: RequestState.CANCELLED}
         moves: dict[RequestState, list[str]] = defaultdict(list)
-        errors = {o.request_id: o.error_message or o.error_code or str(o.outcome) for o in outcomes
-                  if o.outcome != Outcome.SUCCEEDED}
+        errors = {rid: message or outcome for rid, outcome, message in zip(ids, outcomes, messages, strict=True)
+                  if outcome != Outcome.SUCCEEDED}
         retry_groups: dict[RequestState, list[str]] = defaultdict(list)
-        for o in outcomes:
-            if o.outcome in final:
-                moves[final[o.outcome]].append(o.request_id)
+        for rid, outcome in zip(ids, outcomes, strict=True):
+            if outcome in final:
+                moves[final[outcome]].append(rid)  # type: ignore[index]
             else:
-                retry_groups[RequestState.EXPIRED if o.outcome == Outcome.EXPIRED else RequestState.FAILED].append(o.request_id)
+                retry_groups[RequestState.EXPIRED if outcome == Outcome.EXPIRED else RequestState.FAILED].append(rid)
         self._move_requests(con, dict(moves), batch_key=batch_key, reason="result", errors=errors)
         for end_state, ids in retry_groups.items():
             self._requeue_or_end(con, ids, end_state, batch_key, "retry", max_attempts, errors, attempts)
@@ -916,6 +948,33 @@ class Ledger(SessionRecords, SpendingRecords):
                 for o, attempt, batch_key, tier in rows
             ])
 
+    @staticmethod
+    def _insert_result_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], attempts: dict[str, int],
+                            batch_key: str | None, tier: Tier | str, now: float) -> None:
+        """Rows of a `ResultTable` (its `STORED` columns) into `results` through Arrow, `RESULT_CHUNK` rows at
+        a time, emptying `rows` as they go in (Python's copy shrinks while DuckDB's grows). Costs go in as
+        integer 1e-12 USD units and become the exact DECIMAL in SQL; responses as the JSON text they are."""
+        pool = pa.system_memory_pool()  # gives memory back at once (the default pool keeps it for reuse)
+        types = (pa.string(), pa.string(), pa.int32(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(),
+                 pa.int64(), pa.int32(), pa.int64(), pa.int64(), pa.string())
+        names = ("request_id", "outcome", "status_code", "_response", "error_code", "error_message", "input_tokens",
+                 "cached_tokens", "output_tokens", "images", "cost_usd", "standard_cost_usd", "price_version")
+        while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
+            chunk = rows[-RESULT_CHUNK:]
+            del rows[-RESULT_CHUNK:]
+            values = list(zip(*(row[:13] for row in chunk), strict=True))
+            n = len(chunk)
+            del chunk
+            columns = {name: pa.array(column, kind, memory_pool=pool)
+                       for name, column, kind in zip(names, values, types, strict=True)}
+            columns |= {"attempt": pa.array([attempts[r] for r in values[0]], pa.int32()),
+                        "batch_key": pa.array([batch_key] * n, pa.string()), "tier": pa.array([str(tier)] * n),
+                        "recorded_at": pa.array([now] * n, pa.float64())}
+            insert_columns(con, "results", columns, select={
+                "response": "_response",
+                "cost_usd": f"cost_usd::DECIMAL(18, 0) * {_UNIT}",
+                "standard_cost_usd": f"standard_cost_usd::DECIMAL(18, 0) * {_UNIT}",
+            })
 
 # Requests of a session that has ended (cancelled, failed, completed) are never sent: they are not the queue.
 _NOT_OF_AN_ENDED_SESSION = ("NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id"
@@ -973,6 +1032,13 @@ def _ended_sessions_of(con: duckdb.DuckDBPyConnection, request_ids: Iterable[str
     return dict(con.execute("SELECT q.request_id, s.status FROM requests q JOIN sessions s USING (session_id)"
                             " WHERE q.request_id IN (SELECT unnest(?)) AND s.status != 'running'",
                             [list(request_ids)]).fetchall())
+
+
+# Result rows go into DuckDB this many at a time: large enough that per-statement costs vanish, small
+# enough that the Arrow copy of a chunk stays a few MB.
+RESULT_CHUNK = 10_000
+# One 1e-12 USD unit as an exact DECIMAL literal: integer units times this are the ledger's DECIMAL(24, 12).
+_UNIT = "0.000000000001"
 
 
 def _batch_from_row(row: tuple) -> BatchRecord:

@@ -18,7 +18,7 @@ from batch_pipeline.batching.requests import (
     make_custom_id,
     resolve_image_refs,
 )
-from batch_pipeline.vocabulary import BatchEndpoint, Endpoint
+from batch_pipeline.vocabulary import BatchEndpoint, Endpoint, RoundId
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -173,6 +173,70 @@ def test_cache_identity_ignores_key_order_and_request_key_but_not_endpoint_or_va
     assert body_hash(Endpoint.CHAT, a) != body_hash(Endpoint.CHAT, a | {"seed": 2})
     one, two = chat("k1", text="same"), chat("k2", text="same")
     assert one.request_id != two.request_id and one.body_hash == two.body_hash
+
+
+# -- the fast path: a built request is not validated twice, and its body is serialised once ------------
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"session_id": "s-1", "tier_reason": "deadline", "round_id": RoundId(2, "vision"), "tier": "flex"},
+    {"tier": "standard"},
+])
+def test_a_built_request_equals_the_validated_model_of_the_same_values(kwargs):
+    from batch_pipeline.records import QueuedRequest, canonical_body
+
+    for request in (ChatRequest(key="k/1 é", model="gpt-4.1-mini", max_tokens=50, temperature=0.3,
+                                messages=[{"role": "user", "content": "é 🙂 \"q\""}], extra={"user": "u"}),
+                    ChatRequest(key="k2", model="gpt-5-mini", max_tokens=20, reasoning_effort="low",
+                                messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "x"}])):
+        queued = build_request(request, namespace="ns", operation="expand", **kwargs)
+        validated = QueuedRequest(**queued.model_dump())
+        assert queued == validated and validated == queued
+        assert queued.model_dump() == validated.model_dump() and queued.model_fields_set == validated.model_fields_set
+        assert type(queued.tier) is type(validated.tier) and type(queued.endpoint) is type(validated.endpoint)
+        assert queued.body_text() == validated.body_text() == canonical_body(queued.body).decode()
+        assert queued.body_hash == body_hash(queued.endpoint, queued.body)
+        # a copy with another body is serialised again, never stored stale
+        changed = queued.model_copy(update={"body": {**queued.body, "seed": 7}})
+        assert orjson.loads(changed.body_text())["seed"] == 7
+
+
+def test_request_line_is_the_jsonl_line_with_sorted_keys_and_line_bytes_long():
+    from batch_pipeline.batching.requests import request_line
+
+    queued = build_request(ChatRequest(key="k", model="gpt-5-mini", max_tokens=9,
+                                       messages=[{"role": "user", "content": "ünï 🙂"}]), namespace="t", operation="o")
+    line = request_line(queued)
+    assert orjson.loads(line) == orjson.loads(jsonl_line(queued.request_id, queued.endpoint, queued.body))
+    assert len(line) == len(jsonl_line(queued.request_id, queued.endpoint, queued.body)) == queued.line_bytes
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"operation": 3}, "operation"), ({"session_id": 5}, "session_id"),
+                                               ({"round_id": ("2", "text")}, "round_id"), ({"tier": "cheap"}, "tier")])
+def test_values_stored_without_a_second_validation_are_still_refused_when_wrong(kwargs, field):
+    request = ChatRequest(key="k", model="gpt-5-mini", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(RequestValidationError) as err:
+        build_request(request, **{"namespace": "t", "operation": "o", **kwargs})
+    assert err.value.field == field
+
+
+def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
+    from batch_pipeline.batching.requests import _normalised_params
+
+    for model in ("gpt-5-mini", "gpt-4.1-mini", "o3"):
+        for params in ({"temperature": 0.7, "top_p": None, "max_tokens": 300, "max_completion_tokens": None,
+                        "reasoning_effort": None, "seed": None},
+                       {"temperature": 1.0, "top_p": 1, "max_tokens": None, "max_completion_tokens": 9,
+                        "reasoning_effort": "low", "seed": 3}):
+            for _ in range(2):  # computed, then remembered
+                got = _normalised_params(model, tuple(params.items()), tuple(map(type, params.values())))
+                assert got == normalise_chat_params(model, params)[0]
+    as_int = {"temperature": None, "top_p": None, "max_tokens": None, "max_completion_tokens": None,
+              "reasoning_effort": None, "seed": 1}
+    as_bool = {**as_int, "seed": True}
+    for params in (as_int, as_bool):
+        got = _normalised_params("gpt-4.1-mini", tuple(params.items()), tuple(map(type, params.values())))
+        assert type(got["seed"]) is type(params["seed"])
 
 
 def test_the_sdk_literal_of_batch_endpoints_names_the_same_endpoints_as_the_vocabulary() -> None:

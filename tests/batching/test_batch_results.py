@@ -159,3 +159,76 @@ def test_success_line_without_usage_is_kept_as_succeeded_not_a_crash(catalog, ou
                            request_body=no_body)
     assert priced.outcome == Outcome.SUCCEEDED
     assert (priced.input_tokens, priced.output_tokens) == (0, 0)
+
+
+# -- the bulk path gives what the per-outcome path gives ------------------------------------------
+
+def test_bulk_read_and_price_equal_the_per_outcome_path(tmp_path, catalog, output_line, failed_line, never_ran_line):
+    from batch_pipeline.batching.results import price_results, read_result_table
+
+    no_usage = output_line("t-e")
+    del no_usage["response"]["body"]["usage"]
+    out = write_jsonl(tmp_path / "out.jsonl", [output_line("t-a", content="é 🙂 \"q\""), output_line("t-b", cached_tokens=0),
+                                               no_usage, output_line("t-c")])
+    err = write_jsonl(tmp_path / "err.jsonl", [failed_line("t-c", status=500), failed_line("t-d", status=429),
+                                               never_ran_line("t-f")])
+    for model in ("gpt-5-mini", "gpt-9-preview"):
+        table = price_results(read_result_table([out, err], None), endpoint=CHAT, model=model, tier=Tier.BATCH,
+                              catalog=catalog, request_bodies=lambda ids: {})
+        expected = {o.request_id: price_outcome(o, endpoint=CHAT, model=model, tier=Tier.BATCH, catalog=catalog,
+                                                request_body=no_body)
+                    for o in read_result_files([out, err], None).values()}
+        assert {o.request_id: o for o in table.outcomes()} == expected
+
+
+def test_bulk_images_are_stored_and_priced_from_the_request_when_the_response_omits_size(tmp_path, catalog, image_store,
+                                                                                       png_bytes):
+    from batch_pipeline.batching.results import price_results, read_result_table
+
+    line = {"custom_id": "img-a", "error": None, "response": {"status_code": 200, "body": {
+        "created": 1, "data": [{"b64_json": base64.b64encode(png_bytes(3)).decode()}] * 2}}}
+    asked = []
+    table = price_results(read_result_table([write_jsonl(tmp_path / "out.jsonl", [line])], image_store),
+                          endpoint=IMAGES, model="gpt-image-1-mini", tier=Tier.BATCH, catalog=catalog,
+                          request_bodies=lambda ids: asked.extend(ids) or {"img-a": {"size": "1536x1024", "quality": "medium"}})
+    (outcome,) = table.outcomes()
+    assert asked == ["img-a"]  # one bulk look-up, only for the rows that need it
+    assert [image_store.read(item["image_ref"]) for item in outcome.response["data"]] == [png_bytes(3)] * 2
+    assert (outcome.images, outcome.cost_usd, outcome.standard_cost_usd) == (2, Decimal("0.015"), Decimal("0.030"))
+
+
+def test_bulk_path_equals_the_per_outcome_path_for_duplicates_odd_usage_and_bodiless_lines(tmp_path, catalog,
+                                                                                          output_line, failed_line):
+    from batch_pipeline.batching.results import price_results, read_result_table
+
+    spelled = output_line("t-g")  # the Responses API's spelling, null details, integral floats
+    spelled["response"]["body"]["usage"] = {"input_tokens": 30.0, "output_tokens": 4, "input_tokens_details": None}
+    bodiless = {"custom_id": "t-h", "response": {"status_code": 200}, "error": None}
+    lines = [failed_line("t-a", status=500), output_line("t-a", prompt_tokens=7, cached_tokens=7),  # success wins
+             output_line("t-b"), failed_line("t-b", status=429), spelled, bodiless,
+             output_line("t-c", content="x" * 5000)]
+    path = write_jsonl(tmp_path / "out.jsonl", lines)
+    for tier in (Tier.BATCH, Tier.FLEX, Tier.STANDARD):
+        table = price_results(read_result_table([path], None), endpoint=CHAT, model="gpt-5-mini", tier=tier,
+                              catalog=catalog, request_bodies=lambda ids: {})
+        expected = {o.request_id: price_outcome(o, endpoint=CHAT, model="gpt-5-mini", tier=tier, catalog=catalog,
+                                                request_body=no_body)
+                    for o in read_result_files([path], None).values()}
+        assert {o.request_id: o for o in table.outcomes()} == expected
+        assert [row[3] for row in table.rows] == [orjson.dumps(o.response).decode() for o in expected.values()]
+
+
+def test_bulk_pricing_refuses_a_malformed_usage_like_the_per_outcome_path(tmp_path, catalog, output_line):
+    from pydantic import ValidationError
+
+    from batch_pipeline.batching.results import price_results, read_result_table
+
+    line = output_line("t-a")
+    line["response"]["body"]["usage"] = {"prompt_tokens": 5, "completion_tokens": -1}
+    path = write_jsonl(tmp_path / "out.jsonl", [line])
+    with pytest.raises(ValidationError):
+        price_outcome(classify_line(line), endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog,
+                      request_body=no_body)
+    with pytest.raises(ValidationError):
+        price_results(read_result_table([path], None), endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH,
+                      catalog=catalog, request_bodies=lambda ids: {})

@@ -9,6 +9,7 @@ import pytest
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
 from batch_pipeline.ledger.ledger import RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
+from batch_pipeline.records import RequestOutcome
 from batch_pipeline.vocabulary import Outcome, Tier
 
 EXPIRED, RETRY, PERMANENT, CANCELLED = (Outcome.EXPIRED, Outcome.FAILED_RETRYABLE, Outcome.FAILED_PERMANENT,
@@ -368,3 +369,47 @@ def test_a_ledger_that_kept_rounds_as_one_key_is_split_into_columns_once(ledger,
         columns = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns"
                                              " WHERE table_name = 'requests'").fetchall()}
     assert "round_key" not in columns
+
+
+def test_bulk_ingest_stores_the_response_and_exact_costs(ledger, queue, submit, tmp_path):
+    import orjson
+
+    from batch_pipeline.batching.pricing import PriceCatalog
+    from batch_pipeline.batching.results import price_results, read_result_table
+
+    submit("bpb_1", queue("a", "b"))
+    body = {"id": "c-1", "choices": [{"message": {"content": "ünï 🙂"}}], "x": 0.1,
+            "usage": {"prompt_tokens": 1001, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}}}
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(orjson.dumps({"custom_id": "t-a", "response": {"status_code": 200, "body": body}}) + b"\n")
+    table = price_results(read_result_table([path], None), endpoint="/v1/chat/completions", model="gpt-5-mini",
+                          tier=Tier.BATCH, catalog=PriceCatalog.load(), request_bodies=lambda ids: {})
+    assert ledger.record_batch_results("bpb_1", table, max_attempts=3)
+    results = ledger.final_results(["t-a"])
+    assert results["t-a"].response == body
+    # batch gpt-5-mini: (998 x 0.125 + 3 x 0.0125 + 7 x 1.00) / 1M, exact to the 12th place
+    assert results["t-a"].cost_usd == Decimal("0.0001317875") and results["t-a"].standard_cost_usd == Decimal("0.000263575")
+    assert ledger.request_states(["t-a", "t-b"]) == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.QUEUED}
+
+
+def test_bulk_result_rows_are_stored_exactly_as_the_per_outcome_insert_stores_them(ledger):
+    from batch_pipeline.records import ResultTable
+
+    outcomes = [
+        RequestOutcome(request_id="a", outcome=Outcome.SUCCEEDED, status_code=200, input_tokens=1001, cached_tokens=3,
+                       output_tokens=7, cost_usd=Decimal("0.0001317875"), standard_cost_usd=Decimal("0.000263575"),
+                       price_version="2026-11-01", response={"x": 0.1, "t": "ünï 🙂 \"q\"", "n": [1, None, 1e-7]}),
+        RequestOutcome(request_id="b", outcome=Outcome.FAILED_RETRYABLE, status_code=429, error_code="rate_limit",
+                       error_message="slow down", response={"error": {"code": "rate_limit"}}),
+        RequestOutcome(request_id="c", outcome=Outcome.EXPIRED, error_code="batch_expired"),
+        RequestOutcome(request_id="d", outcome=Outcome.SUCCEEDED, status_code=200, images=2, response={},
+                       cost_usd=Decimal("0.015"), standard_cost_usd=Decimal("0.03"), price_version="unpriced:m"),
+    ]
+    with ledger.transaction() as con:
+        Ledger._insert_results(con, [(o, 2, "plain", Tier.BATCH) for o in outcomes], 5.0)
+        rows = ResultTable.from_outcomes(outcomes).rows
+        Ledger._insert_result_rows(con, rows, dict.fromkeys("abcd", 3), "bulk", Tier.BATCH, 5.0)
+        assert rows == []  # consumed as inserted
+        stored = {key: con.execute("SELECT * EXCLUDE (batch_key, attempt) FROM results WHERE batch_key = ? ORDER BY 1",
+                                   [key]).fetchall() for key in ("plain", "bulk")}
+    assert stored["bulk"] == stored["plain"] and len(stored["plain"]) == 4
