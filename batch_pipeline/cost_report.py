@@ -5,6 +5,7 @@ column: a cache hit is no call, so it never counts as a batch discount).
 Framework-free (the `cost_report` asset and tests call it): a markdown table to the cent, a CSV with the
 exact Decimal amounts and a PNG chart per day, written under BATCH_PIPELINE_HOME/reports/.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,21 @@ from PIL import Image, ImageDraw, ImageFont
 from batch_pipeline.batching.pricing import format_usd
 from batch_pipeline.ledger.reader import CostRow, LedgerReader
 
-CSV_COLUMNS = ("day", "model", "tier", "operation", "calls", "input_tokens", "output_tokens", "images",
-               "cost_usd", "standard_cost_usd", "saved_usd", "saved_share", "cache_avoided_usd")
+CSV_COLUMNS = (
+    "day",
+    "model",
+    "tier",
+    "operation",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "images",
+    "cost_usd",
+    "standard_cost_usd",
+    "saved_usd",
+    "saved_share",
+    "cache_avoided_usd",
+)
 
 
 def standard_for_calls(row: CostRow) -> Decimal:
@@ -87,17 +101,24 @@ class CostReport:
     def to_markdown(self) -> str:
         if not self.rows:
             return "_No results recorded yet._"
-        lines = ["| day | model | tier | operation | calls | input tok | output tok | images | paid"
-                 " | standard for these calls | batch/flex saved | saved % | cache avoided |", "|" + "---|" * 13]
+        lines = [
+            "| day | model | tier | operation | calls | input tok | output tok | images | paid"
+            " | standard for these calls | batch/flex saved | saved % | cache avoided |",
+            "|" + "---|" * 13,
+        ]
         for r in self.rows:
-            lines.append(f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
-                         f" | {r.output_tokens:,} | {r.images:,} | {format_usd(r.cost_usd)}"
-                         f" | {format_usd(standard_for_calls(r))}"
-                         f" | {format_usd(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
-                         f" | {format_usd(cache_avoided(r))} |")
-        lines.append(f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{format_usd(self.paid)}**"
-                     f" | {format_usd(self.standard)} | **{format_usd(self.standard - self.paid)}**"
-                     f" | {percent(saved_share(self.paid, self.standard))} | **{format_usd(self.cache_avoided)}** |")
+            lines.append(
+                f"| {r.day} | {r.model} | {r.tier} | {r.operation} | {r.calls:,} | {r.input_tokens:,}"
+                f" | {r.output_tokens:,} | {r.images:,} | {format_usd(r.cost_usd)}"
+                f" | {format_usd(standard_for_calls(r))}"
+                f" | {format_usd(saved(r))} | {percent(saved_share(r.cost_usd, standard_for_calls(r)))}"
+                f" | {format_usd(cache_avoided(r))} |"
+            )
+        lines.append(
+            f"| **total** | | | | {sum(r.calls for r in self.rows):,} | | | | **{format_usd(self.paid)}**"
+            f" | {format_usd(self.standard)} | **{format_usd(self.standard - self.paid)}**"
+            f" | {percent(saved_share(self.paid, self.standard))} | **{format_usd(self.cache_avoided)}** |"
+        )
         return "\n".join(lines)
 
     def write_csv(self, path: Path) -> Path:
@@ -108,9 +129,23 @@ class CostReport:
             writer.writerow(CSV_COLUMNS)
             for r in self.rows:
                 share = saved_share(r.cost_usd, standard_for_calls(r))
-                writer.writerow([r.day.isoformat(), r.model, r.tier, r.operation, r.calls, r.input_tokens,
-                                 r.output_tokens, r.images, r.cost_usd, standard_for_calls(r), saved(r),
-                                 "" if share is None else share.normalize(), cache_avoided(r)])
+                writer.writerow(
+                    [
+                        r.day.isoformat(),
+                        r.model,
+                        r.tier,
+                        r.operation,
+                        r.calls,
+                        r.input_tokens,
+                        r.output_tokens,
+                        r.images,
+                        r.cost_usd,
+                        standard_for_calls(r),
+                        saved(r),
+                        "" if share is None else share.normalize(),
+                        cache_avoided(r),
+                    ]
+                )
         return path
 
     def write_chart(self, path: Path) -> Path:
@@ -148,7 +183,9 @@ class CostReport:
         return path
 
     def write(self, directory: Path, stem: str = "cost_report") -> ReportFiles:
-        return ReportFiles(csv=self.write_csv(directory / f"{stem}.csv"), chart=self.write_chart(directory / f"{stem}.png"))
+        return ReportFiles(
+            csv=self.write_csv(directory / f"{stem}.csv"), chart=self.write_chart(directory / f"{stem}.png")
+        )
 
 
 def build_cost_report(reader: LedgerReader) -> CostReport:

@@ -5,6 +5,7 @@ the rest sent to flex or standard (BATCH_FALLBACK_TO_STANDARD) with the reason o
 Framework-free: `Driver.tick` calls `enforce_round_deadlines` for the sessions it owns (Dagster's runs call
 the same function); the ledger finishes the job when the cancelled batch is ingested (`deadline_tier`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,15 @@ class DeadlineAction:
     moved_queued: int
 
 
-def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: TierPolicy, catalog: PriceCatalog, *,
-                            session_ids: Sequence[str] | None, now: Callable[[], float]) -> list[DeadlineAction]:
+def enforce_round_deadlines(
+    ledger: Ledger,
+    manager: BatchLifecycle,
+    policy: TierPolicy,
+    catalog: PriceCatalog,
+    *,
+    session_ids: Sequence[str] | None,
+    now: Callable[[], float],
+) -> list[DeadlineAction]:
     """For every running session (of `session_ids`, or all) whose current round is past its deadline:
     its batch-tier queue moves to the fallback tier, and its batches still running are cancelled (once;
     what never ran is re-queued on that tier when the batch is ingested)."""
@@ -67,8 +75,10 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
             continue
         model, _endpoint = round_model(params, row.next_round)
         tier = policy.deadline_tier(model, catalog)
-        reason = (f"deadline: round {round_id} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
-                  f"{len(left)} rounds left); its batch was cancelled and the rest runs on {tier}")
+        reason = (
+            f"deadline: round {round_id} was due by {_hhmm(due)} (session deadline {_hhmm(row.deadline_at)}, "
+            f"{len(left)} rounds left); its batch was cancelled and the rest runs on {tier}"
+        )
         queued = [r.request_id for r in ledger.queued_rows(tier=Tier.BATCH, session_id=row.session_id)]
         if queued:
             ledger.requeue(queued, tier=tier, reason=reason)
@@ -81,8 +91,13 @@ def enforce_round_deadlines(ledger: Ledger, manager: BatchLifecycle, policy: Tie
             manager.cancel(batch.batch_key)  # again on a later tick if this one was lost: cancel is idempotent
             cancelled.append(batch.batch_key)
         if queued or cancelled:
-            log.warning("session %s: %s (%d queued moved, batches cancelled: %s)", row.session_id, reason, len(queued),
-                        cancelled or "none")
+            log.warning(
+                "session %s: %s (%d queued moved, batches cancelled: %s)",
+                row.session_id,
+                reason,
+                len(queued),
+                cancelled or "none",
+            )
             actions.append(DeadlineAction(row.session_id, round_id, reason, cancelled, len(queued)))
     ledger.set_round_deadlines(planned)  # so a sensor that only reads knows when to call this again
     return actions

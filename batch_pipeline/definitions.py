@@ -2,6 +2,7 @@
 
 Loaded by `workspace.yaml` (webserver, daemon, run workers); the pieces live in `batch_pipeline/defs/`.
 """
+
 from __future__ import annotations
 
 import dagster as dg

@@ -10,6 +10,7 @@ primitives (`SessionService.advance`, `BatchLifecycle.submit_queued/refresh/inge
 
 What is transient, and so waited out, is decided in one place: `errors.py`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,15 @@ log = logging.getLogger(__name__)
 DriverName = Literal["cli", "api", "dagster", "core"]
 
 
-def flush_is_due(*, mode: Literal["immediate", "deferred"], queued: int, oldest_queued_at: float | None,
-                 max_requests: int, max_age_s: float, now: float) -> str | None:
+def flush_is_due(
+    *,
+    mode: Literal["immediate", "deferred"],
+    queued: int,
+    oldest_queued_at: float | None,
+    max_requests: int,
+    max_age_s: float,
+    now: float,
+) -> str | None:
     """Why the batch-tier queue should be sent now, or None to let it accumulate.
 
     Immediate mode sends what is queued at once; deferred mode waits until the queue reaches
@@ -68,10 +76,12 @@ class Tick:
 def _one_ledger_connection(tick: Callable[[Driver], Tick]) -> Callable[[Driver], Tick]:
     """A tick is one unit of work on the ledger (`Ledger.unit`): one connection for all of its reads and
     writes in this thread, and the file lock held only for as long as the tick takes."""
+
     @functools.wraps(tick)
     def in_one_unit(self: Driver) -> Tick:
         with self.runtime.ledger.unit():
             return tick(self)
+
     return in_one_unit
 
 
@@ -79,8 +89,14 @@ class Driver:
     """Drives the sessions one owner is responsible for: a fixed list (the CLI's one session), or every
     session started with `driver=owner` (the API's worker). It flushes and ingests only their requests."""
 
-    def __init__(self, runtime: Runtime, *, owner: DriverName, session_ids: Sequence[str] | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        owner: DriverName,
+        session_ids: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.runtime = runtime
         self.owner = owner
         self.session_ids = list(session_ids) if session_ids is not None else None
@@ -114,8 +130,9 @@ class Driver:
         try:
             tick.recovered = len(rt.executor.sync.recover_lost(session_ids=owned))
             self._advance_all(self.running(owned), tick)
-            tick.deadline_actions = enforce_round_deadlines(rt.ledger, rt.manager, rt.executor.policy, rt.catalog,
-                                                            session_ids=owned, now=self.clock)
+            tick.deadline_actions = enforce_round_deadlines(
+                rt.ledger, rt.manager, rt.executor.policy, rt.catalog, session_ids=owned, now=self.clock
+            )
             self._flush(owned, tick)
             rt.manager.refresh(session_ids=owned)
             tick.ingested = len(rt.manager.ingest_ended(session_ids=owned))
@@ -168,9 +185,14 @@ class Driver:
     def _flush(self, owned: list[str] | None, tick: Tick) -> None:
         settings, ledger = self.runtime.settings, self.runtime.ledger
         queued, oldest = ledger.queue_summary(tier=Tier.BATCH, session_ids=owned)
-        reason = flush_is_due(mode=settings.batch_api_mode, queued=queued, oldest_queued_at=oldest,
-                              max_requests=settings.batch_flush_max_requests,
-                              max_age_s=settings.batch_flush_max_age_seconds, now=self.clock())
+        reason = flush_is_due(
+            mode=settings.batch_api_mode,
+            queued=queued,
+            oldest_queued_at=oldest,
+            max_requests=settings.batch_flush_max_requests,
+            max_age_s=settings.batch_flush_max_age_seconds,
+            now=self.clock(),
+        )
         if reason is None:
             self.runtime.manager.resume(session_ids=owned)  # half-sent batches are finished in any mode
             return
@@ -179,8 +201,15 @@ class Driver:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, until: Callable[[Tick], bool], *, timeout_s: float = 24 * 3600, poll_policy: PollPolicy | None = None,
-            sleep: Callable[[float], object] = time.sleep, on_tick: Callable[[Tick], None] | None = None) -> Tick:
+    def run(
+        self,
+        until: Callable[[Tick], bool],
+        *,
+        timeout_s: float = 24 * 3600,
+        poll_policy: PollPolicy | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        on_tick: Callable[[Tick], None] | None = None,
+    ) -> Tick:
         """Tick until `until(tick)` holds or `timeout_s` passes, backing off between ticks on the poll
         policy. Transient errors (the API unreachable, the ledger held by another process) are logged and
         waited out with a growing delay; they never end the loop. Returns the last tick."""
@@ -198,8 +227,11 @@ class Driver:
                 if not is_transient(exc):
                     raise
                 errors += 1
-                what = "the ledger is busy (another process holds it)" if is_ledger_busy(exc) else \
-                    f"transient {type(exc).__name__}: {_message(exc)}"
+                what = (
+                    "the ledger is busy (another process holds it)"
+                    if is_ledger_busy(exc)
+                    else f"transient {type(exc).__name__}: {_message(exc)}"
+                )
                 log.warning("%s; retrying (%d in a row)", what, errors)
                 tick, done = Tick(error=what), False
             if done or self.clock() >= deadline:
@@ -207,7 +239,9 @@ class Driver:
             if tick.moved:
                 polls = 0
                 continue
-            sleep(max(0.0, min(policy.delay(polls, key=self.owner, consecutive_errors=errors), deadline - self.clock())))
+            sleep(
+                max(0.0, min(policy.delay(polls, key=self.owner, consecutive_errors=errors), deadline - self.clock()))
+            )
             polls += 1
 
     def run_session(self, session_id: str, **kwargs: Any) -> SessionProgress:

@@ -25,6 +25,7 @@ How the libraries' errors are read, by every driver, the batch core and the API:
     fatal       (is_auth_error)  the API refuses the key (401/403) -> the sessions end `failed` with the reason
     anything else is a bug: it propagates with its traceback.
 """
+
 from __future__ import annotations
 
 # The classes import nothing, so the pure search can raise them; the rules import the libraries they read.
@@ -66,8 +67,17 @@ def is_transient(exc: BaseException) -> bool:
     import duckdb
     import openai
 
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                        openai.RateLimitError, openai.ConflictError, Transient)):
+    if isinstance(
+        exc,
+        (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.InternalServerError,
+            openai.RateLimitError,
+            openai.ConflictError,
+            Transient,
+        ),
+    ):
         return True
     if is_lock_error(exc):
         return True

@@ -7,6 +7,7 @@ and model) or, with no history, the request's `max_completion_tokens` (an upper 
 ledger's observed batch turnaround (median per model and endpoint) or, with none, the API's 24 h window.
 Framework-free: the CLI, the API, the Dagster launch and `SessionService` (the budget stop) call it.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,24 @@ def _output_tokens(operation: str, model: str, max_tokens: int, history: OutputH
     return max_tokens, False
 
 
-def call_cost(*, model: str, tier: Tier, input_tokens: int = 0, output_tokens: int = 0,
-              images: int = 0, quality: str | None = None, size: str | None = None,
-              catalog: PriceCatalog) -> Decimal:
+def call_cost(
+    *,
+    model: str,
+    tier: Tier,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    images: int = 0,
+    quality: str | None = None,
+    size: str | None = None,
+    catalog: PriceCatalog,
+) -> Decimal:
     """One call's cost on `tier` (raises UnknownPriceError: nothing is ever costed at $0 by default)."""
     if images:
-        return catalog.cost(model, Tier.STANDARD if tier == Tier.FLEX else tier,
-                            TokenUsage.from_image_request(images, quality or "", size or ""))
+        return catalog.cost(
+            model,
+            Tier.STANDARD if tier == Tier.FLEX else tier,
+            TokenUsage.from_image_request(images, quality or "", size or ""),
+        )
     if tier == Tier.FLEX and not catalog.supports_flex(model):
         tier = Tier.STANDARD
     return catalog.cost(model, tier, TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens))
@@ -61,12 +73,23 @@ def request_cost(request: QueuedRequest, catalog: PriceCatalog, history: OutputH
     """A queued request's likely cost on its tier: prompt estimate in, history (or its max tokens) out."""
     body = request.body
     if request.endpoint == Endpoint.IMAGES:
-        return call_cost(model=request.model, tier=request.tier, images=int(body.get("n") or 1),
-                         quality=body.get("quality"), size=body.get("size"), catalog=catalog)
+        return call_cost(
+            model=request.model,
+            tier=request.tier,
+            images=int(body.get("n") or 1),
+            quality=body.get("quality"),
+            size=body.get("size"),
+            catalog=catalog,
+        )
     max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
     out, _ = _output_tokens(request.operation, request.model, max_tokens, history)
-    return call_cost(model=request.model, tier=request.tier, input_tokens=request.est_prompt_tokens,
-                     output_tokens=out, catalog=catalog)
+    return call_cost(
+        model=request.model,
+        tier=request.tier,
+        input_tokens=request.est_prompt_tokens,
+        output_tokens=out,
+        catalog=catalog,
+    )
 
 
 @dataclass
@@ -80,43 +103,70 @@ class SessionEstimate:
     def to_json(self) -> dict[str, Any]:
         from batch_pipeline.batching.pricing import format_usd
 
-        return {"calls": self.calls, "costUsd": {t: str(v) for t, v in self.per_tier.items()},
-                "cost": {t: format_usd(v) for t, v in self.per_tier.items()}, "basis": self.basis}
+        return {
+            "calls": self.calls,
+            "costUsd": {t: str(v) for t, v in self.per_tier.items()},
+            "cost": {t: format_usd(v) for t, v in self.per_tier.items()},
+            "basis": self.basis,
+        }
 
 
-def estimate_session(prompt: str, params: SearchParams, catalog: PriceCatalog, *,
-                     history: OutputHistory | None = None) -> SessionEstimate:
+def estimate_session(
+    prompt: str, params: SearchParams, catalog: PriceCatalog, *, history: OutputHistory | None = None
+) -> SessionEstimate:
     """Price a session before it runs, on standard, flex and batch (raises UnknownPriceError)."""
     history = history or {}
     counts = expected_call_counts(params)
-    calls = {"text": sum(c.text for c in counts), "image": sum(c.image for c in counts),
-             "vision": sum(c.vision for c in counts)}
+    calls = {
+        "text": sum(c.text for c in counts),
+        "image": sum(c.image for c in counts),
+        "vision": sum(c.vision for c in counts),
+    }
     first_text = [c for c in plan_round(start_search(prompt, params, "estimate")) if isinstance(c, TextCall)]
     text_in = max(_tokens(json.dumps(c.messages)) + _tokens(json.dumps(c.response_schema)) for c in first_text)
-    vision_in = (_tokens(judge_system(params)) + _tokens(judge_text(prompt, 0, params.E)) + 2 * IMAGE_TOKENS[params.vision_detail]
-                 + _tokens(json.dumps(first_text[0].response_schema)))
+    vision_in = (
+        _tokens(judge_system(params))
+        + _tokens(judge_text(prompt, 0, params.E))
+        + 2 * IMAGE_TOKENS[params.vision_detail]
+        + _tokens(json.dumps(first_text[0].response_schema))
+    )
     text_out, text_seen = _output_tokens("expand", params.text_model, params.max_completion_tokens, history)
     vision_out, vision_seen = _output_tokens("compare", params.vision_model, params.max_completion_tokens, history)
     per_tier = {}
     for tier in (Tier.STANDARD, Tier.FLEX, Tier.BATCH):
         per_tier[str(tier)] = (
-            calls["text"] * call_cost(model=params.text_model, tier=tier, input_tokens=text_in, output_tokens=text_out,
-                                      catalog=catalog)
-            + calls["image"] * call_cost(model=params.image_model, tier=tier, images=1, quality=params.image_quality,
-                                         size=params.image_size, catalog=catalog)
-            + calls["vision"] * call_cost(model=params.vision_model, tier=tier, input_tokens=vision_in,
-                                          output_tokens=vision_out, catalog=catalog))
-    basis = [f"price catalog {catalog.version}",
-             f"{calls['text']} text, {calls['image']} image, {calls['vision']} vision calls if nothing fails",
-             f"text: ~{text_in} tokens in, {text_out} out "
-             + ("(observed mean)" if text_seen else "(max_completion_tokens: an upper bound, no history)"),
-             f"vision: ~{vision_in} tokens in, {vision_out} out "
-             + ("(observed mean)" if vision_seen else "(max_completion_tokens: an upper bound, no history)"),
-             "flex: text and vision on flex where the model has it, else standard; images have no flex"]
+            calls["text"]
+            * call_cost(
+                model=params.text_model, tier=tier, input_tokens=text_in, output_tokens=text_out, catalog=catalog
+            )
+            + calls["image"]
+            * call_cost(
+                model=params.image_model,
+                tier=tier,
+                images=1,
+                quality=params.image_quality,
+                size=params.image_size,
+                catalog=catalog,
+            )
+            + calls["vision"]
+            * call_cost(
+                model=params.vision_model, tier=tier, input_tokens=vision_in, output_tokens=vision_out, catalog=catalog
+            )
+        )
+    basis = [
+        f"price catalog {catalog.version}",
+        f"{calls['text']} text, {calls['image']} image, {calls['vision']} vision calls if nothing fails",
+        f"text: ~{text_in} tokens in, {text_out} out "
+        + ("(observed mean)" if text_seen else "(max_completion_tokens: an upper bound, no history)"),
+        f"vision: ~{vision_in} tokens in, {vision_out} out "
+        + ("(observed mean)" if vision_seen else "(max_completion_tokens: an upper bound, no history)"),
+        "flex: text and vision on flex where the model has it, else standard; images have no flex",
+    ]
     return SessionEstimate(calls=calls, per_tier=per_tier, basis=basis)
 
 
 # -- time ------------------------------------------------------------------------------------------
+
 
 def rounds_left(state: SearchState) -> list[str]:
     """The rounds a session still has to run, the current one first (empty when done)."""
@@ -147,12 +197,22 @@ class CompletionEstimate:
     basis: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"estimatedCompletionTime": iso_utc(self.at), "estimatedWaitHours": round(self.wait_hours, 4),
-                "estimateBasis": self.basis}
+        return {
+            "estimatedCompletionTime": iso_utc(self.at),
+            "estimatedWaitHours": round(self.wait_hours, 4),
+            "estimateBasis": self.basis,
+        }
 
 
-def estimate_completion(*, now: float, deadline_at: float, rounds: Sequence[str], params: SearchParams, mode: str,
-                        turnaround: Mapping[tuple[str, str], tuple[float, int]]) -> CompletionEstimate:
+def estimate_completion(
+    *,
+    now: float,
+    deadline_at: float,
+    rounds: Sequence[str],
+    params: SearchParams,
+    mode: str,
+    turnaround: Mapping[tuple[str, str], tuple[float, int]],
+) -> CompletionEstimate:
     """When a session will finish: each batch round at the observed median turnaround of its model and
     endpoint (or the API's 24 h window with no history), each synchronous round at SYNC_ROUND_SECONDS;
     never later than the deadline, which the driver holds (a late batch is cancelled, its rest run now)."""
@@ -178,11 +238,23 @@ def estimate_completion(*, now: float, deadline_at: float, rounds: Sequence[str]
     return CompletionEstimate(at=at, wait_hours=max(0.0, at - now) / 3600, basis=basis)
 
 
-def session_completion(*, now: float, deadline_at: float, state: SearchState, mode: str,
-                       turnaround: Mapping[tuple[str, str], tuple[float, int]]) -> CompletionEstimate:
+def session_completion(
+    *,
+    now: float,
+    deadline_at: float,
+    state: SearchState,
+    mode: str,
+    turnaround: Mapping[tuple[str, str], tuple[float, int]],
+) -> CompletionEstimate:
     """A session's completion estimate from the rounds it has left (API, CLI, session assets)."""
-    return estimate_completion(now=now, deadline_at=deadline_at, rounds=rounds_left(state), params=state.params,
-                               mode=mode, turnaround=turnaround)
+    return estimate_completion(
+        now=now,
+        deadline_at=deadline_at,
+        rounds=rounds_left(state),
+        params=state.params,
+        mode=mode,
+        turnaround=turnaround,
+    )
 
 
 def iso_utc(epoch: float) -> str:

@@ -4,6 +4,7 @@
 `failpoint(name)` a SIGKILL of itself: no cleanup, no `finally`, exactly like a power cut. Unset (always,
 outside the crash tests) a failpoint is a dictionary lookup.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 They live outside both packages so that the ledger imports nothing from the batch core (which imports
 the ledger): `batching` builds them, `ledger` stores them.
 """
+
 from __future__ import annotations
 
 import re
@@ -112,9 +113,23 @@ class ResultTable:
     integers (pricing then validates it like the per-outcome path); `image_spec` is (images, quality, size).
     """
 
-    COLUMNS = ("request_id", "outcome", "status_code", "response", "error_code", "error_message", "input_tokens",
-               "cached_tokens", "output_tokens", "images", "cost_units", "standard_cost_units", "price_version",
-               "usage", "image_spec")
+    COLUMNS = (
+        "request_id",
+        "outcome",
+        "status_code",
+        "response",
+        "error_code",
+        "error_message",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "images",
+        "cost_units",
+        "standard_cost_units",
+        "price_version",
+        "usage",
+        "image_spec",
+    )
     # The columns the ledger stores (the last two only serve pricing).
     STORED = COLUMNS[:13]
 
@@ -142,10 +157,26 @@ class ResultTable:
 
     def add_outcome(self, o: RequestOutcome, *, replace: bool = False) -> None:
         """A row from an already-built outcome (validation failures, the per-outcome API), costs included."""
-        self.add((o.request_id, str(o.outcome), o.status_code,
-                  orjson.dumps(o.response).decode() if o.response is not None else None, o.error_code, o.error_message,
-                  o.input_tokens, o.cached_tokens, o.output_tokens, o.images, to_units(o.cost_usd),
-                  to_units(o.standard_cost_usd), o.price_version, None, None), replace=replace)
+        self.add(
+            (
+                o.request_id,
+                str(o.outcome),
+                o.status_code,
+                orjson.dumps(o.response).decode() if o.response is not None else None,
+                o.error_code,
+                o.error_message,
+                o.input_tokens,
+                o.cached_tokens,
+                o.output_tokens,
+                o.images,
+                to_units(o.cost_usd),
+                to_units(o.standard_cost_usd),
+                o.price_version,
+                None,
+                None,
+            ),
+            replace=replace,
+        )
 
     @classmethod
     def from_outcomes(cls, outcomes: Iterable[RequestOutcome]) -> ResultTable:
@@ -169,10 +200,20 @@ class ResultTable:
     def _outcome(row: tuple) -> RequestOutcome:
         rid, outcome, status, raw, code, message, inp, cached, out, images, cost, standard, version = row[:13]
         return RequestOutcome(
-            request_id=rid, outcome=Outcome(outcome), status_code=status,
-            response=orjson.loads(raw) if raw is not None else None, error_code=code, error_message=message,
-            input_tokens=inp, cached_tokens=cached, output_tokens=out, images=images, cost_usd=from_units(cost),
-            standard_cost_usd=from_units(standard), price_version=version)
+            request_id=rid,
+            outcome=Outcome(outcome),
+            status_code=status,
+            response=orjson.loads(raw) if raw is not None else None,
+            error_code=code,
+            error_message=message,
+            input_tokens=inp,
+            cached_tokens=cached,
+            output_tokens=out,
+            images=images,
+            cost_usd=from_units(cost),
+            standard_cost_usd=from_units(standard),
+            price_version=version,
+        )
 
 
 def to_units(amount: Decimal) -> int:

@@ -4,6 +4,7 @@
 round (idempotently), and applies rounds whose results are all in. `driver.py` loops over it for the
 CLI, the HTTP API and tests; the Dagster runs call it too. Nothing here imports Dagster.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,9 @@ FINISHED = ("completed", "failed", "cancelled", "stopped")
 
 
 # The short prompt a user starts a session with, as every entry point takes it.
-UserPrompt = Annotated[str, Field(min_length=1, max_length=2000, description="the short user prompt to improve"),
-                       AfterValidator(not_blank)]
+UserPrompt = Annotated[
+    str, Field(min_length=1, max_length=2000, description="the short user prompt to improve"), AfterValidator(not_blank)
+]
 
 
 class SessionConfig(BaseModel):
@@ -52,13 +54,18 @@ class SessionConfig(BaseModel):
     params: SearchParams
     tier: TierMode = Field("batch", description="standard | flex | batch | hybrid (hybrid picks per round)")
     deadline_hours: float | None = Field(
-        None, gt=0, le=24, description="the session must finish within this many hours (default: BATCH_MAX_WAIT_HOURS)")
+        None, gt=0, le=24, description="the session must finish within this many hours (default: BATCH_MAX_WAIT_HOURS)"
+    )
     budget_usd: Decimal | None = Field(
-        None, ge=0, description="spend limit: a round that would take the session over it is not sent; the session "
-                                "ends `stopped` (budget) with the best candidate so far")
+        None,
+        ge=0,
+        description="spend limit: a round that would take the session over it is not sent; the session "
+        "ends `stopped` (budget) with the best candidate so far",
+    )
     session_id: str | None = Field(None, description="default: a new random id")
     driver: Literal["dagster", "api", "cli"] = Field(
-        "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process")
+        "dagster", description="who advances it: Dagster's sensors, the HTTP API's worker, or the CLI process"
+    )
 
 
 class SessionProgress(BaseModel):
@@ -88,9 +95,16 @@ def config_fingerprint(config: SessionConfig) -> str:
 class SessionService:
     """Start, advance and cancel sessions over the ledger; the drivers (`driver.py`, Dagster) call these."""
 
-    def __init__(self, ledger: Ledger, executor: RoundExecutor, manager: BatchLifecycle, *,
-                 batch_mode: Literal["immediate", "deferred"] = "immediate", clock: Callable[[], float] = time.time,
-                 default_deadline_hours: float = 24.0):
+    def __init__(
+        self,
+        ledger: Ledger,
+        executor: RoundExecutor,
+        manager: BatchLifecycle,
+        *,
+        batch_mode: Literal["immediate", "deferred"] = "immediate",
+        clock: Callable[[], float] = time.time,
+        default_deadline_hours: float = 24.0,
+    ):
         self.ledger = ledger
         self.executor = executor
         self.manager = manager
@@ -104,9 +118,13 @@ class SessionService:
         if config.deadline_hours is None:
             config = config.model_copy(update={"deadline_hours": self.deadline_hours(config)})
         p = config.params
-        self.executor.catalog.check_search_models(text_model=p.text_model, vision_model=p.vision_model,
-                                                  image_model=p.image_model, image_size=p.image_size,
-                                                  image_quality=p.image_quality)
+        self.executor.catalog.check_search_models(
+            text_model=p.text_model,
+            vision_model=p.vision_model,
+            image_model=p.image_model,
+            image_size=p.image_size,
+            image_quality=p.image_quality,
+        )
         return config
 
     def deadline_hours(self, config: SessionConfig) -> float:
@@ -121,10 +139,14 @@ class SessionService:
         session_id = config.session_id or secrets.token_hex(4)
         fingerprint = config_fingerprint(config)
         state = start_search(config.prompt, config.params, session_id)
-        created = self.ledger.create_session(session_id, config.prompt,
-                                             config.model_dump(mode="json") | {"fingerprint": fingerprint},
-                                             state.model_dump_json(), deadline_at=self.clock() + self.deadline_hours(config) * 3600,
-                                             next_round=state.next_round)
+        created = self.ledger.create_session(
+            session_id,
+            config.prompt,
+            config.model_dump(mode="json") | {"fingerprint": fingerprint},
+            state.model_dump_json(),
+            deadline_at=self.clock() + self.deadline_hours(config) * 3600,
+            next_round=state.next_round,
+        )
         if not created:
             existing = self.ledger.session(session_id)
             if existing is not None and existing.config.get("fingerprint") != fingerprint:
@@ -173,13 +195,21 @@ class SessionService:
                 round_id = state.round_id
                 requests = None
                 if self.ledger.round_started_at(session_id, round_id) is None:  # not sent yet: plan, then price
-                    round_due = round_deadline(round_started_at=self.clock(), session_deadline_at=row.deadline_at,
-                                               rounds_left=len(rounds_left(state)))
-                    requests = self.executor.plan(session_id, calls, mode=mode, deadline_at=round_due, round_id=round_id)
-                    if budget is not None and (stop := self._over_budget(session_id, round_id, requests, Decimal(budget))):
+                    round_due = round_deadline(
+                        round_started_at=self.clock(),
+                        session_deadline_at=row.deadline_at,
+                        rounds_left=len(rounds_left(state)),
+                    )
+                    requests = self.executor.plan(
+                        session_id, calls, mode=mode, deadline_at=round_due, round_id=round_id
+                    )
+                    if budget is not None and (
+                        stop := self._over_budget(session_id, round_id, requests, Decimal(budget))
+                    ):
                         return self._stop(state, stop)
-                self.executor.submit(session_id, calls, mode=mode, deadline_at=row.deadline_at, round_id=round_id,
-                                     requests=requests)
+                self.executor.submit(
+                    session_id, calls, mode=mode, deadline_at=row.deadline_at, round_id=round_id, requests=requests
+                )
                 failpoint("round-queued")
                 self.executor.apply_fallback(session_id, deadline_at=row.deadline_at)
                 if self.batch_mode == "immediate":
@@ -230,10 +260,16 @@ class SessionService:
             current[sid] = (row, state, calls)
         ids = [self.executor.request_id(c) for _row, _state, calls in current.values() for c in calls]
         states = self.ledger.request_states(ids)
-        answered = [sid for sid, (_row, _state, calls) in current.items()
-                    if all(states.get(self.executor.request_id(c)) in TERMINAL_REQUEST_STATES for c in calls)]
-        unqueued = [sid for sid, (_row, _state, calls) in current.items()
-                    if not any(self.executor.request_id(c) in states for c in calls)]
+        answered = [
+            sid
+            for sid, (_row, _state, calls) in current.items()
+            if all(states.get(self.executor.request_id(c)) in TERMINAL_REQUEST_STATES for c in calls)
+        ]
+        unqueued = [
+            sid
+            for sid, (_row, _state, calls) in current.items()
+            if not any(self.executor.request_id(c) in states for c in calls)
+        ]
         rest += [sid for sid in current if sid not in answered and sid not in unqueued]
         # Apply the answered rounds.
         answered_ids = [self.executor.request_id(c) for sid in answered for c in current[sid][2]]
@@ -256,8 +292,11 @@ class SessionService:
             if not state.done:
                 to_queue[sid] = state
         saved = self.ledger.save_sessions([self._session_save(state, status) for state, status in saves.values()])
-        progress = {sid: self._progress(state, status) for sid, (state, status) in saves.items()
-                    if sid in saved and status == "completed"}
+        progress = {
+            sid: self._progress(state, status)
+            for sid, (state, status) in saves.items()
+            if sid in saved and status == "completed"
+        }
         rest += [sid for sid in saves if sid not in saved]  # ended meanwhile (cancelled): `advance` says how
         # Queue the next rounds, all on the batch tier or not here.
         turnaround = self.ledger.observed_turnaround()
@@ -268,9 +307,15 @@ class SessionService:
             row = current[sid][0]
             calls = plan_round(state)
             requests = self.executor.plan(
-                sid, calls, mode=row.config.get("tier", "batch"), round_id=state.round_id, turnaround=turnaround,
-                deadline_at=round_deadline(round_started_at=now, session_deadline_at=row.deadline_at,
-                                           rounds_left=len(rounds_left(state))))
+                sid,
+                calls,
+                mode=row.config.get("tier", "batch"),
+                round_id=state.round_id,
+                turnaround=turnaround,
+                deadline_at=round_deadline(
+                    round_started_at=now, session_deadline_at=row.deadline_at, rounds_left=len(rounds_left(state))
+                ),
+            )
             if not calls or any(r.tier != Tier.BATCH for r in requests):
                 rest.append(sid)
                 continue
@@ -278,7 +323,8 @@ class SessionService:
         new_ids = set(self.ledger.enqueue([r for _state, _calls, requests in planned.values() for r in requests]))
         failpoint("round-queued")
         cached = self.executor.answer_from_cache(
-            [r for _state, _calls, requests in planned.values() for r in requests if r.request_id in new_ids])
+            [r for _state, _calls, requests in planned.values() for r in requests if r.request_id in new_ids]
+        )
         if self.batch_mode == "immediate" and planned:
             self.manager.submit_queued(session_ids=list(planned))
         for sid, (state, calls, requests) in planned.items():
@@ -288,15 +334,18 @@ class SessionService:
                 progress[sid] = self._progress(state, "waiting", pending=len(calls))
         return progress, list(dict.fromkeys(sid for sid in rest if sid not in progress))
 
-    def _over_budget(self, session_id: str, round_id: RoundId, requests: Sequence[QueuedRequest],
-                     budget: Decimal) -> str | None:
+    def _over_budget(
+        self, session_id: str, round_id: RoundId, requests: Sequence[QueuedRequest], budget: Decimal
+    ) -> str | None:
         """Why this round must not be sent (it would take the session over its budget), or None."""
         spent = self.ledger.cost_figures(session_id=session_id).paid
         estimate = self.executor.estimate_cost(requests)
         if spent + estimate <= budget:
             return None
-        return (f"budget: round {round_id} ({len(requests)} calls) would cost about {format_usd(estimate)}; "
-                f"{format_usd(spent)} of the {format_usd(budget)} budget is spent, so it was not sent")
+        return (
+            f"budget: round {round_id} ({len(requests)} calls) would cost about {format_usd(estimate)}; "
+            f"{format_usd(spent)} of the {format_usd(budget)} budget is spent, so it was not sent"
+        )
 
     def _stop(self, state: SearchState, reason: str) -> SessionProgress:
         """End a session `stopped` with the best candidate of its last ranking as its winner."""
@@ -308,27 +357,44 @@ class SessionService:
         self.ledger.end_session(state.session_id, "stopped", reason, winner_id=best)
         return self._ended(state.session_id)
 
-    def money_and_time(self, session_id: str, *, estimate: bool = False, row: SessionRow | None = None,
-                       state: SearchState | None = None,
-                       turnaround: dict[tuple[str, str], tuple[float, int]] | None = None) -> dict[str, str]:
+    def money_and_time(
+        self,
+        session_id: str,
+        *,
+        estimate: bool = False,
+        row: SessionRow | None = None,
+        state: SearchState | None = None,
+        turnaround: dict[tuple[str, str], tuple[float, int]] | None = None,
+    ) -> dict[str, str]:
         """The session's deadline, completion estimate (with its basis) and three cost figures, as text for
         metadata (launch run, session assets); `estimate` adds the whole session priced on every tier. A
         caller rendering many sessions passes their `row`, `state` and the `turnaround`, read once."""
         row = row or self.row(session_id)
         state = state or self.state(session_id)
         figures = self.ledger.cost_figures(session_id=session_id)
-        out = {"deadline": iso_utc(row.deadline_at), "budget": format_usd(Decimal(row.config["budget_usd"]))
-               if row.config.get("budget_usd") is not None else "none",
-               "cost_paid": format_usd(figures.paid), "cost_standard_for_calls": format_usd(figures.standard_for_calls),
-               "cost_batch_flex_saved": format_usd(figures.tier_saved), "cost_cache_avoided": format_usd(figures.cache_avoided)}
+        out = {
+            "deadline": iso_utc(row.deadline_at),
+            "budget": format_usd(Decimal(row.config["budget_usd"]))
+            if row.config.get("budget_usd") is not None
+            else "none",
+            "cost_paid": format_usd(figures.paid),
+            "cost_standard_for_calls": format_usd(figures.standard_for_calls),
+            "cost_batch_flex_saved": format_usd(figures.tier_saved),
+            "cost_cache_avoided": format_usd(figures.cache_avoided),
+        }
         if row.status == "running":
-            done = session_completion(now=self.clock(), deadline_at=row.deadline_at, state=state,
-                                      mode=row.config.get("tier", "batch"),
-                                      turnaround=self.ledger.observed_turnaround() if turnaround is None else turnaround)
+            done = session_completion(
+                now=self.clock(),
+                deadline_at=row.deadline_at,
+                state=state,
+                mode=row.config.get("tier", "batch"),
+                turnaround=self.ledger.observed_turnaround() if turnaround is None else turnaround,
+            )
             out |= {"estimated_completion": iso_utc(done.at), "estimate_basis": done.basis}
         if estimate:
-            priced = estimate_session(row.user_prompt, state.params, self.executor.catalog,
-                                      history=self.ledger.observed_output_tokens())
+            priced = estimate_session(
+                row.user_prompt, state.params, self.executor.catalog, history=self.ledger.observed_output_tokens()
+            )
             out |= {f"estimate_{tier}": format_usd(cost) for tier, cost in priced.per_tier.items()}
             out["estimate_basis_cost"] = "; ".join(priced.basis)
         return out
@@ -361,12 +427,28 @@ class SessionService:
     @staticmethod
     def _session_save(state: SearchState, status: str, error: str | None = None) -> SessionSave:
         return SessionSave(
-            session_id=state.session_id, state_json=state.model_dump_json(), status=status, iteration=state.iteration,
-            next_round=None if state.done else state.next_round, winner_id=state.winner_id,
-            candidates=candidate_rows(state), error=error,
-            rounds=[RoundRow(session_id=state.session_id, iteration=r.iteration, round=r.round, calls=r.calls,
-                             succeeded=r.succeeded, failed=r.failed, input_tokens=r.input_tokens,
-                             output_tokens=r.output_tokens) for r in state.rounds])
+            session_id=state.session_id,
+            state_json=state.model_dump_json(),
+            status=status,
+            iteration=state.iteration,
+            next_round=None if state.done else state.next_round,
+            winner_id=state.winner_id,
+            candidates=candidate_rows(state),
+            error=error,
+            rounds=[
+                RoundRow(
+                    session_id=state.session_id,
+                    iteration=r.iteration,
+                    round=r.round,
+                    calls=r.calls,
+                    succeeded=r.succeeded,
+                    failed=r.failed,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                )
+                for r in state.rounds
+            ],
+        )
 
     def _ended(self, session_id: str) -> SessionProgress:
         row = self.row(session_id)
@@ -375,9 +457,15 @@ class SessionService:
 
     @staticmethod
     def _progress(state: SearchState, status: str, *, pending: int = 0, error: str | None = None) -> SessionProgress:
-        return SessionProgress(session_id=state.session_id, status=status, iteration=state.iteration,
-                               next_round=None if state.done else state.next_round, pending_requests=pending,
-                               winner_id=state.winner_id, error=error)
+        return SessionProgress(
+            session_id=state.session_id,
+            status=status,
+            iteration=state.iteration,
+            next_round=None if state.done else state.next_round,
+            pending_requests=pending,
+            winner_id=state.winner_id,
+            error=error,
+        )
 
 
 def candidate_rows(state: SearchState) -> list[CandidateRow]:
@@ -395,8 +483,23 @@ def candidate_rows(state: SearchState) -> list[CandidateRow]:
     rows = []
     for c in state.candidates:
         score, rank, survived = ranked.get(c.id, (None, None, None))
-        rows.append(CandidateRow(session_id=state.session_id, candidate_id=c.id, iteration=c.iteration,
-                                 parent_id=c.parent_id, what=c.what, how=c.how, combined=c.combined, critique=c.critique,
-                                 image_path=c.image_path, failed=c.failed, score=score, rank=rank, survived=survived,
-                                 votes_won=won[c.id], votes_lost=lost[c.id]))
+        rows.append(
+            CandidateRow(
+                session_id=state.session_id,
+                candidate_id=c.id,
+                iteration=c.iteration,
+                parent_id=c.parent_id,
+                what=c.what,
+                how=c.how,
+                combined=c.combined,
+                critique=c.critique,
+                image_path=c.image_path,
+                failed=c.failed,
+                score=score,
+                rank=rank,
+                survived=survived,
+                votes_won=won[c.id],
+                votes_lost=lost[c.id],
+            )
+        )
     return rows

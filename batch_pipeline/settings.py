@@ -2,6 +2,7 @@
 
 Every other module receives its knobs from here; nothing else reads `os.environ`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,10 @@ def mask_url(url: str | None) -> str | None:
     query = parts.query
     if query:
         secret_words = ("key", "token", "secret", "password", "pass", "sig", "auth", "credential")
-        pairs = [(k, "***" if any(w in k.lower() for w in secret_words) else v)
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [
+            (k, "***" if any(w in k.lower() for w in secret_words) else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
         query = urlencode(pairs, safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -195,16 +198,16 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
 
-    batch_pipeline_home: Path = Field(
-        default=Path("var"), description="where the ledger, images and batch files live"
-    )
+    batch_pipeline_home: Path = Field(default=Path("var"), description="where the ledger, images and batch files live")
 
     # The HTTP API (`batch-pipeline api`). A bearer token is required whenever it binds to anything
     # but loopback; Host names and browser origins are allow-lists (comma-separated).
     batch_api_token: SecretStr | None = Field(default=None, description="bearer token the HTTP API requires")
     batch_api_allowed_hosts: str = Field(
-        default="127.0.0.1,localhost,[::1]", min_length=1,
-        description="Host header values the HTTP API answers (DNS-rebinding guard); '*' allows any")
+        default="127.0.0.1,localhost,[::1]",
+        min_length=1,
+        description="Host header values the HTTP API answers (DNS-rebinding guard); '*' allows any",
+    )
     batch_api_cors_origins: str = Field(default="", description="browser origins allowed cross-site (none by default)")
     batch_api_max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
 
@@ -233,7 +236,9 @@ class Settings(BaseSettings):
     @classmethod
     def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().strip()) < 16:
-            raise ValueError("must be at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+            raise ValueError(
+                "must be at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
         return value
 
     @property
@@ -270,7 +275,7 @@ class Settings(BaseSettings):
 # Variables the seed named that no longer do anything: said so once at start-up rather than silently ignored.
 REMOVED_VARIABLES = {
     "BATCH_COST_TRACKING": "costs are always recorded in the ledger (paid, standard price, cache avoided); "
-                           "turning that off would leave budgets and reports blind",
+    "turning that off would leave budgets and reports blind",
 }
 
 

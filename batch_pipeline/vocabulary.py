@@ -3,6 +3,7 @@
 Every layer (batch core, ledger, providers, search sessions, API, Dagster) imports these from here;
 the request and batch state machines live with the ledger that enforces them (`ledger/states.py`).
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -31,19 +32,19 @@ class Outcome(StrEnum):
     """How one attempt of a request ended."""
 
     SUCCEEDED = "succeeded"
-    FAILED_RETRYABLE = "failed_retryable"    # 429/5xx/timeouts/no line: worth another attempt
-    FAILED_PERMANENT = "failed_permanent"    # 4xx: the same body would fail again
-    EXPIRED = "expired"                      # never ran: the 24 h window closed
-    CANCELLED = "cancelled"                  # never ran: the batch or the session was cancelled
+    FAILED_RETRYABLE = "failed_retryable"  # 429/5xx/timeouts/no line: worth another attempt
+    FAILED_PERMANENT = "failed_permanent"  # 4xx: the same body would fail again
+    EXPIRED = "expired"  # never ran: the 24 h window closed
+    CANCELLED = "cancelled"  # never ran: the batch or the session was cancelled
 
 
 # A remote batch's status, as the Batch API names it (openai.types.Batch.status).
-RemoteBatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
-                            "cancelling", "cancelled"]
+RemoteBatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
 # Statuses after which a batch changes no more: it is ready to ingest.
 ENDED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset(set(get_args(RemoteBatchStatus)) - ENDED_STATUSES)
-
 
 
 class RoundId(NamedTuple):
@@ -59,5 +60,13 @@ class RoundId(NamedTuple):
         return f"i{self.iteration}-{self.round}"
 
 
-__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "BatchEndpoint", "Endpoint", "Outcome", "RemoteBatchStatus", "RoundId",
-           "Tier"]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ENDED_STATUSES",
+    "BatchEndpoint",
+    "Endpoint",
+    "Outcome",
+    "RemoteBatchStatus",
+    "RoundId",
+    "Tier",
+]

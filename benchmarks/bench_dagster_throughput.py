@@ -10,6 +10,7 @@ dagster.yaml, and waits until every session has ended. Prints, per S:
 Not run by the test command. Usage:
   python benchmarks/bench_dagster_throughput.py --sessions 1 10 [--turnaround 5] [--timeout 3600]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def group_rss_mb(pgid: int) -> float:
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) != pgid:  # field 5 of stat: the process group
                 continue
             for line in Path(entry.path, "status").read_text().splitlines():
@@ -88,8 +89,12 @@ def record_sessions(paths: DemoPaths, env: dict[str, str], n: int) -> list[str]:
         runtime = build_runtime(load_settings())
         ids = []
         for i in range(n):
-            config = SessionConfig(prompt=f"a lighthouse in a storm, variation {i}", params=SearchParams(**PARAMS, seed=i),
-                                   tier="batch", session_id=f"bench-{i:04d}")
+            config = SessionConfig(
+                prompt=f"a lighthouse in a storm, variation {i}",
+                params=SearchParams(**PARAMS, seed=i),
+                tier="batch",
+                session_id=f"bench-{i:04d}",
+            )
             ids.append(runtime.sessions.start(config))
         return ids
     finally:
@@ -106,8 +111,13 @@ def run_once(sessions: int, turnaround: str, sensor_interval_s: int, timeout_s: 
     logs = root / "logs"
     logs.mkdir()
     prepare_instance(paths)
-    sim, base_url = start_simulator(root / "simulator", free_port(), phase_seconds=turnaround,
-                                    log=(logs / "simulator.log").open("ab"), cwd=REPO_ROOT)
+    sim, base_url = start_simulator(
+        root / "simulator",
+        free_port(),
+        phase_seconds=turnaround,
+        log=(logs / "simulator.log").open("ab"),
+        cwd=REPO_ROOT,
+    )
     t_batch = sum(float(x) for x in turnaround.split(","))
     env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=sensor_interval_s)
     daemon = None
@@ -147,8 +157,9 @@ def run_once(sessions: int, turnaround: str, sensor_interval_s: int, timeout_s: 
         ledger = Ledger(paths.ledger_path)
         problems = ledger.check_invariants()
         with ledger.connect() as con:
-            rounds = con.execute("SELECT count(DISTINCT (iteration, round)) FROM requests WHERE session_id = ?",
-                                 [ids[0]]).fetchone()[0]
+            rounds = con.execute(
+                "SELECT count(DISTINCT (iteration, round)) FROM requests WHERE session_id = ?", [ids[0]]
+            ).fetchone()[0]
             batch_count = con.execute("SELECT count(*) FROM batches").fetchone()[0]
         remote = list(openai.OpenAI(api_key="sk-bench", base_url=base_url).batches.list(limit=100))
         keys = [r.metadata.get("bp_batch_key") for r in remote]
@@ -156,16 +167,23 @@ def run_once(sessions: int, turnaround: str, sensor_interval_s: int, timeout_s: 
         for status in ended.values():
             statuses[status] = statuses.get(status, 0) + 1
         return {
-            "S": sessions, "T": t_batch, "wall_s": wall, "finished": len(ended) == len(ids), "statuses": statuses,
-            "rounds": rounds, "runs": runs, "runs_by_job": by_job,
+            "S": sessions,
+            "T": t_batch,
+            "wall_s": wall,
+            "finished": len(ended) == len(ids),
+            "statuses": statuses,
+            "rounds": rounds,
+            "runs": runs,
+            "runs_by_job": by_job,
             "runs_per_session_round": runs / max(1, rounds * sessions),
             "runs_per_round": runs / max(1, rounds),
             "overhead_per_round_s": wall / max(1, rounds) - t_batch,
             "sessions_per_hour": len(ended) / wall * 3600,
             "peak_rss_mb": sampler.peak_mb,
             "invariants": "ok" if not problems else f"{len(problems)} violation(s): {problems[:3]}",
-            "duplicate_batches": "none" if len(keys) == len(set(keys)) == batch_count else
-            f"remote {len(keys)} ({len(set(keys))} keys), ledger {batch_count}",
+            "duplicate_batches": "none"
+            if len(keys) == len(set(keys)) == batch_count
+            else f"remote {len(keys)} ({len(set(keys))} keys), ledger {batch_count}",
             "root": str(root),
         }
     finally:
@@ -178,29 +196,40 @@ def run_once(sessions: int, turnaround: str, sensor_interval_s: int, timeout_s: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 100, 1000])
-    parser.add_argument("--turnaround", default="1,3,1",
-                        help="the simulator's batch phases (validating,in_progress,finalizing seconds), as `make demo`")
+    parser.add_argument(
+        "--turnaround",
+        default="1,3,1",
+        help="the simulator's batch phases (validating,in_progress,finalizing seconds), as `make demo`",
+    )
     parser.add_argument("--sensor-interval", type=int, default=3, help="BATCH_SENSOR_INTERVAL_SECONDS, as `make demo`")
     parser.add_argument("--timeout", type=float, default=3600, help="per S: give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary instance and logs")
     args = parser.parse_args()
-    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}, dagster {dg.__version__}")
-    print(f"# N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, tier batch, deferred, "
-          f"turnaround {args.turnaround} s, sensor interval {args.sensor_interval} s")
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, dagster {dg.__version__}"
+    )
+    print(
+        f"# N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, tier batch, deferred, "
+        f"turnaround {args.turnaround} s, sensor interval {args.sensor_interval} s"
+    )
     rows = []
     for s in args.sessions:
         print(f"S={s} ...", flush=True)
         result = run_once(s, args.turnaround, args.sensor_interval, args.timeout, args.keep)
         rows.append(result)
         print(f"  {result}", flush=True)
-    print("\n| S | finished | wall | rounds/session | runs | runs per session round | overhead per round "
-          "| sessions/hour | peak RSS | ledger checks | duplicate batches |")
+    print(
+        "\n| S | finished | wall | rounds/session | runs | runs per session round | overhead per round "
+        "| sessions/hour | peak RSS | ledger checks | duplicate batches |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
-        print(f"| {r['S']} | {r['finished']} {r['statuses']} | {r['wall_s']:.0f} s | {r['rounds']} | {r['runs']} | "
-              f"{r['runs_per_session_round']:.2f} | {r['overhead_per_round_s']:.1f} s | {r['sessions_per_hour']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} MB | {r['invariants']} | {r['duplicate_batches']} |")
+        print(
+            f"| {r['S']} | {r['finished']} {r['statuses']} | {r['wall_s']:.0f} s | {r['rounds']} | {r['runs']} | "
+            f"{r['runs_per_session_round']:.2f} | {r['overhead_per_round_s']:.1f} s | {r['sessions_per_hour']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} MB | {r['invariants']} | {r['duplicate_batches']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Prints lines/s for building requests, queueing them in the ledger, writing the i
 parsing + classifying an output file, plus peak RSS. Not run by the test command.
 Usage: python benchmarks/bench_jsonl.py [--lines 50000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,17 +35,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=50_000)
     n = parser.parse_args().lines
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         ledger = Ledger(home / "ledger.duckdb")
-        requests = timed("build + validate requests", n, lambda: [
-            build_request(ChatRequest(
-                key=f"r{i}", model="gpt-5-mini", max_tokens=300, temperature=0.7,
-                messages=[{"role": "system", "content": "You write image prompts. Return JSON."},
-                          {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"}]),
-                namespace="bench", operation="expand") for i in range(n)])
+        requests = timed(
+            "build + validate requests",
+            n,
+            lambda: [
+                build_request(
+                    ChatRequest(
+                        key=f"r{i}",
+                        model="gpt-5-mini",
+                        max_tokens=300,
+                        temperature=0.7,
+                        messages=[
+                            {"role": "system", "content": "You write image prompts. Return JSON."},
+                            {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
+                        ],
+                    ),
+                    namespace="bench",
+                    operation="expand",
+                )
+                for i in range(n)
+            ],
+        )
         timed("enqueue in the DuckDB ledger", n, lambda: ledger.enqueue(requests))
         plan = timed("plan batches", n, lambda: plan_batches(ledger.queued_rows(), SplitLimits()))
         (batch,) = plan.batches
@@ -55,16 +73,42 @@ def main() -> None:
         output = home / "output.jsonl"
         with output.open("wb") as fh:
             for i in range(n):
-                fh.write(orjson.dumps({"id": f"batch_req_{i}", "custom_id": f"bench-r{i}", "error": None, "response": {
-                    "status_code": 200, "request_id": f"req_{i}", "body": {
-                        "id": f"chatcmpl-{i}", "object": "chat.completion", "created": 0, "model": "gpt-5-mini",
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 400}}],
-                        "usage": {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140}}}}) + b"\n")
+                fh.write(
+                    orjson.dumps(
+                        {
+                            "id": f"batch_req_{i}",
+                            "custom_id": f"bench-r{i}",
+                            "error": None,
+                            "response": {
+                                "status_code": 200,
+                                "request_id": f"req_{i}",
+                                "body": {
+                                    "id": f"chatcmpl-{i}",
+                                    "object": "chat.completion",
+                                    "created": 0,
+                                    "model": "gpt-5-mini",
+                                    "choices": [
+                                        {
+                                            "index": 0,
+                                            "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "x" * 400},
+                                        }
+                                    ],
+                                    "usage": {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140},
+                                },
+                            },
+                        }
+                    )
+                    + b"\n"
+                )
         outcomes = timed("parse + classify the output file", n, lambda: read_result_files([output], None))
         ledger.mark_uploaded("bench", "file-bench")
         ledger.mark_created("bench", "batch_bench")
-        timed("ingest outcomes into the ledger", n,
-              lambda: ledger.record_batch_outcome("bench", list(outcomes.values()), max_attempts=3))
+        timed(
+            "ingest outcomes into the ledger",
+            n,
+            lambda: ledger.record_batch_outcome("bench", list(outcomes.values()), max_attempts=3),
+        )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:.0f} MB")
 

@@ -4,6 +4,7 @@ Creates the batches in the in-thread simulator and records them in a real ledger
 all 1,000 due (one paginated list walk) and none due (no API call).
 Not run by the test command. Usage: python benchmarks/bench_sensor_tick.py [--batches 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,19 +25,35 @@ from openai_simulator import Simulator, SimulatorConfig
 
 def create_batches(client: openai.OpenAI, ledger: Ledger, n: int) -> None:
     """n one-line batches, created remotely with their key in metadata and recorded in the ledger."""
-    requests = [build_request(ChatRequest(key=f"q{i}", model="gpt-5-nano", max_completion_tokens=16,
-                                          messages=[{"role": "user", "content": f"Describe lighthouse {i}"}]),
-                              namespace="bench", operation="describe", session_id="bench") for i in range(n)]
+    requests = [
+        build_request(
+            ChatRequest(
+                key=f"q{i}",
+                model="gpt-5-nano",
+                max_completion_tokens=16,
+                messages=[{"role": "user", "content": f"Describe lighthouse {i}"}],
+            ),
+            namespace="bench",
+            operation="describe",
+            session_id="bench",
+        )
+        for i in range(n)
+    ]
     ledger.enqueue(requests)
     rows = {r.request_id: r for r in ledger.queued_rows()}
     for i, request in enumerate(requests):
         key = f"bpb_bench_{i:05d}"
         ledger.create_batch_intent(key, request.endpoint, request.model, [rows[request.request_id]])
-        uploaded = client.files.create(file=(f"{key}.jsonl", jsonl_line(request.request_id, request.endpoint, request.body)),
-                                       purpose="batch")
+        uploaded = client.files.create(
+            file=(f"{key}.jsonl", jsonl_line(request.request_id, request.endpoint, request.body)), purpose="batch"
+        )
         ledger.mark_uploaded(key, uploaded.id)
-        remote = client.batches.create(input_file_id=uploaded.id, endpoint=request.endpoint, completion_window="24h",
-                                       metadata={"bp_batch_key": key})
+        remote = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=request.endpoint,
+            completion_window="24h",
+            metadata={"bp_batch_key": key},
+        )
         ledger.mark_created(key, remote.id)
 
 
@@ -58,9 +75,15 @@ def main() -> None:
         # Batches stay in `validating` for an hour: all of them are in flight for every tick.
         sim = Simulator(SimulatorConfig(data_dir=home / "simulator", phase_seconds={"validating": 3600}))
         with sim.serve() as base_url:
-            os.environ.update({"BATCH_PIPELINE_HOME": str(home / "home"), "OPENAI_API_KEY": "sk-bench",
-                               "OPENAI_BASE_URL": base_url, "BATCH_API_MODE": "deferred",
-                               "BATCH_POLL_INTERVAL_MS": "100"})
+            os.environ.update(
+                {
+                    "BATCH_PIPELINE_HOME": str(home / "home"),
+                    "OPENAI_API_KEY": "sk-bench",
+                    "OPENAI_BASE_URL": base_url,
+                    "BATCH_API_MODE": "deferred",
+                    "BATCH_POLL_INTERVAL_MS": "100",
+                }
+            )
             from batch_pipeline.defs.resources import resources_from
             from batch_pipeline.defs.sensors import pipeline_sensor
             from batch_pipeline.settings import load_settings
@@ -79,9 +102,11 @@ def main() -> None:
                     elapsed, result = timed_tick(pipeline_sensor, instance, resources, None)
                     all_due.append(elapsed)
                 cursor = result.cursor
-                print(f"pipeline_sensor, {args.batches} due (one paginated list walk): "
-                      f"median {statistics.median(all_due):.2f} s, max {max(all_due):.2f} s; "
-                      f"cursor {len(cursor) / 1024:.0f} KiB")
+                print(
+                    f"pipeline_sensor, {args.batches} due (one paginated list walk): "
+                    f"median {statistics.median(all_due):.2f} s, max {max(all_due):.2f} s; "
+                    f"cursor {len(cursor) / 1024:.0f} KiB"
+                )
                 os.environ["BATCH_POLL_INTERVAL_MS"] = "600000"
                 none_due = [timed_tick(pipeline_sensor, instance, resources, cursor)[0] for _ in range(args.repeats)]
                 print(f"pipeline_sensor, none due (no API call): median {statistics.median(none_due) * 1000:.0f} ms")

@@ -16,6 +16,7 @@ why it was skipped. Also prints the peak RSS (VmHWM) of a fresh process that par
 one 50,000-line batch, and its peak before the ingest began.
 Usage: python benchmarks/bench_side_by_side.py [--lines 50000] [--repeats 5] [--no-peer]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,21 +49,56 @@ CHAT = str(Endpoint.CHAT)
 
 
 def chat_request(i: int) -> ChatRequest:
-    return ChatRequest(key=f"r{i}", model=MODEL, max_tokens=300, temperature=0.7,
-                       messages=[{"role": "system", "content": "You write image prompts. Return JSON."},
-                                 {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"}])
+    return ChatRequest(
+        key=f"r{i}",
+        model=MODEL,
+        max_tokens=300,
+        temperature=0.7,
+        messages=[
+            {"role": "system", "content": "You write image prompts. Return JSON."},
+            {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
+        ],
+    )
 
 
 def output_line(i: int) -> bytes:
-    return orjson.dumps({"id": f"batch_req_{i}", "custom_id": f"bench-r{i}", "error": None, "response": {
-        "status_code": 200, "request_id": f"req_{i}", "body": {
-            "id": f"chatcmpl-{i}", "object": "chat.completion", "created": 0, "model": MODEL,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 400}}],
-            "usage": {"prompt_tokens": 40 + i % 7, "completion_tokens": 100 + i % 13, "total_tokens": 140 + i % 20,
-                      "prompt_tokens_details": {"cached_tokens": 16 if i % 3 == 0 else 0}}}}}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "id": f"batch_req_{i}",
+                "custom_id": f"bench-r{i}",
+                "error": None,
+                "response": {
+                    "status_code": 200,
+                    "request_id": f"req_{i}",
+                    "body": {
+                        "id": f"chatcmpl-{i}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": MODEL,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "x" * 400},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 40 + i % 7,
+                            "completion_tokens": 100 + i % 13,
+                            "total_tokens": 140 + i % 20,
+                            "prompt_tokens_details": {"cached_tokens": 16 if i % 3 == 0 else 0},
+                        },
+                    },
+                },
+            }
+        )
+        + b"\n"
+    )
 
 
 # -- the project's paths -------------------------------------------------------------------------
+
 
 def project_build(n: int, path: Path) -> None:
     with path.open("wb", buffering=1 << 20) as fh:
@@ -77,8 +113,9 @@ def project_parse(path: Path) -> None:
 
 def project_parse_price(path: Path, catalog: PriceCatalog) -> results_mod.ResultTable:
     table = results_mod.read_result_table([path], None)
-    return results_mod.price_results(table, endpoint=CHAT, model=MODEL, tier=Tier.BATCH, catalog=catalog,
-                                     request_bodies=lambda ids: {})
+    return results_mod.price_results(
+        table, endpoint=CHAT, model=MODEL, tier=Tier.BATCH, catalog=catalog, request_bodies=lambda ids: {}
+    )
 
 
 def fresh_ledger(directory: Path, n: int) -> Ledger:
@@ -105,10 +142,13 @@ def project_ingest(ledger: Ledger, table: results_mod.ResultTable) -> None:
 
 # -- yardsticks ----------------------------------------------------------------------------------
 
+
 def yardstick_envelopes(n: int) -> list[dict]:
     """The envelopes the project writes (the same custom_ids and bodies), for orjson.dumps one per line."""
-    return [{"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
-            for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))]
+    return [
+        {"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
+        for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))
+    ]
 
 
 def yardstick_insert(directory: Path, rows: dict[str, list]) -> Callable[[], None]:
@@ -137,14 +177,25 @@ def yardstick_rows(table: results_mod.ResultTable) -> dict[str, list]:
     """The rows ingest writes into `results`, as plain columns (responses as the same JSON text)."""
     n = len(table)
     col = table.column
-    return {"request_id": col("request_id"), "attempt": [1] * n, "batch_key": ["bench"] * n, "tier": ["batch"] * n,
-            "outcome": col("outcome"), "status_code": col("status_code"),
-            "response": col("response"),
-            "error_code": col("error_code"), "error_message": col("error_message"), "input_tokens": col("input_tokens"),
-            "cached_tokens": col("cached_tokens"), "output_tokens": col("output_tokens"), "images": col("images"),
-            "cost_usd": [from_units(u) for u in col("cost_units")],
-            "standard_cost_usd": [from_units(u) for u in col("standard_cost_units")],
-            "price_version": col("price_version"), "recorded_at": [0.0] * n}
+    return {
+        "request_id": col("request_id"),
+        "attempt": [1] * n,
+        "batch_key": ["bench"] * n,
+        "tier": ["batch"] * n,
+        "outcome": col("outcome"),
+        "status_code": col("status_code"),
+        "response": col("response"),
+        "error_code": col("error_code"),
+        "error_message": col("error_message"),
+        "input_tokens": col("input_tokens"),
+        "cached_tokens": col("cached_tokens"),
+        "output_tokens": col("output_tokens"),
+        "images": col("images"),
+        "cost_usd": [from_units(u) for u in col("cost_units")],
+        "standard_cost_usd": [from_units(u) for u in col("standard_cost_units")],
+        "price_version": col("price_version"),
+        "recorded_at": [0.0] * n,
+    }
 
 
 # -- the peer ------------------------------------------------------------------------------------
@@ -175,8 +226,22 @@ def peer_install(directory: Path) -> tuple[list[str] | None, str]:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
         py = venv / "bin" / "python"
         # openai pinned to the project's version (pip's cache has the wheel); the peer imports httpx itself
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PEER,
-                        "openai==3.57.0", "httpx"], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                PEER,
+                "openai==3.57.0",
+                "httpx",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         script = directory / "peer.py"
         script.write_text(PEER_SCRIPT)
         return [str(py), str(script)], ""
@@ -186,8 +251,9 @@ def peer_install(directory: Path) -> tuple[list[str] | None, str]:
 
 def peer_once(command: list[str], n: int, directory: Path) -> float:
     """Seconds openai-batch takes to write n lines (timed inside its process, start-up excluded)."""
-    done = subprocess.run([*command, str(n), "1", str(directory / "peer.jsonl")], check=True, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [*command, str(n), "1", str(directory / "peer.jsonl")], check=True, capture_output=True, text=True, timeout=600
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -212,6 +278,7 @@ def timed(fn: Callable[[], object]) -> Callable[[], float]:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
     return run
 
 
@@ -250,16 +317,22 @@ def ingest_peak_mb(directory: Path, n: int) -> tuple[float, float]:
     before (imports, an open ledger, the catalog); the ledger is prepared by another process."""
     here = str(Path(__file__).parent)
     subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "setup", str(directory), str(n), here], check=True)
-    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "ingest", str(directory), str(n), here],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, "ingest", str(directory), str(n), here],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     before, peak = done.stdout.split()[-2:]
     return float(before), float(peak)
 
 
 def build_phase(n: int, repeats: int, home: Path, peer_command: list[str] | None) -> dict[str, float]:
     envelopes = yardstick_envelopes(n)
-    runs = {"build": timed(lambda: project_build(n, home / "input.jsonl")),
-            "dumps": timed(lambda: [orjson.dumps(e) for e in envelopes])}
+    runs = {
+        "build": timed(lambda: project_build(n, home / "input.jsonl")),
+        "dumps": timed(lambda: [orjson.dumps(e) for e in envelopes]),
+    }
     if peer_command is not None:
         runs["peer"] = lambda: peer_once(peer_command, n, home)
     return interleaved(runs, repeats)
@@ -289,8 +362,10 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
     n, repeats = args.lines, args.repeats
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"{platform.python_implementation()} {platform.python_version()}; {n:,} chat requests, medians of {repeats}")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}; {n:,} chat requests, medians of {repeats}"
+    )
     catalog = PriceCatalog.load()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -323,15 +398,23 @@ def main() -> None:
             nonlocal table
             table = project_parse_price(output, catalog)
 
-        medians = interleaved({"loads": timed(loads_lines), "parse": timed(lambda: project_parse(output)),
-                               "price": timed(parse_price)}, repeats)
+        medians = interleaved(
+            {"loads": timed(loads_lines), "parse": timed(lambda: project_parse(output)), "price": timed(parse_price)},
+            repeats,
+        )
         rows.append(("parse + classify the output file", medians["parse"], "orjson.loads per line", medians["loads"]))
         rows.append(("parse + classify + price", medians["price"], "orjson.loads per line", medians["loads"]))
 
         assert table is not None
         medians = ingest_phase(n, repeats, home, table)
-        rows.append(("ingest outcomes into the ledger", medians["ingest"], "pyarrow table insert of the same rows",
-                     medians["insert"]))
+        rows.append(
+            (
+                "ingest outcomes into the ledger",
+                medians["ingest"],
+                "pyarrow table insert of the same rows",
+                medians["insert"],
+            )
+        )
 
         print()
         print("| path | project lines/s | yardstick | yardstick lines/s | project / yardstick |")
@@ -346,9 +429,11 @@ def main() -> None:
             print(f"| {label} | {n / seconds:,.0f} | {yard_label} | {n / yard_s:,.0f} | {yard_s / seconds:.2f} |")
 
         before, peak = ingest_peak_mb(home, n)
-        print(f"\npeak RSS (VmHWM) of a fresh process that parses, prices and ingests the {n:,}-line output file "
-              f"({output.stat().st_size / 1e6:.0f} MB): {peak:.0f} MB; {before:.0f} MB before it started "
-              f"(imports, open ledger), so the ingest itself added {peak - before:.0f} MB")
+        print(
+            f"\npeak RSS (VmHWM) of a fresh process that parses, prices and ingests the {n:,}-line output file "
+            f"({output.stat().st_size / 1e6:.0f} MB): {peak:.0f} MB; {before:.0f} MB before it started "
+            f"(imports, open ledger), so the ingest itself added {peak - before:.0f} MB"
+        )
     print(f"peak RSS of this benchmark process: {peak_rss_mb():.0f} MB")
 
 

@@ -4,6 +4,7 @@ Queues vision requests that refer to stored images (refs, not bytes), writes bat
 growing size and prints the Python heap peak (tracemalloc) during each write next to the file size.
 Usage: python benchmarks/bench_stream_memory.py
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,26 @@ def main() -> None:
         print(f"{'requests':>8} {'file MB':>8} {'heap peak MB':>13} {'write s':>8}")
         for n in (50, 200, 800):
             requests = [
-                build_request(ChatRequest(key=f"n{n}-cmp{i}", model="gpt-5-nano", max_completion_tokens=200, messages=[
-                    {"role": "user", "content": [
-                        {"type": "text", "text": f"Which is better? Vote {i}"},
-                        {"type": "image_url", "image_url": {"url": refs[i % 20], "detail": "low"}},
-                        {"type": "image_url", "image_url": {"url": refs[(i + 1) % 20], "detail": "low"}}]}]),
-                    namespace="bench", operation="compare", image_store=store)
+                build_request(
+                    ChatRequest(
+                        key=f"n{n}-cmp{i}",
+                        model="gpt-5-nano",
+                        max_completion_tokens=200,
+                        messages=[
+                            {
+                                "role": "user",
+                                "content": [
+                                    {"type": "text", "text": f"Which is better? Vote {i}"},
+                                    {"type": "image_url", "image_url": {"url": refs[i % 20], "detail": "low"}},
+                                    {"type": "image_url", "image_url": {"url": refs[(i + 1) % 20], "detail": "low"}},
+                                ],
+                            }
+                        ],
+                    ),
+                    namespace="bench",
+                    operation="compare",
+                    image_store=store,
+                )
                 for i in range(n)
             ]
             ledger.enqueue(requests)

@@ -15,6 +15,7 @@ cumulative functions.
 Not run by the test command. Usage:
   python benchmarks/bench_tick_scale.py --sessions 100 [--profile 2] [--max-ticks 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,14 @@ def one_tick(runtime, driver: ReadyDriver, reader: LedgerReader) -> dict:
         inputs = read_view_inputs(runtime, reader, viewed)
     view_materializations(runtime, viewed, inputs)
     t_views = time.perf_counter() - t0
-    return {"looked_at": len(tick.progress), "moved": len(steps), "planned": tick.planned,
-            "ingested": tick.ingested, "tick_s": t_tick, "views_s": t_views}
+    return {
+        "looked_at": len(tick.progress),
+        "moved": len(steps),
+        "planned": tick.planned,
+        "ingested": tick.ingested,
+        "tick_s": t_tick,
+        "views_s": t_views,
+    }
 
 
 def main() -> None:
@@ -63,31 +70,52 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--profile", type=int, default=0, help="run this tick (1-based) under cProfile")
     parser.add_argument("--max-ticks", type=int, default=60)
-    parser.add_argument("--stall-ticks", type=int, default=5,
-                        help="stop after this many ticks in a row that moved, planned and ingested nothing")
+    parser.add_argument(
+        "--stall-ticks",
+        type=int,
+        default=5,
+        help="stop after this many ticks in a row that moved, planned and ingested nothing",
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--profile-out", help="also dump the profile here (pstats format)")
     args = parser.parse_args()
-    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}; S={args.sessions}, "
-          f"N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, batch tier, deferred (flush age 0)")
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; S={args.sessions}, "
+        f"N={PARAMS['N']} M={PARAMS['M']} K={PARAMS['K']} E={PARAMS['E']}, batch tier, deferred (flush age 0)"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-tick-") as tmp:
         home = Path(tmp)
         with Simulator(SimulatorConfig(data_dir=home / "sim")).serve() as url:
-            settings = load_settings({"BATCH_API_ENABLED": "true", "BATCH_API_MODE": "deferred",
-                                      "BATCH_FLUSH_MAX_AGE_SECONDS": "0", "OPENAI_API_KEY": "sk-bench",
-                                      "OPENAI_BASE_URL": url, "BATCH_PIPELINE_HOME": str(home / "home")})
+            settings = load_settings(
+                {
+                    "BATCH_API_ENABLED": "true",
+                    "BATCH_API_MODE": "deferred",
+                    "BATCH_FLUSH_MAX_AGE_SECONDS": "0",
+                    "OPENAI_API_KEY": "sk-bench",
+                    "OPENAI_BASE_URL": url,
+                    "BATCH_PIPELINE_HOME": str(home / "home"),
+                }
+            )
             runtime = build_runtime(settings)
             t0 = time.perf_counter()
             for i in range(args.sessions):
-                runtime.sessions.start(SessionConfig(
-                    prompt=f"a lighthouse in a storm, variation {i}", params=SearchParams(**PARAMS, seed=i),
-                    tier="batch", driver="dagster", session_id=f"bench-{i:04d}"))
+                runtime.sessions.start(
+                    SessionConfig(
+                        prompt=f"a lighthouse in a storm, variation {i}",
+                        params=SearchParams(**PARAMS, seed=i),
+                        tier="batch",
+                        driver="dagster",
+                        session_id=f"bench-{i:04d}",
+                    )
+                )
             print(f"started {args.sessions} sessions in {time.perf_counter() - t0:.1f} s")
             driver = ReadyDriver(runtime, owner="dagster")
             reader = LedgerReader.within(runtime.ledger)
-            print(f"{'tick':>4} {'looked':>6} {'moved':>6} {'planned':>7} {'ingested':>8} {'tick s':>8} {'views s':>8}"
-                  f"  requests by state")
+            print(
+                f"{'tick':>4} {'looked':>6} {'moved':>6} {'planned':>7} {'ingested':>8} {'tick s':>8} {'views s':>8}"
+                f"  requests by state"
+            )
             idle = total_tick = total_views = 0.0
             idle = 0
             started = time.perf_counter()
@@ -103,8 +131,11 @@ def main() -> None:
                 with runtime.ledger.unit():
                     states = runtime.ledger.state_counts()
                     running = [r.session_id for r in runtime.ledger.sessions(status="running")]
-                print(f"{n:>4} {row['looked_at']:>6} {row['moved']:>6} {row['planned']:>7} {row['ingested']:>8} "
-                      f"{row['tick_s']:>8.2f} {row['views_s']:>8.2f}  {dict(states)}", flush=True)
+                print(
+                    f"{n:>4} {row['looked_at']:>6} {row['moved']:>6} {row['planned']:>7} {row['ingested']:>8} "
+                    f"{row['tick_s']:>8.2f} {row['views_s']:>8.2f}  {dict(states)}",
+                    flush=True,
+                )
                 if profiler:
                     out = io.StringIO()
                     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.top)
@@ -123,12 +154,16 @@ def main() -> None:
                 problems = runtime.ledger.check_invariants()
                 stuck = [r for r in reader.running_session_rounds()]
                 queued_never_sent = runtime.ledger.state_counts()
-            print(f"\nS={args.sessions}: {n} ticks, {wall:.1f} s wall ({total_tick:.1f} s in ticks, "
-                  f"{total_views:.1f} s in views), sessions by status {dict(statuses)}")
+            print(
+                f"\nS={args.sessions}: {n} ticks, {wall:.1f} s wall ({total_tick:.1f} s in ticks, "
+                f"{total_views:.1f} s in views), sessions by status {dict(statuses)}"
+            )
             print(f"ledger invariants: {'ok' if not problems else problems[:5]}")
             if stuck:
-                print(f"STALL: {len(stuck)} session(s) still running; requests by state {dict(queued_never_sent)}; "
-                      f"first: {stuck[:3]}")
+                print(
+                    f"STALL: {len(stuck)} session(s) still running; requests by state {dict(queued_never_sent)}; "
+                    f"first: {stuck[:3]}"
+                )
 
 
 if __name__ == "__main__":

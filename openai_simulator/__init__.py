@@ -2,6 +2,7 @@
 
 The real `openai` SDK talks to `Simulator.serve()`; `server.py` has the entry point.
 """
+
 # Deliberate departures from the real API, each chosen for speed or determinism:
 # - content is derived from a hash of the request (+ seed), never generated; usage is estimated
 #   at ~4 characters a token, plus 85 (detail "low") or 765 tokens per input image;

@@ -2,6 +2,7 @@
 
 `python -m openai_simulator --port 8800 --data-dir var/simulator` prints the base URL, serves until stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,21 +22,32 @@ def _phase_seconds(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m openai_simulator", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_simulator", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8800, help="port to bind")
     parser.add_argument("--data-dir", type=Path, default=Path("var/simulator"), help="where files and batches live")
-    parser.add_argument("--phase-seconds", type=_phase_seconds, default="2,5,2",
-                        help="seconds in validating,in_progress,finalizing[,cancelling]")
+    parser.add_argument(
+        "--phase-seconds",
+        type=_phase_seconds,
+        default="2,5,2",
+        help="seconds in validating,in_progress,finalizing[,cancelling]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated content")
     parser.add_argument("--image-size", type=int, default=64, help="edge of the drawn PNGs in pixels")
     args = parser.parse_args(argv)
 
-    simulator = Simulator(SimulatorConfig(
-        data_dir=args.data_dir, host=args.host, port=args.port, phase_seconds=args.phase_seconds,
-        seed=args.seed, image_size=args.image_size,
-    ))
+    simulator = Simulator(
+        SimulatorConfig(
+            data_dir=args.data_dir,
+            host=args.host,
+            port=args.port,
+            phase_seconds=args.phase_seconds,
+            seed=args.seed,
+            image_size=args.image_size,
+        )
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Access lines name method and path only; request headers (the API key) are never logged.

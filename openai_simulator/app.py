@@ -2,6 +2,7 @@
 
 Requests from the SDK arrive here; each route checks auth and HTTP faults, then calls handlers, store or batches.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,17 @@ if TYPE_CHECKING:
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_FILE_TTL_SECONDS = 30 * 24 * 3600
 MODELS = (
-    "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o3", "o4-mini",
-    "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1-mini",
+    "o3",
+    "o4-mini",
+    "gpt-image-1-mini",
+    "gpt-image-1.5",
+    "gpt-image-2",
 )
 MODEL_CREATED_AT = 1_700_000_000
 
@@ -58,8 +68,11 @@ def _parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
-        raise APIError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
-                            "aren't using your HTTP library correctly.)") from None
+        raise APIError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly.)",
+        ) from None
 
 
 Handler = Callable[[Request, bytes], Awaitable[Response]]
@@ -75,8 +88,11 @@ def build_app(sim: Simulator) -> Starlette:
             try:
                 authorization = request.headers.get("authorization", "")
                 if not authorization.removeprefix("Bearer").strip():
-                    raise APIError(401, "You didn't provide an API key. You need to provide your API key in an "
-                                        "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+                    raise APIError(
+                        401,
+                        "You didn't provide an API key. You need to provide your API key in an "
+                        "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                    )
                 raw = await request.body()
                 target = request.state.fault_target = _http_target(request, raw)
                 await _apply_http_faults(target)
@@ -104,8 +120,13 @@ def build_app(sim: Simulator) -> Starlette:
             raise _fault_error(rule)
 
     def _context(target: FaultTarget) -> Context:
-        return Context(now=sim.clock.now(), seed=sim.config.seed, image_size=sim.config.image_size,
-                       faults=sim.faults, target=target)
+        return Context(
+            now=sim.clock.now(),
+            seed=sim.config.seed,
+            image_size=sim.config.image_size,
+            faults=sim.faults,
+            target=target,
+        )
 
     # --- synchronous model calls ---
 
@@ -129,8 +150,9 @@ def build_app(sim: Simulator) -> Starlette:
             if not purpose:
                 raise missing_parameter("purpose")
             if purpose not in FILE_PURPOSES:
-                raise invalid_value("purpose",
-                                    f"Invalid value: '{purpose}'. Supported values are: {list(FILE_PURPOSES)}.")
+                raise invalid_value(
+                    "purpose", f"Invalid value: '{purpose}'. Supported values are: {list(FILE_PURPOSES)}."
+                )
             filename = upload.filename or "upload"
             if purpose == "batch" and not filename.endswith(".jsonl"):
                 raise APIError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
@@ -139,8 +161,14 @@ def build_app(sim: Simulator) -> Starlette:
             anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
             if anchor is not None or seconds is not None:
                 expires_at = int(now) + check_expires_after({"anchor": anchor, "seconds": seconds}, "expires_after")
-            record = await run_in_threadpool(sim.store.add_file, upload.file, filename=filename,
-                                             purpose=str(purpose), created_at=now, expires_at=expires_at)
+            record = await run_in_threadpool(
+                sim.store.add_file,
+                upload.file,
+                filename=filename,
+                purpose=str(purpose),
+                created_at=now,
+                expires_at=expires_at,
+            )
         return JSONResponse(record)
 
     def _file(request: Request) -> dict:
@@ -218,12 +246,16 @@ def build_app(sim: Simulator) -> Starlette:
 
     async def admin_advance_clock(request: Request) -> Response:
         if not isinstance(sim.clock, ManualClock):
-            return JSONResponse({"error": {"message": "the clock is not a ManualClock", "type": "invalid_request_error"}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"message": "the clock is not a ManualClock", "type": "invalid_request_error"}},
+                status_code=400,
+            )
         seconds = _parse_json(await request.body()).get("seconds")
         if not isinstance(seconds, (int, float)) or seconds < 0:
-            return JSONResponse({"error": {"message": "'seconds' must be a number >= 0",
-                                           "type": "invalid_request_error"}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": "'seconds' must be a number >= 0", "type": "invalid_request_error"}},
+                status_code=400,
+            )
         return JSONResponse({"now": sim.clock.advance(seconds)})
 
     async def admin_health(request: Request) -> Response:
@@ -231,9 +263,17 @@ def build_app(sim: Simulator) -> Starlette:
 
     async def unknown_route(request: Request, exc: Exception) -> Response:
         # The real API's wording for a path or method it does not serve (Starlette raises both as HTTPException).
-        return JSONResponse({"error": {"message": f"Invalid URL ({request.method} {request.url.path})",
-                                       "type": "invalid_request_error", "param": None, "code": None}},
-                            status_code=exc.status_code if isinstance(exc, HTTPException) else 404)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"Invalid URL ({request.method} {request.url.path})",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code=exc.status_code if isinstance(exc, HTTPException) else 404,
+        )
 
     def api(path: str, handler: Handler, method: str) -> Route:
         return Route(path, openai_route(handler), methods=[method])
@@ -268,9 +308,13 @@ def _fault_error(rule: FaultRule) -> APIError:
     if "retry_after_ms" in params or rule.kind == "http_429":
         headers["retry-after-ms"] = str(params.get("retry_after_ms", 10))
     if rule.kind == "http_429":
-        return APIError(429, params.get("message", "Rate limit reached for requests. Please try again later."),
-                        type=params.get("type", "requests"), code=params.get("code", "rate_limit_exceeded"),
-                        headers=headers)
+        return APIError(
+            429,
+            params.get("message", "Rate limit reached for requests. Please try again later."),
+            type=params.get("type", "requests"),
+            code=params.get("code", "rate_limit_exceeded"),
+            headers=headers,
+        )
     return server_error(params.get("message", SERVER_ERROR_MESSAGE), headers)
 
 
@@ -298,9 +342,17 @@ def _limit(value: str | None, *, default: int, maximum: int) -> int:
     except ValueError:
         raise invalid_value("limit", f"Invalid 'limit': '{value}' is not an integer.") from None
     if limit < 1:
-        raise APIError(400, f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got {limit} "
-                            "instead.", param="limit", code="integer_below_min_value")
+        raise APIError(
+            400,
+            f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got {limit} instead.",
+            param="limit",
+            code="integer_below_min_value",
+        )
     if limit > maximum:
-        raise APIError(400, f"Invalid 'limit': integer above maximum value. Expected a value <= {maximum}, but got "
-                            f"{limit} instead.", param="limit", code="integer_above_max_value")
+        raise APIError(
+            400,
+            f"Invalid 'limit': integer above maximum value. Expected a value <= {maximum}, but got {limit} instead.",
+            param="limit",
+            code="integer_above_max_value",
+        )
     return limit

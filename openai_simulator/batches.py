@@ -2,6 +2,7 @@
 
 Driven lazily by the clock whenever `app.py` creates, reads, lists or cancels; lines run through `handlers.execute`.
 """
+
 from __future__ import annotations
 
 import builtins  # BatchEngine.list shadows the builtin in its class body
@@ -24,8 +25,14 @@ from .validation import RequestLine, batch_error, parse_input
 
 # Every endpoint the SDK lets a batch name; the simulator can execute the first two only.
 KNOWN_ENDPOINTS = (
-    "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
-    "/v1/images/generations", "/v1/images/edits", "/v1/videos",
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
 SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT, IMAGES_ENDPOINT)
 # Batches whose prompt tokens count against their model's enqueued-token queue.
@@ -79,14 +86,18 @@ class BatchEngine:
             if file is None:
                 raise not_found("File", input_file_id, param="input_file_id")
             if file["purpose"] != "batch":
-                raise invalid_value("input_file_id", f"The input file must have purpose 'batch', not '{file['purpose']}'.")
+                raise invalid_value(
+                    "input_file_id", f"The input file must have purpose 'batch', not '{file['purpose']}'."
+                )
             now = self.config.clock.now()
             # Finished batches must leave the token queues before this one is measured against them.
             self._advance_all(now)
 
             parsed = parse_input(
-                self.store.content_path(input_file_id).read_bytes(), endpoint,
-                max_bytes=self.config.max_file_bytes, max_lines=self.config.max_lines,
+                self.store.content_path(input_file_id).read_bytes(),
+                endpoint,
+                max_bytes=self.config.max_file_bytes,
+                max_lines=self.config.max_lines,
             )
             errors = parsed.errors or self._token_limit_errors(parsed.model, parsed.prompt_tokens)
             batch_id = new_batch_id()
@@ -151,8 +162,13 @@ class BatchEngine:
                 raise APIError(409, f"Cannot cancel a batch with status '{status}'.")
             if status == "in_progress":
                 # Lines already done keep their output: a share of them, in output (shuffled) order.
-                result = self._run(record, self._lines(record), now,
-                                   keep_fraction=self.config.cancel_keep_fraction, skipped_code="batch_cancelled")
+                result = self._run(
+                    record,
+                    self._lines(record),
+                    now,
+                    keep_fraction=self.config.cancel_keep_fraction,
+                    skipped_code="batch_cancelled",
+                )
                 self._apply_counts(batch, result)
                 record["sim"]["pending_result"] = result
             self._enter(record, "cancelling", now)
@@ -181,12 +197,17 @@ class BatchEngine:
                 raise missing_parameter(key)
         endpoint = params["endpoint"]
         if endpoint not in KNOWN_ENDPOINTS:
-            raise invalid_value("endpoint", f"Invalid value: '{endpoint}'. Supported values are: {list(KNOWN_ENDPOINTS)}.")
+            raise invalid_value(
+                "endpoint", f"Invalid value: '{endpoint}'. Supported values are: {list(KNOWN_ENDPOINTS)}."
+            )
         if endpoint not in SUPPORTED_ENDPOINTS:
-            raise invalid_value("endpoint", f"The simulator implements only {list(SUPPORTED_ENDPOINTS)}, not '{endpoint}'.")
+            raise invalid_value(
+                "endpoint", f"The simulator implements only {list(SUPPORTED_ENDPOINTS)}, not '{endpoint}'."
+            )
         if params["completion_window"] != "24h":
-            raise invalid_value("completion_window",
-                                f"Invalid value: '{params['completion_window']}'. Supported values are: '24h'.")
+            raise invalid_value(
+                "completion_window", f"Invalid value: '{params['completion_window']}'. Supported values are: '24h'."
+            )
         metadata = params.get("metadata")
         _check_metadata(metadata)
         output_ttl = None
@@ -208,12 +229,14 @@ class BatchEngine:
         )
         if enqueued <= limit:
             return []
-        return [batch_error(
-            "token_limit_exceeded",
-            f"Enqueued token limit reached for {model} in organization org-simulator. Limit: {limit:,} enqueued "
-            f"tokens (this batch would bring it to {enqueued:,}). Please try submitting your requests again "
-            "after some of your in-progress batches have completed.",
-        )]
+        return [
+            batch_error(
+                "token_limit_exceeded",
+                f"Enqueued token limit reached for {model} in organization org-simulator. Limit: {limit:,} enqueued "
+                f"tokens (this batch would bring it to {enqueued:,}). Please try submitting your requests again "
+                "after some of your in-progress batches have completed.",
+            )
+        ]
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -283,9 +306,14 @@ class BatchEngine:
         if window_ran_out:
             # The share of the in_progress phase that fit inside the 24 h window got done.
             planned = self.config.phase_duration("in_progress")
-            rules: list[FaultRule] = [FaultRule(kind="expire", params={
-                "complete_fraction": min(1.0, (at - sim["phase_started_at"]) / planned) if planned else 0.0,
-            })]
+            rules: list[FaultRule] = [
+                FaultRule(
+                    kind="expire",
+                    params={
+                        "complete_fraction": min(1.0, (at - sim["phase_started_at"]) / planned) if planned else 0.0,
+                    },
+                )
+            ]
         else:
             rules = self.faults.fire_for_batch(
                 BATCH_KINDS,
@@ -294,8 +322,13 @@ class BatchEngine:
             )
         expire = next((rule for rule in rules if rule.kind == "expire"), None)
         if expire is not None:
-            result = self._run(record, lines, at, keep_fraction=float(expire.params.get("complete_fraction", 0.5)),
-                               skipped_code="batch_expired")
+            result = self._run(
+                record,
+                lines,
+                at,
+                keep_fraction=float(expire.params.get("complete_fraction", 0.5)),
+                skipped_code="batch_expired",
+            )
             sim["pending_result"] = result
             self._apply_counts(batch, result)
             self._publish_files(record)
@@ -390,15 +423,20 @@ class BatchEngine:
                 return self._never_ran(batch["id"], line, "request_timeout")
             params = rule.params
             status = int(params.get("status_code", 500))
-            return self._ran(batch["id"], line, error=APIError(
-                status,
-                params.get("message", SERVER_ERROR_MESSAGE),
-                type=params.get("type", "server_error" if status >= 500 else "invalid_request_error"),
-                param=params.get("param"),
-                code=params.get("code", "server_error" if status >= 500 else None),
-            ))
-        ctx = Context(now=at, seed=self.config.seed, image_size=self.config.image_size, faults=self.faults,
-                      target=target)
+            return self._ran(
+                batch["id"],
+                line,
+                error=APIError(
+                    status,
+                    params.get("message", SERVER_ERROR_MESSAGE),
+                    type=params.get("type", "server_error" if status >= 500 else "invalid_request_error"),
+                    param=params.get("param"),
+                    code=params.get("code", "server_error" if status >= 500 else None),
+                ),
+            )
+        ctx = Context(
+            now=at, seed=self.config.seed, image_size=self.config.image_size, faults=self.faults, target=target
+        )
         try:
             answer = execute(batch["endpoint"], line.body, ctx)
             self.store.record_billed(batch["id"], line.body)
@@ -435,8 +473,13 @@ class BatchEngine:
             return None
         ttl = record["sim"]["output_ttl"] or OUTPUT_FILE_TTL_SECONDS
         content = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
-        file = self.store.add_file(content, filename=f"{record['batch']['id']}_{kind}.jsonl", purpose="batch_output",
-                                   created_at=at, expires_at=int(at) + ttl)
+        file = self.store.add_file(
+            content,
+            filename=f"{record['batch']['id']}_{kind}.jsonl",
+            purpose="batch_output",
+            created_at=at,
+            expires_at=int(at) + ttl,
+        )
         return file["id"]
 
 
@@ -446,18 +489,34 @@ def _check_metadata(metadata: Any) -> None:
     if not isinstance(metadata, dict):
         raise APIError(400, "Invalid type for 'metadata': expected an object.", param="metadata", code="invalid_type")
     if len(metadata) > 16:
-        raise APIError(400, "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, "
-                            f"but got an object with {len(metadata)} properties instead.",
-                       param="metadata", code="object_above_max_properties")
+        raise APIError(
+            400,
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, "
+            f"but got an object with {len(metadata)} properties instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
     for key, value in metadata.items():
         if len(key) > 64:
-            raise APIError(400, "Invalid 'metadata': string too long. Expected a string with maximum length 64, "
-                                f"but got a string with length {len(key)} instead.",
-                           param="metadata", code="string_above_max_length")
+            raise APIError(
+                400,
+                "Invalid 'metadata': string too long. Expected a string with maximum length 64, "
+                f"but got a string with length {len(key)} instead.",
+                param="metadata",
+                code="string_above_max_length",
+            )
         if not isinstance(value, str):
-            raise APIError(400, f"Invalid type for 'metadata.{key}': expected a string.",
-                           param=f"metadata.{key}", code="invalid_type")
+            raise APIError(
+                400,
+                f"Invalid type for 'metadata.{key}': expected a string.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
         if len(value) > 512:
-            raise APIError(400, f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
-                                f"512, but got a string with length {len(value)} instead.",
-                           param=f"metadata.{key}", code="string_above_max_length")
+            raise APIError(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
+                f"512, but got a string with length {len(value)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )

@@ -2,6 +2,7 @@
 
 Built by tests or the CLI, handed to `Simulator`; the clock drives every batch phase transition.
 """
+
 from __future__ import annotations
 
 import threading

@@ -2,6 +2,7 @@
 
 Pure functions called by `handlers.py` (sync and batch alike), so the same request always gets the same answer.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,21 +21,90 @@ from PIL.PngImagePlugin import PngInfo
 # Words a judge or an image prompter would call "style": a rewritten prompt that gains more of
 # these scores higher on aesthetics in the simulated judge (see judge.py).
 STYLE_VOCABULARY: tuple[str, ...] = (
-    "chiaroscuro", "golden-hour", "volumetric", "cinematic", "watercolor", "bokeh", "impasto",
-    "isometric", "minimalist", "baroque", "noir", "pastel", "neon", "ethereal", "moody",
-    "high-contrast", "soft-focus", "backlit", "rim-lit", "dramatic", "photorealistic", "painterly",
-    "gouache", "charcoal", "art-deco", "surreal", "vaporwave", "tilt-shift", "long-exposure",
-    "macro", "panoramic", "symmetrical", "filmic", "grainy", "matte", "luminous", "hazy",
-    "vibrant", "monochrome", "ukiyo-e",
+    "chiaroscuro",
+    "golden-hour",
+    "volumetric",
+    "cinematic",
+    "watercolor",
+    "bokeh",
+    "impasto",
+    "isometric",
+    "minimalist",
+    "baroque",
+    "noir",
+    "pastel",
+    "neon",
+    "ethereal",
+    "moody",
+    "high-contrast",
+    "soft-focus",
+    "backlit",
+    "rim-lit",
+    "dramatic",
+    "photorealistic",
+    "painterly",
+    "gouache",
+    "charcoal",
+    "art-deco",
+    "surreal",
+    "vaporwave",
+    "tilt-shift",
+    "long-exposure",
+    "macro",
+    "panoramic",
+    "symmetrical",
+    "filmic",
+    "grainy",
+    "matte",
+    "luminous",
+    "hazy",
+    "vibrant",
+    "monochrome",
+    "ukiyo-e",
 )
 
 # Neutral subject-matter words, used for every other generated string.
 CONTENT_VOCABULARY: tuple[str, ...] = (
-    "river", "lantern", "meadow", "harbor", "orchard", "glacier", "market", "library", "forest",
-    "canyon", "bridge", "garden", "village", "island", "tower", "desert", "valley", "station",
-    "cathedral", "workshop", "balcony", "lighthouse", "courtyard", "mountain", "festival",
-    "window", "staircase", "bicycle", "teapot", "violin", "sailboat", "kite", "fox", "heron",
-    "owl", "tiger", "whale", "cactus", "maple", "comet",
+    "river",
+    "lantern",
+    "meadow",
+    "harbor",
+    "orchard",
+    "glacier",
+    "market",
+    "library",
+    "forest",
+    "canyon",
+    "bridge",
+    "garden",
+    "village",
+    "island",
+    "tower",
+    "desert",
+    "valley",
+    "station",
+    "cathedral",
+    "workshop",
+    "balcony",
+    "lighthouse",
+    "courtyard",
+    "mountain",
+    "festival",
+    "window",
+    "staircase",
+    "bicycle",
+    "teapot",
+    "violin",
+    "sailboat",
+    "kite",
+    "fox",
+    "heron",
+    "owl",
+    "tiger",
+    "whale",
+    "cactus",
+    "maple",
+    "comet",
 )
 
 STOPWORDS = frozenset(
@@ -72,6 +142,7 @@ def rng_for(digest: bytes, *salt: object) -> random.Random:
 
 
 # --- reading a chat request ----------------------------------------------------------------
+
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
@@ -185,6 +256,7 @@ def image_output_tokens(size: str, quality: str) -> int:
 
 # --- text ----------------------------------------------------------------------------------
 
+
 def _kept(source_words: list[str], rng: random.Random, keep: float = 0.8) -> list[str]:
     return [word for word in source_words if rng.random() < keep]
 
@@ -240,8 +312,20 @@ def _resolve(node: dict, root: dict) -> dict:
 
 def _bounds(node: dict, default_span: float, step: float) -> tuple[float, float]:
     """Inclusive range from minimum/maximum (or their exclusive forms); unbounded sides get a span."""
-    lo = node["minimum"] if "minimum" in node else node["exclusiveMinimum"] + step if "exclusiveMinimum" in node else None
-    hi = node["maximum"] if "maximum" in node else node["exclusiveMaximum"] - step if "exclusiveMaximum" in node else None
+    lo = (
+        node["minimum"]
+        if "minimum" in node
+        else node["exclusiveMinimum"] + step
+        if "exclusiveMinimum" in node
+        else None
+    )
+    hi = (
+        node["maximum"]
+        if "maximum" in node
+        else node["exclusiveMaximum"] - step
+        if "exclusiveMaximum" in node
+        else None
+    )
     if lo is None:
         lo = 0 if hi is None or hi >= 0 else hi - default_span
     if hi is None:
@@ -266,8 +350,9 @@ def fill_schema(
     node = _resolve(node, root)
 
     def fill(child: dict, child_field: str) -> Any:
-        return fill_schema(child, root=root, rng=rng, user_words=user_words, field=child_field,
-                           choose_ab=choose_ab, depth=depth + 1)
+        return fill_schema(
+            child, root=root, rng=rng, user_words=user_words, field=child_field, choose_ab=choose_ab, depth=depth + 1
+        )
 
     if "const" in node:
         return node["const"]

@@ -2,6 +2,7 @@
 
 Raised by rules and handlers; `app.py` turns one into a response, `batches.py` into an error-file line.
 """
+
 from __future__ import annotations
 
 from typing import Any

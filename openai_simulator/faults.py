@@ -2,6 +2,7 @@
 
 `app.py` asks for HTTP-level faults, `handlers.py` for image refusals, `batches.py` for batch and line faults.
 """
+
 from __future__ import annotations
 
 import re
@@ -162,4 +163,6 @@ class FaultBook:
 
     def _fire(self, kinds: frozenset[str] | set[str], hit: Callable[[FaultRule], bool]) -> list[FaultRule]:
         with self._lock:
-            return [entry.rule for entry in self._entries if entry.rule.kind in kinds and entry.consider(hit(entry.rule))]
+            return [
+                entry.rule for entry in self._entries if entry.rule.kind in kinds and entry.consider(hit(entry.rule))
+            ]

@@ -2,6 +2,7 @@
 
 Shared by the synchronous routes in `app.py` and by batch processing in `batches.py`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,19 +53,22 @@ def chat_completion(body: Any, ctx: Context) -> dict:
         if response_format.get("type") == "json_schema":
             schema = response_format["json_schema"]["schema"]
             judge = Judge(body, digest, index) if judging else None
-            value = content.fill_schema(schema, root=schema, rng=rng, user_words=user_words,
-                                        choose_ab=judge.vote if judge else None)
+            value = content.fill_schema(
+                schema, root=schema, rng=rng, user_words=user_words, choose_ab=judge.vote if judge else None
+            )
             text = orjson.dumps(value).decode()
         elif response_format.get("type") == "json_object":
             text = orjson.dumps({"answer": content.plain_reply(user_words, rng)}).decode()
         else:
             text = content.plain_reply(user_words, rng)
-        choices.append({
-            "index": index,
-            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": "stop",
-        })
+        choices.append(
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        )
 
     prompt_tokens = content.chat_prompt_tokens(body)
     completion_tokens = sum(max(1, content.text_tokens(c["message"]["content"])) for c in choices)
@@ -96,8 +100,12 @@ def image_generation(body: Any, ctx: Context) -> dict:
     refusals = ctx.faults.fire({"content_policy"}, ctx.target)
     if refusals:
         # The shape GPT Image models answer when the safety system refuses a prompt.
-        raise APIError(400, refusals[0].params.get("message", CONTENT_POLICY_MESSAGE),
-                       type="image_generation_user_error", code="content_policy_violation")
+        raise APIError(
+            400,
+            refusals[0].params.get("message", CONTENT_POLICY_MESSAGE),
+            type="image_generation_user_error",
+            code="content_policy_violation",
+        )
     prompt: str = body["prompt"]
     n = int(body.get("n") or 1)
     size = body.get("size") or "auto"

@@ -2,6 +2,7 @@
 
 Random for stored objects (unique across simulator restarts), derived from a hash where a stable id helps.
 """
+
 from __future__ import annotations
 
 import hashlib

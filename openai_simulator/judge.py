@@ -2,6 +2,7 @@
 
 `handlers.py` builds a `Judge` when a request qualifies; `content.fill_schema` asks it for each A/B field.
 """
+
 from __future__ import annotations
 
 import random
@@ -41,10 +42,10 @@ def user_prompt_of(text: str) -> str:
     lines = text.splitlines()
     for index, line in enumerate(lines):
         if line.strip().lower().startswith(USER_PROMPT_MARKER):
-            rest = line.strip()[len(USER_PROMPT_MARKER):].strip()
+            rest = line.strip()[len(USER_PROMPT_MARKER) :].strip()
             if rest:
                 return rest
-            following = [candidate.strip() for candidate in lines[index + 1:] if candidate.strip()]
+            following = [candidate.strip() for candidate in lines[index + 1 :] if candidate.strip()]
             return following[0] if following else ""
     return text
 
@@ -90,7 +91,7 @@ class Judge:
         self._flips: random.Random = rng_for(digest, "judge-flip", choice_index)
 
     def vote(self, field: str) -> str:
-        """"A" or "B" for one enum field, by the criterion its name suggests."""
+        """ "A" or "B" for one enum field, by the criterion its name suggests."""
         lowered = field.lower()
         if "aesthetic" in lowered:
             a, b = self.scores["A"].aesthetics, self.scores["B"].aesthetics

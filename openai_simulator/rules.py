@@ -2,6 +2,7 @@
 
 `handlers.py` calls `check_chat` / `check_images` first; kept apart from the client's normaliser on purpose.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,13 +34,21 @@ def check_chat(body: Any) -> None:
     if messages is None:
         raise missing_parameter("messages")
     if not isinstance(messages, list) or not messages:
-        raise APIError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                       param="messages", code="empty_array")
+        raise APIError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+            code="empty_array",
+        )
 
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or not 1 <= n <= 128):
-        raise APIError(400, f"Invalid 'n': integer {n} out of range. Expected a value between 1 and 128.",
-                       param="n", code="integer_out_of_range")
+        raise APIError(
+            400,
+            f"Invalid 'n': integer {n} out of range. Expected a value between 1 and 128.",
+            param="n",
+            code="integer_out_of_range",
+        )
 
     if is_reasoning_model(model):
         if "max_tokens" in body and body["max_tokens"] is not None:
@@ -82,7 +91,11 @@ def _check_service_tier(model: str, tier: Any) -> None:
 def _check_response_format(response_format: Any) -> None:
     if response_format is None:
         return
-    if not isinstance(response_format, dict) or response_format.get("type") not in {"text", "json_object", "json_schema"}:
+    if not isinstance(response_format, dict) or response_format.get("type") not in {
+        "text",
+        "json_object",
+        "json_schema",
+    }:
         raise invalid_value("response_format.type", "Invalid value for 'response_format.type'.")
     if response_format["type"] != "json_schema":
         return
@@ -101,6 +114,7 @@ def _check_strict_schema(name: str, node: Any, where: str) -> None:
     if not isinstance(node, dict):
         return
     if node.get("type") == "object" or "properties" in node:
+
         def refuse(reason: str) -> APIError:
             return APIError(
                 400,
@@ -114,8 +128,10 @@ def _check_strict_schema(name: str, node: Any, where: str) -> None:
         properties = node.get("properties", {})
         missing = [key for key in properties if key not in node.get("required", [])]
         if missing:
-            raise refuse(f"'required' is required to be supplied and to be an array including every key "
-                         f"in properties. Missing '{missing[0]}'.")
+            raise refuse(
+                f"'required' is required to be supplied and to be an array including every key "
+                f"in properties. Missing '{missing[0]}'."
+            )
         for key, child in properties.items():
             _check_strict_schema(name, child, f"{where}.{key}" if where else key)
     _check_strict_schema(name, node.get("items"), f"{where}[]")
@@ -133,8 +149,12 @@ def check_images(body: Any) -> None:
         raise missing_parameter("prompt")
     n = body.get("n", 1)
     if n is not None and (not isinstance(n, int) or not 1 <= n <= 10):
-        raise APIError(400, f"Invalid 'n': integer {n} out of range. Expected a value between 1 and 10.",
-                       param="n", code="integer_out_of_range")
+        raise APIError(
+            400,
+            f"Invalid 'n': integer {n} out of range. Expected a value between 1 and 10.",
+            param="n",
+            code="integer_out_of_range",
+        )
     quality = body.get("quality")
     if quality is not None and quality not in _IMAGE_QUALITIES:
         raise invalid_value("quality", f"Invalid value: '{quality}'. Supported values are: {sorted(_IMAGE_QUALITIES)}.")
@@ -150,6 +170,10 @@ def check_expires_after(expires_after: Any, param: str) -> int:
     except (TypeError, ValueError):
         raise invalid_value(f"{param}.seconds", "Invalid value: 'seconds' must be an integer.") from None
     if not 3600 <= seconds <= 2_592_000:
-        raise APIError(400, f"Invalid '{param}.seconds': {seconds} is outside 3600..2592000.",
-                       param=f"{param}.seconds", code="integer_out_of_range")
+        raise APIError(
+            400,
+            f"Invalid '{param}.seconds': {seconds} is outside 3600..2592000.",
+            param=f"{param}.seconds",
+            code="integer_out_of_range",
+        )
     return seconds

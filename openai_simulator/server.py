@@ -2,6 +2,7 @@
 
 Tests and the CLI build one and call `serve()`; the SDK then talks to the base URL it yields.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -45,6 +46,12 @@ class Simulator:
     @contextmanager
     def serve(self, *, log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
         """Serve on config.host:config.port (0 = any free port) and yield "http://HOST:PORT/v1"."""
-        with serve_in_thread(self.app, host=self.config.host, port=self.config.port, name="openai-simulator",
-                             log_level=log_level, access_log=access_log) as url:
+        with serve_in_thread(
+            self.app,
+            host=self.config.host,
+            port=self.config.port,
+            name="openai-simulator",
+            log_level=log_level,
+            access_log=access_log,
+        ) as url:
             yield f"{url}/v1"

@@ -2,6 +2,7 @@
 
 Binds 127.0.0.1 unless told otherwise; port 0 picks a free port, reported back to the caller.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,14 +18,29 @@ STARTUP_TIMEOUT_SECONDS = 10.0
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server",
-                    lifespan: Literal["auto", "on", "off"] = "off", log_level: str = "warning", access_log: bool = False) -> Iterator[str]:
+def serve_in_thread(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    name: str = "asgi-server",
+    lifespan: Literal["auto", "on", "off"] = "off",
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> Iterator[str]:
     """Yield "http://HOST:PORT" once the server accepts connections; stop it on exit."""
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan=lifespan,
-        # Open keep-alive connections from SDK clients must not hold up a stop for long.
-        timeout_graceful_shutdown=1,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            lifespan=lifespan,
+            # Open keep-alive connections from SDK clients must not hold up a stop for long.
+            timeout_graceful_shutdown=1,
+        )
+    )
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     try:

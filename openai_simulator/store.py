@@ -2,6 +2,7 @@
 
 Written by the file routes of `app.py` and by `batches.py` on every change, read back whole when a `Simulator` starts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -120,7 +121,7 @@ def cursor_page(items: list[dict], after: str | None, limit: int) -> dict:
     if after:
         # An unknown cursor yields an empty last page rather than an error.
         start = ids.index(after) + 1 if after in ids else len(ids)
-    data = items[start:start + limit]
+    data = items[start : start + limit]
     return {
         "object": "list",
         "data": data,

@@ -2,6 +2,7 @@
 
 Run by `batches.py` at create time (errors make the batch fail) and again to read lines for processing.
 """
+
 # Error codes (BatchError.code), with the 1-based `line` where one line is at fault:
 #   file_too_large              the file is over `max_file_bytes` (real limit 200 MB)
 #   too_many_requests           more than `max_lines` requests (real limit 50,000)
@@ -48,19 +49,28 @@ def batch_error(code: str, message: str, line: int | None = None, param: str | N
 def parse_input(raw: bytes, endpoint: str, *, max_bytes: int, max_lines: int) -> ParsedInput:
     """Every line-level problem is reported (as the real API lists several), file-level ones alone."""
     if len(raw) > max_bytes:
-        return ParsedInput(errors=[batch_error(
-            "file_too_large",
-            f"The input file is {len(raw):,} bytes; a batch input file may be at most {max_bytes:,} bytes.",
-        )])
-    numbered = [(number, text) for number, text in enumerate(raw.decode("utf-8", "replace").split("\n"), 1)
-                if text.strip()]
+        return ParsedInput(
+            errors=[
+                batch_error(
+                    "file_too_large",
+                    f"The input file is {len(raw):,} bytes; a batch input file may be at most {max_bytes:,} bytes.",
+                )
+            ]
+        )
+    numbered = [
+        (number, text) for number, text in enumerate(raw.decode("utf-8", "replace").split("\n"), 1) if text.strip()
+    ]
     if not numbered:
         return ParsedInput(errors=[batch_error("empty_file", "The batch input file is empty.")])
     if len(numbered) > max_lines:
-        return ParsedInput(errors=[batch_error(
-            "too_many_requests",
-            f"The input file has {len(numbered):,} requests; a batch may hold at most {max_lines:,}.",
-        )])
+        return ParsedInput(
+            errors=[
+                batch_error(
+                    "too_many_requests",
+                    f"The input file has {len(numbered):,} requests; a batch may hold at most {max_lines:,}.",
+                )
+            ]
+        )
 
     parsed = ParsedInput()
     seen_ids: set[str] = set()
@@ -84,8 +94,9 @@ def _check_line(number: int, text: str, endpoint: str, seen_ids: set[str], parse
             return batch_error("missing_required_parameter", f"Missing required parameter: '{key}'.", number, key)
     custom_id, body = str(request["custom_id"]), request["body"]
     if request["method"] != "POST":
-        return batch_error("invalid_value", f"Invalid method '{request['method']}'; only POST is supported.",
-                           number, "method")
+        return batch_error(
+            "invalid_value", f"Invalid method '{request['method']}'; only POST is supported.", number, "method"
+        )
     if not isinstance(body, dict):
         return batch_error("invalid_value", "The request body must be a JSON object.", number, "body")
     if custom_id in seen_ids:
@@ -93,14 +104,16 @@ def _check_line(number: int, text: str, endpoint: str, seen_ids: set[str], parse
             "duplicate_custom_id",
             f"The custom_id '{custom_id}' is a duplicate of another request. "
             "The custom_id parameter must be unique for each request in a batch.",
-            number, "custom_id",
+            number,
+            "custom_id",
         )
     seen_ids.add(custom_id)
     if request["url"] != endpoint:
         return batch_error(
             "mismatched_endpoint",
             f"The URL of this request ('{request['url']}') does not match the batch endpoint ('{endpoint}').",
-            number, "url",
+            number,
+            "url",
         )
     model = body.get("model")
     if isinstance(model, str) and model:
@@ -111,7 +124,8 @@ def _check_line(number: int, text: str, endpoint: str, seen_ids: set[str], parse
                 "mismatched_model",
                 f"The model '{model}' of this request differs from '{parsed.model}' used by the first request; "
                 "a batch may only use one model.",
-                number, "body.model",
+                number,
+                "body.model",
             )
 
     parsed.lines.append(RequestLine(number, custom_id, body, text))

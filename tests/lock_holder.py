@@ -1,4 +1,5 @@
 """Another process holding the DuckDB ledger's single-writer lock, for tests of the bounded waits."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """The seed's HTTP API over a real server thread, the real SDK and the simulator."""
+
 from __future__ import annotations
 
 import http.client
@@ -32,11 +33,13 @@ def serve_api(simulator, tmp_path):
     from contextlib import ExitStack
 
     with ExitStack() as stack:
+
         def start(**options):
             runtime = runtime_for(simulator, tmp_path / "home")
             options.setdefault("worker_interval_s", 0.05)
             url = stack.enter_context(serve_in_thread(create_app(runtime, **options), lifespan="on", name="api"))
             return url, runtime
+
         yield start
 
 
@@ -45,8 +48,14 @@ def api(serve_api):
     return serve_api(events_interval_s=0.1)
 
 
-def call(url: str, method: str = "GET", body: dict | bytes | None = None, *, headers: dict | None = None,
-         content_type: str | None = "application/json") -> tuple[int, dict | bytes, dict]:
+def call(
+    url: str,
+    method: str = "GET",
+    body: dict | bytes | None = None,
+    *,
+    headers: dict | None = None,
+    content_type: str | None = "application/json",
+) -> tuple[int, dict | bytes, dict]:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     all_headers = {"Content-Type": content_type} if content_type else {}
     all_headers |= headers or {}
@@ -62,8 +71,15 @@ def call(url: str, method: str = "GET", body: dict | bytes | None = None, *, hea
         return exc.code, json.loads(raw), dict(exc.headers)
 
 
-def raw_request(url: str, method: str, path: str, *, body: bytes = b"", headers: dict | None = None,
-                chunks: list[bytes] | None = None) -> tuple[int, dict, dict]:
+def raw_request(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    headers: dict | None = None,
+    chunks: list[bytes] | None = None,
+) -> tuple[int, dict, dict]:
     """http.client, to send what urllib will not (any Host header, chunked bodies)."""
     parts = urllib.parse.urlsplit(url)
     con = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
@@ -166,13 +182,23 @@ def test_models_size_and_quality_are_settable_and_an_unpriced_model_is_refused(a
     assert status == 400 and refused["errors"][0]["field"] == "textModel" and "price catalog" in refused["error"]
     status, refused, _ = call(f"{url}/api/beam-search", "POST", SMALL | {"imageSize": "512x512"})
     assert status == 400 and refused["errors"][0]["field"] == "imageSize"
-    chosen = {"textModel": "gpt-5", "visionModel": "gpt-4.1-mini", "imageQuality": "medium", "imageSize": "1536x1024",
-              "budgetUsd": 0.5, "deadlineHours": 2}
+    chosen = {
+        "textModel": "gpt-5",
+        "visionModel": "gpt-4.1-mini",
+        "imageQuality": "medium",
+        "imageSize": "1536x1024",
+        "budgetUsd": 0.5,
+        "deadlineHours": 2,
+    }
     status, started, _ = call(f"{url}/api/beam-search", "POST", SMALL | chosen | {"tier": "standard"})
     assert status == 202
     params = started["params"]
     assert (params["text_model"], params["vision_model"], params["image_quality"], params["image_size"]) == (
-        "gpt-5", "gpt-4.1-mini", "medium", "1536x1024")
+        "gpt-5",
+        "gpt-4.1-mini",
+        "medium",
+        "1536x1024",
+    )
     # Two hours from now, give or take the request's own time.
     assert abs(time.time() + 2 * 3600 - _epoch(started["deadline"])) < 120
     call(f"{url}/api/job/{started['jobId']}/cancel", "POST", {})
@@ -275,16 +301,20 @@ def test_only_allowed_host_names_are_answered(api):
 
 def test_cors_is_closed_unless_origins_are_configured(serve_api):
     url, _ = serve_api()
-    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"}
+    preflight = {
+        "Origin": "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
     status, _, headers = raw_request(url, "OPTIONS", "/api/beam-search", headers=preflight)
     assert status >= 400 and "access-control-allow-origin" not in {k.lower() for k in headers}
     _, _, headers = raw_request(url, "GET", "/api/jobs", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in {k.lower() for k in headers}
 
     url, _ = serve_api(cors_origins=("https://app.example",))
-    request = urllib.request.Request(f"{url}/api/beam-search", method="OPTIONS",
-                                     headers=preflight | {"Origin": "https://app.example"})
+    request = urllib.request.Request(
+        f"{url}/api/beam-search", method="OPTIONS", headers=preflight | {"Origin": "https://app.example"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["access-control-allow-origin"] == "https://app.example"
     status, _, headers = raw_request(url, "OPTIONS", "/api/beam-search", headers=preflight)
@@ -308,8 +338,13 @@ def test_bodies_over_the_limit_are_refused(api):
     status, answer, _ = call(f"{url}/api/beam-search", "POST", big)
     assert status == 413 and "larger than" in answer["error"]
     # No Content-Length: counted as it arrives.
-    status, answer, _ = raw_request(url, "POST", "/api/beam-search", headers={"Content-Type": "application/json"},
-                                    chunks=[b"{\"prompt\": \"" + b"x" * 30_000] * 4 + [b"\"}"])
+    status, answer, _ = raw_request(
+        url,
+        "POST",
+        "/api/beam-search",
+        headers={"Content-Type": "application/json"},
+        chunks=[b'{"prompt": "' + b"x" * 30_000] * 4 + [b'"}'],
+    )
     assert status == 413
     assert runtime.ledger.sessions() == []
 
@@ -372,8 +407,11 @@ def test_openapi_document_matches_the_routes(api):
 
 def test_cancel_stops_a_session_and_its_queued_requests(api, tmp_path):
     url, runtime = api
-    started = call(f"{url}/api/beam-search", "POST",
-                   {"prompt": "a fox", "n": 2, "m": 1, "iterations": 1, "ensembleSize": 1, "useBatch": True})[1]
+    started = call(
+        f"{url}/api/beam-search",
+        "POST",
+        {"prompt": "a fox", "n": 2, "m": 1, "iterations": 1, "ensembleSize": 1, "useBatch": True},
+    )[1]
     status, job, _ = call(f"{url}/api/job/{started['jobId']}/cancel", "POST")
     assert status == 200 and job["status"] == "cancelled"
     counts = runtime.ledger.state_counts(session_id=started["jobId"])
@@ -389,15 +427,21 @@ def test_health_and_page(api):
 
 
 def test_security_settings_come_from_the_environment(simulator, tmp_path):
-    runtime = runtime_for(simulator, tmp_path / "home", BATCH_API_TOKEN=TOKEN, BATCH_API_ALLOWED_HOSTS="api.internal",
-                          BATCH_API_MAX_BODY_BYTES="2048")
+    runtime = runtime_for(
+        simulator,
+        tmp_path / "home",
+        BATCH_API_TOKEN=TOKEN,
+        BATCH_API_ALLOWED_HOSTS="api.internal",
+        BATCH_API_MAX_BODY_BYTES="2048",
+    )
     with serve_in_thread(create_app(runtime, run_worker=False), lifespan="on", name="api") as url:
         assert raw_request(url, "GET", "/api/health")[0] == 400, "127.0.0.1 is not in the configured list"
         auth = {"Host": "api.internal", "Authorization": f"Bearer {TOKEN}"}
         assert raw_request(url, "GET", "/api/jobs", headers={"Host": "api.internal"})[0] == 401
         assert raw_request(url, "GET", "/api/jobs", headers=auth)[0] == 200
-        status, _, _ = raw_request(url, "POST", "/api/beam-search", body=b" " * 4096,
-                                   headers=auth | {"Content-Type": "application/json"})
+        status, _, _ = raw_request(
+            url, "POST", "/api/beam-search", body=b" " * 4096, headers=auth | {"Content-Type": "application/json"}
+        )
         assert status == 413
 
 

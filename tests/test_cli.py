@@ -1,4 +1,5 @@
 """The command-line entry points, run in-process against the bundled simulator."""
+
 from __future__ import annotations
 
 from batch_pipeline.cli.main import main
@@ -12,8 +13,24 @@ def test_demo_pushes_a_workload_through_batches_and_prints_costs(tmp_path, capsy
 
 
 def test_search_runs_a_session_and_prints_winner_rounds_and_cost_table(tmp_path, capsys):
-    code = main(["search", "a fox in the snow", "--tier", "batch", "-N", "4", "-M", "2", "-K", "2", "-E", "1",
-                 "--home", str(tmp_path)])
+    code = main(
+        [
+            "search",
+            "a fox in the snow",
+            "--tier",
+            "batch",
+            "-N",
+            "4",
+            "-M",
+            "2",
+            "-K",
+            "2",
+            "-E",
+            "1",
+            "--home",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "winner i1c" in out or "winner i0c" in out

@@ -1,4 +1,5 @@
 """A first run with no surprises: help texts with defaults, one-line start-up errors, masked URLs."""
+
 from __future__ import annotations
 
 import errno
@@ -46,9 +47,17 @@ def assert_help_states_defaults(out: str) -> None:
 
 def unauthorized_app() -> Starlette:
     async def refuse(request):
-        return JSONResponse(status_code=401, content={"error": {
-            "message": "Incorrect API key provided: sk-bad.", "type": "invalid_request_error",
-            "code": "invalid_api_key"}})
+        return JSONResponse(
+            status_code=401,
+            content={
+                "error": {
+                    "message": "Incorrect API key provided: sk-bad.",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            },
+        )
+
     return Starlette(routes=[Route("/{path:path}", refuse, methods=["GET", "POST"])])
 
 
@@ -58,13 +67,31 @@ def test_a_401_from_the_api_is_one_line_and_credentials_in_the_url_are_masked(tm
         monkeypatch.setenv("OPENAI_API_KEY", "sk-bad")
         monkeypatch.setenv("OPENAI_BASE_URL", f"http://alice:hunter2-secret@127.0.0.1:{port}/v1?api-key=k3y")
         monkeypatch.setenv("BATCH_API_ENABLED", "true")
-        code = main(["search", "a fox", "-N", "2", "-M", "1", "-K", "1", "-E", "1", "--tier", "batch", "--use-env",
-                     "--home", str(tmp_path / "home")])
+        code = main(
+            [
+                "search",
+                "a fox",
+                "-N",
+                "2",
+                "-M",
+                "1",
+                "-K",
+                "1",
+                "-E",
+                "1",
+                "--tier",
+                "batch",
+                "--use-env",
+                "--home",
+                str(tmp_path / "home"),
+            ]
+        )
     out, err = capsys.readouterr()
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: the API refused the key (401")
-    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error")] == \
-        [err.strip().splitlines()[-1]]
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error")] == [
+        err.strip().splitlines()[-1]
+    ]
     assert "hunter2" not in out + err and "k3y" not in out + err and "***@127.0.0.1" in out
 
 

@@ -1,5 +1,6 @@
 """The error tree: every error the project raises has one root, and the transient marker is what the
 drivers wait out."""
+
 import importlib
 import inspect
 import pkgutil
@@ -22,13 +23,13 @@ from batch_pipeline.errors import (
 def _project_exceptions() -> set[type[BaseException]]:
     found = set()
     for info in pkgutil.walk_packages(batch_pipeline.__path__, "batch_pipeline."):
-        if ".simulator" in info.name or info.name.startswith(("batch_pipeline.defs", "batch_pipeline.definitions",
-                                                                "batch_pipeline.cli.demo")):
+        if ".simulator" in info.name or info.name.startswith(
+            ("batch_pipeline.defs", "batch_pipeline.definitions", "batch_pipeline.cli.demo")
+        ):
             continue  # the simulator is a test double; Dagster's layer raises Dagster's errors
         module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if (issubclass(cls, BaseException) and cls.__module__ == info.name
-                    and not cls.__name__.startswith("_")):
+            if issubclass(cls, BaseException) and cls.__module__ == info.name and not cls.__name__.startswith("_"):
                 found.add(cls)
     return found
 

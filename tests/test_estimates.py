@@ -1,4 +1,5 @@
 """Round deadlines and estimates, decided without any network."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -27,13 +28,18 @@ def test_rounds_left_follow_the_rounds_per_iteration():
 
 def test_completion_uses_observed_turnaround_else_the_api_window_capped_by_the_deadline():
     params = SearchParams(N=4, M=2, K=1)
-    seen = {("gpt-4.1-mini", "/v1/chat/completions"): (600.0, 5), ("gpt-image-1-mini", "/v1/images/generations"): (900.0, 2)}
-    done = estimate_completion(now=0, deadline_at=24 * HOUR, rounds=["text", "image", "vision"], params=params,
-                               mode="batch", turnaround=seen)
+    seen = {
+        ("gpt-4.1-mini", "/v1/chat/completions"): (600.0, 5),
+        ("gpt-image-1-mini", "/v1/images/generations"): (900.0, 2),
+    }
+    done = estimate_completion(
+        now=0, deadline_at=24 * HOUR, rounds=["text", "image", "vision"], params=params, mode="batch", turnaround=seen
+    )
     assert done.at == 24 * HOUR and done.basis.startswith("the session deadline")  # 600 s + 900 s + 24 h > 24 h
     assert "observed median 600 s over 5 gpt-4.1-mini batches" in done.basis and "24 h window" in done.basis
-    partial = estimate_completion(now=0, deadline_at=24 * HOUR, rounds=["text", "image"], params=params, mode="batch",
-                                  turnaround=seen)
+    partial = estimate_completion(
+        now=0, deadline_at=24 * HOUR, rounds=["text", "image"], params=params, mode="batch", turnaround=seen
+    )
     assert partial.at == 1500 and partial.wait_hours == 1500 / HOUR
     sync = estimate_completion(now=0, deadline_at=HOUR, rounds=["text"], params=params, mode="standard", turnaround={})
     assert sync.at == 120 and "synchronous" in sync.basis
@@ -44,7 +50,11 @@ def test_a_session_is_priced_on_every_tier_with_batch_at_half_and_its_basis():
     assert estimate.per_tier["batch"] * 2 == estimate.per_tier["standard"] > 0
     assert estimate.per_tier["flex"] == estimate.per_tier["standard"], "neither default model has a flex tier"
     assert any("upper bound" in line for line in estimate.basis)
-    observed = estimate_session("a fox", SearchParams(N=4, M=2, K=2, E=1), CATALOG,
-                                history={("expand", "gpt-4.1-mini"): (20.0, 10), ("compare", "gpt-4o-mini"): (30.0, 10)})
+    observed = estimate_session(
+        "a fox",
+        SearchParams(N=4, M=2, K=2, E=1),
+        CATALOG,
+        history={("expand", "gpt-4.1-mini"): (20.0, 10), ("compare", "gpt-4o-mini"): (30.0, 10)},
+    )
     assert observed.per_tier["standard"] < estimate.per_tier["standard"]
     assert format_usd(Decimal("0.0034")) == "$0.0034"

@@ -1,4 +1,5 @@
 """A first run with no surprises: the demo checks its ports, the simulator needs no key, URLs are masked."""
+
 from __future__ import annotations
 
 import socket
@@ -48,7 +49,11 @@ def test_a_local_simulator_needs_no_key_but_a_real_endpoint_does():
     local = load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:8800/v1"})
     assert local.openai_client_kwargs()["api_key"] == LOCAL_PLACEHOLDER_KEY
     assert load_settings({"OPENAI_BASE_URL": "http://localhost:8800/v1"}).uses_local_endpoint
-    for env in ({}, {"OPENAI_BASE_URL": "https://api.example.com/v1"}, {"OPENAI_BASE_URL": "http://127.0.0.1.evil.example/v1"}):
+    for env in (
+        {},
+        {"OPENAI_BASE_URL": "https://api.example.com/v1"},
+        {"OPENAI_BASE_URL": "http://127.0.0.1.evil.example/v1"},
+    ):
         with pytest.raises(SettingsError, match="OPENAI_API_KEY"):
             load_settings(env).openai_client_kwargs()
     own = load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:8800/v1", "OPENAI_API_KEY": "sk-mine"})
@@ -56,22 +61,34 @@ def test_a_local_simulator_needs_no_key_but_a_real_endpoint_does():
 
 
 def test_dagster_resources_use_a_placeholder_key_only_for_a_local_simulator(tmp_path):
-    local = resources_from(load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:8800/v1",
-                                          "BATCH_PIPELINE_HOME": str(tmp_path)}))
+    local = resources_from(
+        load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:8800/v1", "BATCH_PIPELINE_HOME": str(tmp_path)})
+    )
     assert local["openai"].api_key == LOCAL_PLACEHOLDER_KEY
-    remote = resources_from(load_settings({"OPENAI_BASE_URL": "https://api.example.com/v1",
-                                           "BATCH_PIPELINE_HOME": str(tmp_path)}))
+    remote = resources_from(
+        load_settings({"OPENAI_BASE_URL": "https://api.example.com/v1", "BATCH_PIPELINE_HOME": str(tmp_path)})
+    )
     assert isinstance(remote["openai"].api_key, dg.EnvVar)
-    keyed = resources_from(load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:8800/v1", "OPENAI_API_KEY": "sk-x",
-                                          "BATCH_PIPELINE_HOME": str(tmp_path)}))
+    keyed = resources_from(
+        load_settings(
+            {
+                "OPENAI_BASE_URL": "http://127.0.0.1:8800/v1",
+                "OPENAI_API_KEY": "sk-x",
+                "BATCH_PIPELINE_HOME": str(tmp_path),
+            }
+        )
+    )
     assert isinstance(keyed["openai"].api_key, dg.EnvVar), "a configured key is never replaced or inlined"
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("https://user:s3cret@proxy.example/v1", "https://***@proxy.example/v1"),
-    ("https://proxy.example/v1?api-key=s3cret&region=eu", "https://proxy.example/v1?api-key=***&region=eu"),
-    ("http://127.0.0.1:8800/v1", "http://127.0.0.1:8800/v1"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@proxy.example/v1", "https://***@proxy.example/v1"),
+        ("https://proxy.example/v1?api-key=s3cret&region=eu", "https://proxy.example/v1?api-key=***&region=eu"),
+        ("http://127.0.0.1:8800/v1", "http://127.0.0.1:8800/v1"),
+    ],
+)
 def test_secrets_in_urls_are_masked(url, shown):
     assert mask_url(url) == shown
 

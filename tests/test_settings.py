@@ -2,6 +2,7 @@
 
 Each test passes an explicit environment, so the developer's own shell never leaks in.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

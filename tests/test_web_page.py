@@ -4,6 +4,7 @@ live progress through the event stream, see the winner and the ranked images wit
 Skipped, saying why, when chromium, chromedriver or selenium is missing (`.ci/run` installs them).
 Set BATCH_PIPELINE_SCREENSHOT=path to keep a screenshot of the finished page (docs/web-page.png).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,10 +53,19 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--window-size=1280,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     # An explicit driver path: selenium downloads nothing.
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -70,8 +80,9 @@ def test_the_page_starts_a_job_and_shows_its_live_progress_and_ranked_images(bro
 
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as sim_url:
         runtime = runtime_for(sim_url, tmp_path / "home")
-        with serve_in_thread(create_app(runtime, worker_interval_s=0.05, events_interval_s=0.2),
-                             lifespan="on", name="api") as url:
+        with serve_in_thread(
+            create_app(runtime, worker_interval_s=0.05, events_interval_s=0.2), lifespan="on", name="api"
+        ) as url:
             browser.get(url + "/")
             prompt = browser.find_element(By.NAME, "prompt")
             prompt.clear()
@@ -88,8 +99,7 @@ def test_the_page_starts_a_job_and_shows_its_live_progress_and_ranked_images(bro
             wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#events li[data-event=end]"))
             assert browser.find_element(By.ID, "job-status").get_attribute("data-status") == "completed"
             seen = {li.get_attribute("data-event") for li in browser.find_elements(By.CSS_SELECTOR, "#events li")}
-            assert {"round_queued", "batch_created", "batch_progress", "round_applied", "cost", "winner",
-                    "end"} <= seen
+            assert {"round_queued", "batch_created", "batch_progress", "round_applied", "cost", "winner", "end"} <= seen
             assert browser.find_element(By.ID, "winner").is_displayed()
 
             # Ranked images of the last iteration, drawn, and the job's costs.
@@ -97,9 +107,11 @@ def test_the_page_starts_a_job_and_shows_its_live_progress_and_ranked_images(bro
                 imgs = browser.find_elements(By.CSS_SELECTOR, "#ranked li.candidate img")
                 drawn = [i for i in imgs if browser.execute_script("return arguments[0].naturalWidth", i) > 0]
                 return len(imgs) == 6 and len(drawn) == 6  # 4 new + 2 survivors re-ranked
+
             wait_until(images_loaded)
-            wait_until(lambda: browser.execute_script(
-                "return document.getElementById('winner-image').naturalWidth") > 0)
+            wait_until(
+                lambda: browser.execute_script("return document.getElementById('winner-image').naturalWidth") > 0
+            )
             ranks = [li.text.split()[0] for li in browser.find_elements(By.CSS_SELECTOR, "#ranked li.candidate")]
             assert ranks == [f"#{k}" for k in range(1, 7)]
             assert "paid $" in browser.find_element(By.ID, "job-cost").text

@@ -7,6 +7,7 @@ default: JSON-only writes, a Host allow-list, a body limit, CORS closed, and a b
 runs in a thread pool, off the event loop; a ledger held by another process answers 503.
 `batch-pipeline api --port 8700`; the web page is at `/`, the OpenAPI document at `/api/openapi.json`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,22 +74,40 @@ class BeamSearchRequest(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="the only source of randomness")
     useBatch: bool = Field(True, description="batch tier (half price, up to deadlineHours) or standard")
     batchWaitMode: Literal["deferred", "poll"] = Field(
-        "deferred", description="deferred: answer at once and let the job run, follow it on eventsUrl; "
-                                "poll: answer at once, poll statusUrl every pollIntervalSeconds")
+        "deferred",
+        description="deferred: answer at once and let the job run, follow it on eventsUrl; "
+        "poll: answer at once, poll statusUrl every pollIntervalSeconds",
+    )
     tier: Literal["standard", "flex", "batch", "hybrid"] | None = Field(None, description="overrides useBatch")
-    deadlineHours: float | None = Field(None, gt=0, le=24, allow_inf_nan=False,
-                                        description="finish within this many hours (default BATCH_MAX_WAIT_HOURS)")
-    budgetUsd: float | None = Field(None, ge=0, allow_inf_nan=False,
-                                    description="spend limit: a round that would go over it is not sent; the job ends stopped")
+    deadlineHours: float | None = Field(
+        None,
+        gt=0,
+        le=24,
+        allow_inf_nan=False,
+        description="finish within this many hours (default BATCH_MAX_WAIT_HOURS)",
+    )
+    budgetUsd: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="spend limit: a round that would go over it is not sent; the job ends stopped",
+    )
     textModel: str | None = Field(None, min_length=1, max_length=100, description="text model (default: current)")
     visionModel: str | None = Field(None, min_length=1, max_length=100, description="vision (judge) model")
     imageModel: str | None = Field(None, min_length=1, max_length=100, description="image model")
     imageSize: Literal["1024x1024", "1024x1536", "1536x1024"] | None = Field(None, description="image size")
     imageQuality: Literal["low", "medium", "high"] | None = Field(None, description="image quality")
     roundsPerIteration: Literal[2, 3] | None = Field(
-        None, description="2 (default): the vision round also writes the next candidates; 3: a text round each iteration")
-    sessionId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
-                                  description="idempotency: the same id again answers the same job, never a second one")
+        None,
+        description="2 (default): the vision round also writes the next candidates; 3: a text round each iteration",
+    )
+    sessionId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="idempotency: the same id again answers the same job, never a second one",
+    )
 
     @field_validator("m")
     @classmethod
@@ -102,11 +121,25 @@ class BeamSearchRequest(BaseModel):
 
 
 # The core's names for the request's fields (errors from the core are reported under the request's).
-_REQUEST_FIELD = {"N": "n", "M": "m", "K": "iterations", "E": "ensembleSize", "deadline_hours": "deadlineHours",
-                  "budget_usd": "budgetUsd", "text_model": "textModel", "vision_model": "visionModel",
-                  "image_model": "imageModel", "image_size": "imageSize", "image_quality": "imageQuality",
-                  "rounds_per_iteration": "roundsPerIteration",
-                  "prompt": "prompt", "alpha": "alpha", "seed": "seed", "tier": "tier", "session_id": "sessionId"}
+_REQUEST_FIELD = {
+    "N": "n",
+    "M": "m",
+    "K": "iterations",
+    "E": "ensembleSize",
+    "deadline_hours": "deadlineHours",
+    "budget_usd": "budgetUsd",
+    "text_model": "textModel",
+    "vision_model": "visionModel",
+    "image_model": "imageModel",
+    "image_size": "imageSize",
+    "image_quality": "imageQuality",
+    "rounds_per_iteration": "roundsPerIteration",
+    "prompt": "prompt",
+    "alpha": "alpha",
+    "seed": "seed",
+    "tier": "tier",
+    "session_id": "sessionId",
+}
 POLL_INTERVAL_SECONDS = 5
 
 
@@ -141,10 +174,17 @@ class SessionWorker:
                 self._stop.wait(self.interval_s)
 
 
-def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: float = 1.0,
-               token: str | None = None, allowed_hosts: tuple[str, ...] | None = None,
-               cors_origins: tuple[str, ...] | None = None, max_body_bytes: int | None = None,
-               events_interval_s: float = 0.5) -> Starlette:
+def create_app(
+    runtime: Runtime,
+    *,
+    run_worker: bool = True,
+    worker_interval_s: float = 1.0,
+    token: str | None = None,
+    allowed_hosts: tuple[str, ...] | None = None,
+    cors_origins: tuple[str, ...] | None = None,
+    max_body_bytes: int | None = None,
+    events_interval_s: float = 0.5,
+) -> Starlette:
     """The app; the security knobs default to `runtime.settings` (BATCH_API_TOKEN, BATCH_API_ALLOWED_HOSTS,
     BATCH_API_CORS_ORIGINS, BATCH_API_MAX_BODY_BYTES)."""
     settings = runtime.settings
@@ -172,16 +212,36 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         except ValidationError as exc:
             return _validation_error(exc)
         tier = body.tier or ("batch" if body.useBatch else "standard")
-        models = {name: value for name, value in (
-            ("text_model", body.textModel), ("vision_model", body.visionModel), ("image_model", body.imageModel),
-            ("image_size", body.imageSize), ("image_quality", body.imageQuality),
-            ("rounds_per_iteration", body.roundsPerIteration)) if value is not None}
+        models = {
+            name: value
+            for name, value in (
+                ("text_model", body.textModel),
+                ("vision_model", body.visionModel),
+                ("image_model", body.imageModel),
+                ("image_size", body.imageSize),
+                ("image_quality", body.imageQuality),
+                ("rounds_per_iteration", body.roundsPerIteration),
+            )
+            if value is not None
+        }
         try:
             config = SessionConfig(
-                prompt=body.prompt, tier=tier, deadline_hours=body.deadlineHours, driver="api", session_id=body.sessionId,
+                prompt=body.prompt,
+                tier=tier,
+                deadline_hours=body.deadlineHours,
+                driver="api",
+                session_id=body.sessionId,
                 budget_usd=None if body.budgetUsd is None else Decimal(str(body.budgetUsd)),
-                params=SearchParams(N=body.n, M=body.m, K=body.iterations, E=body.ensembleSize, alpha=body.alpha,
-                                    seed=body.seed, **models))
+                params=SearchParams(
+                    N=body.n,
+                    M=body.m,
+                    K=body.iterations,
+                    E=body.ensembleSize,
+                    alpha=body.alpha,
+                    seed=body.seed,
+                    **models,
+                ),
+            )
         except ValidationError as exc:  # the core's rules, reported under the request's field names
             return _validation_error(exc, rename=_REQUEST_FIELD)
         try:
@@ -191,10 +251,15 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
         except UnpricedModelError as exc:
             return _error(400, f"{_REQUEST_FIELD[exc.field]}: {exc}", field=_REQUEST_FIELD[exc.field])
         answer = {
-            "jobId": session_id, "status": "running", "params": config.params.model_dump(mode="json"),
-            "tier": tier, "batchWaitMode": body.batchWaitMode,
-            "statusUrl": f"/api/job/{session_id}", "eventsUrl": f"/api/job/{session_id}/events",
-            **await run_in_threadpool(_estimates, runtime, session_id)}
+            "jobId": session_id,
+            "status": "running",
+            "params": config.params.model_dump(mode="json"),
+            "tier": tier,
+            "batchWaitMode": body.batchWaitMode,
+            "statusUrl": f"/api/job/{session_id}",
+            "eventsUrl": f"/api/job/{session_id}/events",
+            **await run_in_threadpool(_estimates, runtime, session_id),
+        }
         if body.batchWaitMode == "poll":
             answer["pollIntervalSeconds"] = POLL_INTERVAL_SECONDS
         return JSONResponse(status_code=202, content=answer, headers={"Location": answer["statusUrl"]})
@@ -209,6 +274,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
     async def list_jobs(request: Request) -> JSONResponse:
         def jobs() -> list[dict[str, Any]]:
             return [_job(runtime, row, brief=True) for row in reversed(ledger.sessions())]
+
         return JSONResponse({"jobs": await run_in_threadpool(jobs)})
 
     async def cancel_job(request: Request) -> JSONResponse:
@@ -220,6 +286,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
             except KeyError:
                 return None
             return _job_or_none(runtime, session_id)
+
         job = await run_in_threadpool(cancel)
         return _error(404, f"no job {session_id!r}") if job is None else JSONResponse(job)
 
@@ -233,9 +300,20 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
             final = set(state.iterations[-1].pool) if state.iterations else set()
             rows = ledger.session_candidates(session_id)
             # The last ranking's pool first (its new candidates and the survivors it re-ranked), by rank.
-            return [_candidate(session_id, c) | {"inLastRanking": c.candidate_id in final} for c in sorted(
-                rows, key=lambda c: (c.candidate_id not in final, c.rank is None, c.rank or 0, -c.iteration,
-                                     c.candidate_id))]
+            return [
+                _candidate(session_id, c) | {"inLastRanking": c.candidate_id in final}
+                for c in sorted(
+                    rows,
+                    key=lambda c: (
+                        c.candidate_id not in final,
+                        c.rank is None,
+                        c.rank or 0,
+                        -c.iteration,
+                        c.candidate_id,
+                    ),
+                )
+            ]
+
         found = await run_in_threadpool(ranked)
         if found is None:
             return _error(404, f"no job {session_id!r}")
@@ -301,8 +379,9 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
                     if not is_ledger_busy(exc):
                         raise
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "worker": worker._thread.is_alive()})
@@ -312,8 +391,11 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
 
     async def page(request: Request) -> Response:
         name = request.url.path.lstrip("/") or "index.html"
-        media = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-                 "app.css": "text/css; charset=utf-8"}[name]
+        media = {
+            "index.html": "text/html; charset=utf-8",
+            "app.js": "text/javascript; charset=utf-8",
+            "app.css": "text/css; charset=utf-8",
+        }[name]
         return Response(resources.files("batch_pipeline.api.web").joinpath(name).read_bytes(), media_type=media)
 
     routes = [
@@ -334,12 +416,28 @@ def create_app(runtime: Runtime, *, run_worker: bool = True, worker_interval_s: 
     ]
     middleware = [Middleware(HostGuard, allowed_hosts=allowed_hosts)]
     if cors_origins:  # closed unless configured: no CORS headers at all, so browsers keep other sites out
-        middleware.append(Middleware(JsonCORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                                     allow_headers=["Authorization", "Content-Type"], max_age=600))
+        middleware.append(
+            Middleware(
+                JsonCORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
     middleware.append(Middleware(RequestGuard, token=token, max_body_bytes=max_body_bytes))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
-        HTTPException: _http_error, LedgerBusy: _ledger_busy, duckdb.IOException: _ledger_io_error,
-        ValidationError: _internal_error, Exception: _internal_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={
+            HTTPException: _http_error,
+            LedgerBusy: _ledger_busy,
+            duckdb.IOException: _ledger_io_error,
+            ValidationError: _internal_error,
+            Exception: _internal_error,
+        },
+    )
     app.state.worker = worker
     return app
 
@@ -375,8 +473,9 @@ class JsonCORSMiddleware(CORSMiddleware):
         if response.status_code < 400:
             return response
         headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
-        return JSONResponse(status_code=response.status_code, content={"error": bytes(response.body).decode()},
-                            headers=headers)
+        return JSONResponse(
+            status_code=response.status_code, content={"error": bytes(response.body).decode()}, headers=headers
+        )
 
 
 class _BodyTooLarge(Exception):
@@ -400,8 +499,12 @@ class RequestGuard:
             offered = _header(scope, b"authorization")
             scheme, _, value = offered.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
-                return await _send_error(send, 401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                                         headers=[(b"www-authenticate", b"Bearer")])
+                return await _send_error(
+                    send,
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer ...)",
+                    headers=[(b"www-authenticate", b"Bearer")],
+                )
         if method in _BODY_METHODS:
             media_type = _header(scope, b"content-type").split(";")[0].strip().lower()
             if media_type != "application/json":
@@ -427,11 +530,19 @@ class RequestGuard:
             if message["type"] == "http.response.start":
                 started = True
                 headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                            (b"referrer-policy", b"no-referrer")]
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
                 if path == "/":
-                    headers.append((b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; "
-                                                                b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"))
+                    headers.append(
+                        (
+                            b"content-security-policy",
+                            b"default-src 'self'; img-src 'self' blob: data:; "
+                            b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                        )
+                    )
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -458,15 +569,27 @@ def _host_name(host: str) -> str:
 
 async def _send_error(send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"x-content-type-options", b"nosniff"), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 # -- errors: every answer is JSON ------------------------------------------------------------------
 
-def _error(status: int, message: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+
+def _error(
+    status: int, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     content: dict[str, Any] = {"error": message}
     if field is not None:
         content["errors"] = [{"field": field, "message": message.partition(": ")[2] or message}]
@@ -487,8 +610,9 @@ def _validation_error(exc: ValidationError, rename: dict[str, str] | None = None
         else:
             message = e["msg"].removeprefix("Value error, ")
         errors.append({"field": field, "message": message})
-    return JSONResponse(status_code=400, content={
-        "error": "; ".join(f"{e['field']}: {e['message']}" for e in errors), "errors": errors})
+    return JSONResponse(
+        status_code=400, content={"error": "; ".join(f"{e['field']}: {e['message']}" for e in errors), "errors": errors}
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -497,8 +621,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _ledger_busy(request: Request, exc: Exception) -> JSONResponse:
-    return _error(503, "the ledger is busy (another process holds it); retry shortly",
-                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return _error(
+        503,
+        "the ledger is busy (another process holds it); retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _ledger_io_error(request: Request, exc: Exception) -> JSONResponse:
@@ -514,6 +641,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 # -- views --------------------------------------------------------------------------------------
 
+
 def _job_or_none(runtime: Runtime, session_id: str) -> dict[str, Any] | None:
     row = runtime.ledger.session(session_id)
     return None if row is None else _job(runtime, row)
@@ -525,12 +653,15 @@ def _job(runtime: Runtime, row: SessionRow, brief: bool = False) -> dict[str, An
     total_rounds = dependent_rounds(state.params)
     done = row.status in FINISHED
     job: dict[str, Any] = {
-        "jobId": row.session_id, "prompt": row.user_prompt,
+        "jobId": row.session_id,
+        "prompt": row.user_prompt,
         "status": "running" if not done else row.status,
-        "iteration": state.iteration, "round": None if state.done else state.next_round,
+        "iteration": state.iteration,
+        "round": None if state.done else state.next_round,
         # Never 100% before the session has really finished (a round can sit in `finalizing`).
         "progress": 1.0 if done else round(min(len(state.rounds) / total_rounds, 0.99), 3),
-        "tier": row.config.get("tier"), "createdAt": _iso(row.created_at),
+        "tier": row.config.get("tier"),
+        "createdAt": _iso(row.created_at),
     }
     if brief:
         return job
@@ -545,8 +676,14 @@ def _job(runtime: Runtime, row: SessionRow, brief: bool = False) -> dict[str, An
     winner_id = state.winner_id or row.winner_id  # a stopped session names its best candidate so far
     if winner_id:
         winner = state.candidate(winner_id)
-        job["winner"] = {"candidateId": winner.id, "prompt": winner.combined, "what": winner.what, "how": winner.how,
-                         "imageUrl": f"/api/job/{row.session_id}/images/{winner.id}", "lineage": state.lineage}
+        job["winner"] = {
+            "candidateId": winner.id,
+            "prompt": winner.combined,
+            "what": winner.what,
+            "how": winner.how,
+            "imageUrl": f"/api/job/{row.session_id}/images/{winner.id}",
+            "lineage": state.lineage,
+        }
     return job
 
 
@@ -564,24 +701,44 @@ def _batch_ids(runtime: Runtime, session_id: str) -> dict[str, Any]:
 
 
 def _completion(runtime: Runtime, row: SessionRow) -> dict[str, Any]:
-    return session_completion(now=time.time(), deadline_at=row.deadline_at, state=runtime.sessions.state(row.session_id),
-                              mode=row.config.get("tier", "batch"), turnaround=runtime.ledger.observed_turnaround()).to_json()
+    return session_completion(
+        now=time.time(),
+        deadline_at=row.deadline_at,
+        state=runtime.sessions.state(row.session_id),
+        mode=row.config.get("tier", "batch"),
+        turnaround=runtime.ledger.observed_turnaround(),
+    ).to_json()
 
 
 def _estimates(runtime: Runtime, session_id: str) -> dict[str, Any]:
     """The POST answer's estimates: cost on every tier (catalog and call counts) and completion (history)."""
     row = runtime.sessions.row(session_id)
     config = SessionConfig.model_validate({k: v for k, v in row.config.items() if k != "fingerprint"})
-    cost = estimate_session(config.prompt, config.params, runtime.catalog, history=runtime.ledger.observed_output_tokens())
-    return {**_batch_ids(runtime, session_id), **_completion(runtime, row),
-            "deadline": _iso(row.deadline_at), "estimate": cost.to_json()}
+    cost = estimate_session(
+        config.prompt, config.params, runtime.catalog, history=runtime.ledger.observed_output_tokens()
+    )
+    return {
+        **_batch_ids(runtime, session_id),
+        **_completion(runtime, row),
+        "deadline": _iso(row.deadline_at),
+        "estimate": cost.to_json(),
+    }
 
 
 def _candidate(session_id: str, c: CandidateRow) -> dict[str, Any]:
-    return {"candidateId": c.candidate_id, "iteration": c.iteration, "rank": c.rank, "score": c.score,
-            "survived": c.survived, "failed": c.failed, "prompt": c.combined, "parentId": c.parent_id,
-            "votesWon": c.votes_won, "votesLost": c.votes_lost,
-            "imageUrl": f"/api/job/{session_id}/images/{c.candidate_id}" if c.image_path else None}
+    return {
+        "candidateId": c.candidate_id,
+        "iteration": c.iteration,
+        "rank": c.rank,
+        "score": c.score,
+        "survived": c.survived,
+        "failed": c.failed,
+        "prompt": c.combined,
+        "parentId": c.parent_id,
+        "votesWon": c.votes_won,
+        "votesLost": c.votes_lost,
+        "imageUrl": f"/api/job/{session_id}/images/{c.candidate_id}" if c.image_path else None,
+    }
 
 
 def _batch_results(runtime: Runtime, batch_id: str, with_answers: bool) -> dict[str, Any] | None:
@@ -593,16 +750,28 @@ def _batch_results(runtime: Runtime, batch_id: str, with_answers: bool) -> dict[
     finals = ledger.final_results(list(members.values())) if record.phase == "ingested" else {}
     results = []
     for rid, o in sorted(finals.items()):
-        item: dict[str, Any] = {"customId": rid, "outcome": str(o.outcome), "statusCode": o.status_code, "error": o.error_message,
-                "costUsd": str(o.cost_usd), "standardCostUsd": str(o.standard_cost_usd)}
+        item: dict[str, Any] = {
+            "customId": rid,
+            "outcome": str(o.outcome),
+            "statusCode": o.status_code,
+            "error": o.error_message,
+            "costUsd": str(o.cost_usd),
+            "standardCostUsd": str(o.standard_cost_usd),
+        }
         if with_answers:
             item["answer"] = _answer(o.response)
         results.append(item)
-    return {"batchId": record.openai_batch_id, "batchKey": record.batch_key, "status": record.status,
-            "phase": str(record.phase), "requestCount": record.request_count,
-            "progress": batch_progress(record.status or "validating", record.completed_count,
-                                       record.failed_count, record.request_count),
-            "results": results}
+    return {
+        "batchId": record.openai_batch_id,
+        "batchKey": record.batch_key,
+        "status": record.status,
+        "phase": str(record.phase),
+        "requestCount": record.request_count,
+        "progress": batch_progress(
+            record.status or "validating", record.completed_count, record.failed_count, record.request_count
+        ),
+        "results": results,
+    }
 
 
 def _answer(response: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -614,11 +783,12 @@ def _answer(response: dict[str, Any] | None) -> dict[str, Any] | None:
         return {"type": "text", "text": message.get("content") or message.get("refusal")}
     data = response.get("data") or []
     if data and isinstance(data[0], dict) and str(data[0].get("image_ref", "")).startswith(REF_PREFIX):
-        return {"type": "image", "imageUrl": "/api/images/" + data[0]["image_ref"][len(REF_PREFIX):]}
+        return {"type": "image", "imageUrl": "/api/images/" + data[0]["image_ref"][len(REF_PREFIX) :]}
     return None
 
 
 # -- live progress ----------------------------------------------------------------------------------
+
 
 def _progress_snapshot(runtime: Runtime, session_id: str) -> dict[str, Any] | None:
     """What the event stream compares between polls: reads only."""
@@ -626,23 +796,50 @@ def _progress_snapshot(runtime: Runtime, session_id: str) -> dict[str, Any] | No
     row = ledger.session(session_id)
     if row is None:
         return None
-    batches = [{"batchId": b.openai_batch_id, "batchKey": b.batch_key, "model": b.model, "status": b.status,
-                "phase": str(b.phase), "requestCount": b.request_count, "completed": b.completed_count,
-                "failed": b.failed_count,
-                "progress": batch_progress(b.status or "validating", b.completed_count, b.failed_count,
-                                           b.request_count)}
-               for b, _ in ledger.batches_of_session(session_id)]
+    batches = [
+        {
+            "batchId": b.openai_batch_id,
+            "batchKey": b.batch_key,
+            "model": b.model,
+            "status": b.status,
+            "phase": str(b.phase),
+            "requestCount": b.request_count,
+            "completed": b.completed_count,
+            "failed": b.failed_count,
+            "progress": batch_progress(b.status or "validating", b.completed_count, b.failed_count, b.request_count),
+        }
+        for b, _ in ledger.batches_of_session(session_id)
+    ]
     counts = ledger.state_counts(session_id=session_id)
     winner = None
     if row.winner_id:
-        winner = {"candidateId": row.winner_id, "imageUrl": f"/api/job/{session_id}/images/{row.winner_id}",
-                  "prompt": next((c.combined for c in ledger.session_candidates(session_id)
-                                  if c.candidate_id == row.winner_id), None)}
-    return {"status": row.status, "error": row.error, "iteration": row.iteration, "round": row.next_round,
-            "pending": sum(n for s, n in counts.items() if s in ("queued", "submitted", "running")),
-            "rounds": [{"iteration": r["iteration"], "round": r["round"], "calls": r["calls"],
-                        "succeeded": r["succeeded"], "failed": r["failed"]} for r in ledger.session_rounds(session_id)],
-            "batches": batches, "cost": _cost(runtime, session_id), "winner": winner}
+        winner = {
+            "candidateId": row.winner_id,
+            "imageUrl": f"/api/job/{session_id}/images/{row.winner_id}",
+            "prompt": next(
+                (c.combined for c in ledger.session_candidates(session_id) if c.candidate_id == row.winner_id), None
+            ),
+        }
+    return {
+        "status": row.status,
+        "error": row.error,
+        "iteration": row.iteration,
+        "round": row.next_round,
+        "pending": sum(n for s, n in counts.items() if s in ("queued", "submitted", "running")),
+        "rounds": [
+            {
+                "iteration": r["iteration"],
+                "round": r["round"],
+                "calls": r["calls"],
+                "succeeded": r["succeeded"],
+                "failed": r["failed"],
+            }
+            for r in ledger.session_rounds(session_id)
+        ],
+        "batches": batches,
+        "cost": _cost(runtime, session_id),
+        "winner": winner,
+    }
 
 
 def _progress_events(seen: dict[str, Any], snap: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -668,11 +865,19 @@ def _progress_events(seen: dict[str, Any], snap: dict[str, Any]) -> list[tuple[s
             continue
         before = batches.get(b["batchKey"])
         if before is None:
-            events.append(("batch_created", {k: b[k] for k in ("batchId", "batchKey", "model", "requestCount", "status")}))
+            events.append(
+                ("batch_created", {k: b[k] for k in ("batchId", "batchKey", "model", "requestCount", "status")})
+            )
         if before is None or any(before[k] != b[k] for k in ("status", "completed", "failed", "phase")):
-            events.append(("batch_progress", {k: b[k] for k in
-                                              ("batchId", "status", "phase", "completed", "failed", "requestCount",
-                                               "progress")}))
+            events.append(
+                (
+                    "batch_progress",
+                    {
+                        k: b[k]
+                        for k in ("batchId", "status", "phase", "completed", "failed", "requestCount", "progress")
+                    },
+                )
+            )
         batches[b["batchKey"]] = b
     for r in snap["rounds"]:
         key = (r["iteration"], r["round"])
@@ -697,21 +902,39 @@ def _sse(event: str, data: Any, number: int) -> str:
 
 # -- OpenAPI -----------------------------------------------------------------------------------------
 
+
 def openapi_document() -> dict[str, Any]:
     """The API's description (OpenAPI 3.1); tests keep its paths equal to the app's routes."""
-    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    common = {"400": error, "401": error, "404": error, "500": error,
-              "503": {**error, "description": "the ledger is busy; retry after the Retry-After header's seconds"}}
+    common = {
+        "400": error,
+        "401": error,
+        "404": error,
+        "500": error,
+        "503": {**error, "description": "the ledger is busy; retry after the Retry-After header's seconds"},
+    }
 
-    def op(summary: str, ok: dict[str, Any], *, params: list | None = None, body: bool = False,
-           ok_status: str = "200", public: bool = False) -> dict[str, Any]:
+    def op(
+        summary: str,
+        ok: dict[str, Any],
+        *,
+        params: list | None = None,
+        body: bool = False,
+        ok_status: str = "200",
+        public: bool = False,
+    ) -> dict[str, Any]:
         operation: dict[str, Any] = {"summary": summary, "responses": {ok_status: ok, **common}}
         if params:
             operation["parameters"] = params
         if body:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/BeamSearchRequest"}}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BeamSearchRequest"}}},
+            }
             operation["responses"] |= {"413": error, "415": error}
         if public:
             operation["security"] = []
@@ -723,77 +946,146 @@ def openapi_document() -> dict[str, Any]:
     request_schema = BeamSearchRequest.model_json_schema()
     return {
         "openapi": "3.1.0",
-        "info": {"title": "batch_pipeline API", "version": "1",
-                 "description": "The seed's beam-search endpoints. Writes take application/json only. With "
-                                "BATCH_API_TOKEN set, every path except /, /api/health and /api/openapi.json "
-                                "needs `Authorization: Bearer <token>`."},
+        "info": {
+            "title": "batch_pipeline API",
+            "version": "1",
+            "description": "The seed's beam-search endpoints. Writes take application/json only. With "
+            "BATCH_API_TOKEN set, every path except /, /api/health and /api/openapi.json "
+            "needs `Authorization: Bearer <token>`.",
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "BeamSearchRequest": request_schema,
-                "Error": {"type": "object", "required": ["error"], "properties": {
-                    "error": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object", "properties": {
-                        "field": {"type": "string", "description": "the request's own field name"},
-                        "message": {"type": "string"}}}}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "field": {"type": "string", "description": "the request's own field name"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
         "paths": {
-            "/": {"get": op("the web page: jobs, start one, live progress, ranked images",
-                            {"description": "HTML", "content": {"text/html": {}}}, public=True)},
+            "/": {
+                "get": op(
+                    "the web page: jobs, start one, live progress, ranked images",
+                    {"description": "HTML", "content": {"text/html": {}}},
+                    public=True,
+                )
+            },
             "/app.js": {"get": op("the web page's script", {"description": "JavaScript"}, public=True)},
             "/app.css": {"get": op("the web page's style sheet", {"description": "CSS"}, public=True)},
             "/api/openapi.json": {"get": op("this document", json_ok("OpenAPI 3.1"), public=True)},
             "/api/health": {"get": op("liveness and the worker thread", json_ok("{status, worker}"), public=True)},
-            "/api/beam-search": {"post": op(
-                "start a beam-search session (answers at once; batchWaitMode says how to follow it)",
-                json_ok("{jobId, status, params, tier, batchId, batchIds, batchWaitMode, estimatedWaitHours, "
+            "/api/beam-search": {
+                "post": op(
+                    "start a beam-search session (answers at once; batchWaitMode says how to follow it)",
+                    json_ok(
+                        "{jobId, status, params, tier, batchId, batchIds, batchWaitMode, estimatedWaitHours, "
                         "estimatedCompletionTime, estimateBasis, deadline, estimate: {calls, costUsd, cost, basis}, "
-                        "statusUrl, eventsUrl, pollIntervalSeconds (poll mode)}"), body=True, ok_status="202")},
+                        "statusUrl, eventsUrl, pollIntervalSeconds (poll mode)}"
+                    ),
+                    body=True,
+                    ok_status="202",
+                )
+            },
             "/api/jobs": {"get": op("every job, newest first, briefly", json_ok("{jobs: [...]}"))},
-            "/api/job/{job_id}": {"get": op(
-                "a job's status, progress, batches, cost and winner",
-                json_ok("{jobId, status, iteration, round, progress, batchId, batchIds, estimatedCompletionTime, "
+            "/api/job/{job_id}": {
+                "get": op(
+                    "a job's status, progress, batches, cost and winner",
+                    json_ok(
+                        "{jobId, status, iteration, round, progress, batchId, batchIds, estimatedCompletionTime, "
                         "estimatedWaitHours, estimateBasis, deadline, error, cost: {paid, standard, tierSaved, "
-                        "cacheAvoided (+Usd exact)}, winner}"), params=[job_id])},
-            "/api/job/{job_id}/events": {"get": op(
-                "server-sent events: snapshot, round_queued, batch_created, batch_progress, round_applied, cost, "
-                "winner, status, end", {"description": "text/event-stream", "content": {"text/event-stream": {}}},
-                params=[job_id])},
-            "/api/job/{job_id}/candidates": {"get": op(
-                "the candidates, last iteration first, by rank", json_ok("{jobId, candidates: [...]}"),
-                params=[job_id])},
-            "/api/job/{job_id}/cancel": {"post": op(
-                "cancel a job: queued requests end cancelled, batches only it uses are cancelled",
-                json_ok("the job view"), params=[job_id])},
-            "/api/job/{job_id}/images/{candidate_id}": {"get": op(
-                "a candidate's PNG", {"description": "PNG", "content": {"image/png": {}}},
-                params=[job_id, {"name": "candidate_id", "in": "path", "required": True, "schema": {"type": "string"}}])},
-            "/api/images/{name}": {"get": op(
-                "a stored image by content address (answers' imageUrl)",
-                {"description": "PNG", "content": {"image/png": {}}},
-                params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}])},
-            "/api/batch/{batch_id}/results": {"get": op(
-                "a batch's status and per-request outcomes (our batch key or OpenAI's id)",
-                json_ok("{batchId, batchKey, status, phase, requestCount, progress, results: [{customId, outcome, "
-                        "statusCode, error, costUsd, standardCostUsd, answer?}]}"),
-                params=[{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                        {"name": "answers", "in": "query", "required": False,
-                         "schema": {"type": "boolean", "default": False},
-                         "description": "include each request's answer: "
-                                        "{type: text, text} or {type: image, imageUrl}"}])},
+                        "cacheAvoided (+Usd exact)}, winner}"
+                    ),
+                    params=[job_id],
+                )
+            },
+            "/api/job/{job_id}/events": {
+                "get": op(
+                    "server-sent events: snapshot, round_queued, batch_created, batch_progress, round_applied, cost, "
+                    "winner, status, end",
+                    {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                    params=[job_id],
+                )
+            },
+            "/api/job/{job_id}/candidates": {
+                "get": op(
+                    "the candidates, last iteration first, by rank",
+                    json_ok("{jobId, candidates: [...]}"),
+                    params=[job_id],
+                )
+            },
+            "/api/job/{job_id}/cancel": {
+                "post": op(
+                    "cancel a job: queued requests end cancelled, batches only it uses are cancelled",
+                    json_ok("the job view"),
+                    params=[job_id],
+                )
+            },
+            "/api/job/{job_id}/images/{candidate_id}": {
+                "get": op(
+                    "a candidate's PNG",
+                    {"description": "PNG", "content": {"image/png": {}}},
+                    params=[
+                        job_id,
+                        {"name": "candidate_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                )
+            },
+            "/api/images/{name}": {
+                "get": op(
+                    "a stored image by content address (answers' imageUrl)",
+                    {"description": "PNG", "content": {"image/png": {}}},
+                    params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                )
+            },
+            "/api/batch/{batch_id}/results": {
+                "get": op(
+                    "a batch's status and per-request outcomes (our batch key or OpenAI's id)",
+                    json_ok(
+                        "{batchId, batchKey, status, phase, requestCount, progress, results: [{customId, outcome, "
+                        "statusCode, error, costUsd, standardCostUsd, answer?}]}"
+                    ),
+                    params=[
+                        {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "answers",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean", "default": False},
+                            "description": "include each request's answer: "
+                            "{type: text, text} or {type: image, imageUrl}",
+                        },
+                    ],
+                )
+            },
         },
     }
 
 
 # -- serving -------------------------------------------------------------------------------------
 
+
 def check_bind(host: str, token_set: bool) -> None:
     """Refuse a bind that would expose the API without a token."""
     if not is_loopback_host(host) and not token_set:
-        raise ApiConfigError(f"refusing to serve on {host}: set BATCH_API_TOKEN (16+ characters) to bind to "
-                             "anything but loopback, and add the public name to BATCH_API_ALLOWED_HOSTS")
+        raise ApiConfigError(
+            f"refusing to serve on {host}: set BATCH_API_TOKEN (16+ characters) to bind to "
+            "anything but loopback, and add the public name to BATCH_API_ALLOWED_HOSTS"
+        )
 
 
 def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8700) -> None:

@@ -3,6 +3,7 @@
 Groups by endpoint and model (one of each per batch), splits by line count, by bytes and by the
 model's enqueued-token queue, and writes each file line by line so memory does not grow with it.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,11 +38,13 @@ class PlannedBatch(BaseModel):
 
 class BatchPlan(BaseModel):
     batches: list[PlannedBatch]
-    held_back: list[QueuedRow]   # fit no batch now: the model's token queue is full; try after in-flight batches end
-    oversized: list[QueuedRow]   # can never fit a batch file (one line over the byte or token limit)
+    held_back: list[QueuedRow]  # fit no batch now: the model's token queue is full; try after in-flight batches end
+    oversized: list[QueuedRow]  # can never fit a batch file (one line over the byte or token limit)
 
 
-def plan_batches(queued: Sequence[QueuedRow], limits: SplitLimits, inflight_tokens: dict[str, int] | None = None) -> BatchPlan:
+def plan_batches(
+    queued: Sequence[QueuedRow], limits: SplitLimits, inflight_tokens: dict[str, int] | None = None
+) -> BatchPlan:
     """Split queued rows (oldest first) into batches that each respect every limit.
 
     The token budget is shared with batches already in flight for the same model, so a plan
@@ -85,7 +88,9 @@ def plan_batches(queued: Sequence[QueuedRow], limits: SplitLimits, inflight_toke
     return BatchPlan(batches=batches, held_back=held_back, oversized=oversized)
 
 
-def write_batch_file(ledger: Ledger, batch_key: str, directory: Path, image_store: ImageStore | None) -> tuple[Path, int, int]:
+def write_batch_file(
+    ledger: Ledger, batch_key: str, directory: Path, image_store: ImageStore | None
+) -> tuple[Path, int, int]:
     """Stream a batch's input file to `directory/<batch_key>.jsonl`; returns (path, bytes, lines).
 
     Bodies are copied from the ledger as stored text (no re-serialisation), and image refs are
@@ -102,8 +107,17 @@ def write_batch_file(ledger: Ledger, batch_key: str, directory: Path, image_stor
                     if image_store is None:
                         raise ValueError(f"request {custom_id} refers to stored images but no image store was given")
                     body = _IMAGE_REF.sub(lambda m: image_store.data_url(m.group(0)), body)
-                line = b"".join((b'{"custom_id":', orjson.dumps(custom_id), b',"method":"POST","url":',
-                                 orjson.dumps(endpoint), b',"body":', body.encode(), b"}\n"))
+                line = b"".join(
+                    (
+                        b'{"custom_id":',
+                        orjson.dumps(custom_id),
+                        b',"method":"POST","url":',
+                        orjson.dumps(endpoint),
+                        b',"body":',
+                        body.encode(),
+                        b"}\n",
+                    )
+                )
                 fh.write(line)
                 size += len(line)
                 lines += 1

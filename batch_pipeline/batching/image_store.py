@@ -3,6 +3,7 @@
 A vision request stores `bp-image:<sha256>` instead of base64, and the assembler inlines the
 data URL only while streaming a batch file, so image bytes are never duplicated per request.
 """
+
 from __future__ import annotations
 
 import base64
@@ -12,7 +13,13 @@ import tempfile
 from pathlib import Path
 
 REF_PREFIX = "bp-image:"
-_MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
+_MIME_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
 
 
 class ImageStore:
@@ -78,7 +85,7 @@ def is_ref(url: str) -> bool:
 def _split_ref(ref: str) -> tuple[str, str]:
     if not is_ref(ref):
         raise ValueError(f"not an image ref: {ref[:40]!r}")
-    rest = ref[len(REF_PREFIX):]
+    rest = ref[len(REF_PREFIX) :]
     digest, dot, ext = rest.partition(".")
     if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
         raise ValueError(f"malformed image ref: {ref[:80]!r}")

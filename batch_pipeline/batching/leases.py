@@ -4,6 +4,7 @@ A standard or flex call is recorded `running` before it goes out and its answer 
 If the process dies in between, the answer is lost; the lease says when another driver may take the
 request back: at once when its owner is known dead (same host, process gone), else when it expires.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ sent, the batch carries its key in `metadata`, and before every create the remot
 searched for that key. A crash or an ambiguous error at any point therefore re-attaches to the
 batch that exists instead of paying for a second one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,9 +46,16 @@ CREATE_SETTLE_MARGIN_S = 30.0
 def create_settle_s(create_timeout_s: float) -> float:
     """How long after a create was sent it may still land: no second create for the batch before then."""
     return create_timeout_s + CREATE_SETTLE_MARGIN_S
+
+
 # Errors after which we cannot know whether the server acted: look before trying again.
-AMBIGUOUS_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                    openai.RateLimitError, openai.ConflictError)
+AMBIGUOUS_ERRORS = (
+    openai.APIConnectionError,
+    openai.APITimeoutError,
+    openai.InternalServerError,
+    openai.RateLimitError,
+    openai.ConflictError,
+)
 # Our side of a batch once its create has been settled one way or the other: a remote batch carrying
 # its key under another id is a duplicate (before that, it is the batch itself, found by `find_remote`).
 _SETTLED_PHASES = frozenset({BatchPhase.CREATED, BatchPhase.INGESTED, BatchPhase.ABANDONED})
@@ -118,11 +126,16 @@ class BatchLifecycle:
         """
         scope = [session_id] if session_id is not None else (list(session_ids) if session_ids is not None else None)
         self.resume(session_ids=scope)
-        plan = plan_batches(self.ledger.queued_rows(tier=Tier.BATCH, session_ids=scope), self.limits,
-                            self.ledger.inflight_tokens_by_model())
+        plan = plan_batches(
+            self.ledger.queued_rows(tier=Tier.BATCH, session_ids=scope),
+            self.limits,
+            self.ledger.inflight_tokens_by_model(),
+        )
         if plan.oversized:
-            self.ledger.fail_queued([r.request_id for r in plan.oversized],
-                                    f"larger than one batch file allows ({self.limits.max_bytes} bytes or the model's token queue)")
+            self.ledger.fail_queued(
+                [r.request_id for r in plan.oversized],
+                f"larger than one batch file allows ({self.limits.max_bytes} bytes or the model's token queue)",
+            )
         if plan.held_back:
             log.info("%d requests wait for the enqueued-token queue to drain", len(plan.held_back))
         keys = []
@@ -140,8 +153,9 @@ class BatchLifecycle:
         every session it serves has ended, abandon it: a cancelled session's batch is never sent)."""
         for record in self.ledger.batches([BatchPhase.INTENT, BatchPhase.UPLOADED], session_ids=session_ids):
             if self.ledger.batch_serves_no_running_session(record.batch_key):
-                self.ledger.abandon_batch(record.batch_key, "every session it serves has ended",
-                                          max_attempts=self.max_attempts)
+                self.ledger.abandon_batch(
+                    record.batch_key, "every session it serves has ended", max_attempts=self.max_attempts
+                )
                 continue
             self._send(record.batch_key)
 
@@ -167,8 +181,11 @@ class BatchLifecycle:
         if record.create_sent_at is not None and self.clock() - record.create_sent_at < self.create_settle_s:
             # An earlier create (of a process that died, or that timed out) may still land: creating
             # again now could bill the batch twice. The next submit looks again.
-            log.info("batch %s: a create sent %.0f s ago may still land; not sending another yet",
-                     record.batch_key, self.clock() - record.create_sent_at)
+            log.info(
+                "batch %s: a create sent %.0f s ago may still land; not sending another yet",
+                record.batch_key,
+                self.clock() - record.create_sent_at,
+            )
             return
         assert record.input_file_id is not None, "an uploaded batch has its input file"
         first_create = record.create_sent_at is None
@@ -179,13 +196,20 @@ class BatchLifecycle:
                     input_file_id=record.input_file_id,
                     endpoint=cast(BatchEndpoint, record.endpoint),  # the ledger holds an Endpoint value
                     completion_window=COMPLETION_WINDOW,
-                    metadata={METADATA_KEY: record.batch_key, "bp_model": record.model,
-                              "bp_requests": str(record.request_count)},
+                    metadata={
+                        METADATA_KEY: record.batch_key,
+                        "bp_model": record.model,
+                        "bp_requests": str(record.request_count),
+                    },
                 )
         except AMBIGUOUS_ERRORS as exc:
             # The server may have created it before failing to answer: look, never blindly retry.
             if (remote := self.find_remote(record)) is not None:
-                log.warning("batch %s: create answered %s but the batch exists; re-attached", record.batch_key, type(exc).__name__)
+                log.warning(
+                    "batch %s: create answered %s but the batch exists; re-attached",
+                    record.batch_key,
+                    type(exc).__name__,
+                )
                 self._attach(record, remote)
                 return
             if isinstance(exc, openai.InternalServerError) and exc.status_code == 500:
@@ -194,13 +218,18 @@ class BatchLifecycle:
                 log.warning("batch %s: create failed (%s); will retry on the next submit", record.batch_key, exc)
             else:
                 # No answer, or a gateway's: the create may still land, so wait before creating again.
-                log.warning("batch %s: create unanswered (%s); looking again after %.0f s",
-                            record.batch_key, type(exc).__name__, self.create_settle_s)
+                log.warning(
+                    "batch %s: create unanswered (%s); looking again after %.0f s",
+                    record.batch_key,
+                    type(exc).__name__,
+                    self.create_settle_s,
+                )
             return
         except openai.APIStatusError as exc:
             # A definite rejection (4xx): this file will never become a batch.
-            self.ledger.abandon_batch(record.batch_key, f"create rejected: {exc.status_code} {exc.message}",
-                                      max_attempts=self.max_attempts)
+            self.ledger.abandon_batch(
+                record.batch_key, f"create rejected: {exc.status_code} {exc.message}", max_attempts=self.max_attempts
+            )
             return
         if first_create:
             self.ledger.create_answered(record.batch_key)  # no earlier create can land late: no sweep needed
@@ -235,15 +264,23 @@ class BatchLifecycle:
     def refresh(self, *, session_ids: Iterable[str] | None = None) -> list[BatchRecord]:
         """Poll the in-flight batches (of `session_ids`, or all) with one paginated list call (retrieve only
         the stragglers), then sweep for creates that landed late."""
-        inflight = [b for b in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids)
-                    if b.status not in ENDED_STATUSES]
+        inflight = [
+            b
+            for b in self.ledger.batches([BatchPhase.CREATED], session_ids=session_ids)
+            if b.status not in ENDED_STATUSES
+        ]
         if inflight:
             wanted = {b.openai_batch_id: b for b in inflight if b.openai_batch_id is not None}
             with self.ledger.released():
-                seen = find_batches(self.client, wanted,
-                                    created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s)
-            self.ledger.record_remote_status([_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()])
-            self._seen_ended |= {wanted[bid].batch_key for bid, remote in seen.items() if remote.status in ENDED_STATUSES}
+                seen = find_batches(
+                    self.client, wanted, created_after=min(b.created_at for b in inflight) - self.reconcile_lookback_s
+                )
+            self.ledger.record_remote_status(
+                [_remote_status(wanted[bid].batch_key, remote) for bid, remote in seen.items()]
+            )
+            self._seen_ended |= {
+                wanted[bid].batch_key for bid, remote in seen.items() if remote.status in ENDED_STATUSES
+            }
         self.sweep_duplicates()
         return [self.ledger.batch(b.batch_key) for b in inflight]
 
@@ -266,8 +303,13 @@ class BatchLifecycle:
                     duplicate = self.ledger.record_duplicate(key, remote.id, remote.status)
                     if duplicate is not None:
                         found.append(duplicate.batch_key)
-                        log.error("batch %s: remote batch %s carries its key but is not the one recorded (a create "
-                                  "that landed late); recorded as duplicate %s", key, remote.id, duplicate.batch_key)
+                        log.error(
+                            "batch %s: remote batch %s carries its key but is not the one recorded (a create "
+                            "that landed late); recorded as duplicate %s",
+                            key,
+                            remote.id,
+                            duplicate.batch_key,
+                        )
                         if remote.status in ACTIVE_STATUSES and remote.status != "cancelling":
                             try:
                                 self.client.batches.cancel(remote.id)
@@ -317,43 +359,76 @@ class BatchLifecycle:
                 if not unreadable and not is_permanent_ingest_error(exc):
                     if not is_transient(exc):
                         raise
-                    log.warning("batch %s: ingestion failed (%s: %s); trying again later", record.batch_key,
-                                type(exc).__name__, exc)
+                    log.warning(
+                        "batch %s: ingestion failed (%s: %s); trying again later",
+                        record.batch_key,
+                        type(exc).__name__,
+                        exc,
+                    )
                     continue
-                ended = self.ledger.fail_ingest(record.batch_key, f"{type(exc).__name__}: {exc}",
-                                                permanent=not unreadable,
-                                                max_errors=self.max_ingest_errors, max_attempts=self.max_attempts)
-                log.error("batch %s: results unreadable (%s: %s)%s", record.batch_key, type(exc).__name__, exc,
-                          "; ended, its requests go back to the queue" if ended else "; will try again")
+                ended = self.ledger.fail_ingest(
+                    record.batch_key,
+                    f"{type(exc).__name__}: {exc}",
+                    permanent=not unreadable,
+                    max_errors=self.max_ingest_errors,
+                    max_attempts=self.max_attempts,
+                )
+                log.error(
+                    "batch %s: results unreadable (%s: %s)%s",
+                    record.batch_key,
+                    type(exc).__name__,
+                    exc,
+                    "; ended, its requests go back to the queue" if ended else "; will try again",
+                )
         return done
 
     def ingest(self, record: BatchRecord) -> bool:
-        if record.status != "failed" and not record.output_file_id and not record.error_file_id \
-                and (record.completed_count or record.failed_count):
+        if (
+            record.status != "failed"
+            and not record.output_file_id
+            and not record.error_file_id
+            and (record.completed_count or record.failed_count)
+        ):
             # Lines ran but no file is named: re-submitting would pay twice. Wait for a consistent read.
-            log.error("batch %s is %s with %s lines done but names no result file; not ingesting yet",
-                      record.batch_key, record.status, (record.completed_count or 0) + (record.failed_count or 0))
+            log.error(
+                "batch %s is %s with %s lines done but names no result file; not ingesting yet",
+                record.batch_key,
+                record.status,
+                (record.completed_count or 0) + (record.failed_count or 0),
+            )
             return False
         downloads = self.files_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         with self.ledger.released():  # nothing is recorded until the files are whole (`record_batch_outcome`)
-            paths = [self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
-                     for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id))
-                     if file_id]
+            paths = [
+                self.download(file_id, downloads / f"{record.batch_key}-{kind}.jsonl")
+                for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id))
+                if file_id
+            ]
         table = read_result_table(paths, self.image_store)
         if record.status == "failed":
             for outcome in self._validation_outcomes(record).values():
                 table.add_outcome(outcome, replace=True)
-        price_results(table, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH, catalog=self.catalog,
-                      request_bodies=lambda ids: {rid: row.body for rid, row in self.ledger.request_rows(ids).items()})
+        price_results(
+            table,
+            endpoint=record.endpoint,
+            model=record.model,
+            tier=Tier.BATCH,
+            catalog=self.catalog,
+            request_bodies=lambda ids: {rid: row.body for rid, row in self.ledger.request_rows(ids).items()},
+        )
         failpoint("ingest-downloaded")
         if record.duplicate_of is not None:  # rare: the per-outcome path
-            ingested = self.ledger.record_duplicate_outcome(record.batch_key, table.outcomes(),
-                                                            max_attempts=self.max_attempts)
+            ingested = self.ledger.record_duplicate_outcome(
+                record.batch_key, table.outcomes(), max_attempts=self.max_attempts
+            )
         else:
             ingested = self.ledger.record_batch_results(
-                record.batch_key, table, max_attempts=self.max_attempts,
-                missing_reason=f"batch {record.status} without a result line for this request")
+                record.batch_key,
+                table,
+                max_attempts=self.max_attempts,
+                missing_reason=f"batch {record.status} without a result line for this request",
+            )
         for path in [*paths, self.files_dir / f"{record.batch_key}.jsonl"]:
             path.unlink(missing_ok=True)
         return ingested
@@ -366,16 +441,23 @@ class BatchLifecycle:
             line = err.get("line")
             if line and line in members:
                 rid = members[line]
-                outcomes[rid] = RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,
-                                               error_code=err.get("code"), error_message=err.get("message"))
+                outcomes[rid] = RequestOutcome(
+                    request_id=rid,
+                    outcome=Outcome.FAILED_PERMANENT,
+                    error_code=err.get("code"),
+                    error_message=err.get("message"),
+                )
         return outcomes
 
     def download(self, file_id: str, dest: Path) -> Path:
         """Stream a file to disk, check it is whole, retry if not (large downloads break mid-stream)."""
 
-        @retry(retry=retry_if_exception(is_transient),
-               stop=stop_after_attempt(self.download_attempts), wait=wait_random_exponential(multiplier=0.2, max=5),
-               reraise=True)
+        @retry(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.download_attempts),
+            wait=wait_random_exponential(multiplier=0.2, max=5),
+            reraise=True,
+        )
         def attempt() -> Path:
             expected = self.client.files.retrieve(file_id).bytes
             part = dest.with_name(dest.name + ".part")
@@ -391,8 +473,15 @@ class BatchLifecycle:
         return attempt()
 
 
-def find_batches(client: openai.OpenAI, wanted: Iterable[str], *, created_after: float, also: Iterable[str] = (),
-                 max_retrieves: int | None = None, passed: list[Batch] | None = None) -> dict[str, Batch]:
+def find_batches(
+    client: openai.OpenAI,
+    wanted: Iterable[str],
+    *,
+    created_after: float,
+    also: Iterable[str] = (),
+    max_retrieves: int | None = None,
+    passed: list[Batch] | None = None,
+) -> dict[str, Batch]:
     """Remote batches by id, for many batches at the cost of a few calls.
 
     One paginated `batches.list` walk, newest first, that stops once every `wanted` id was seen or the

@@ -2,6 +2,7 @@
 
 The assembler splits files to stay inside them; the simulator enforces its own copy.
 """
+
 from __future__ import annotations
 
 from typing import Final

@@ -3,6 +3,7 @@
 The request builder calls `normalise_chat_params` on every chat body before it is queued, so a
 body that works synchronously is also valid inside a batch, and vice versa.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 One policy, one place: the synchronous wait loop and the Dagster sensor both ask it. A transient
 poll error never ends a wait; only the deadline does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,10 @@ class PollPolicy(BaseModel):
         """Seconds until the next poll after `polls` polls of one batch (deterministic per key)."""
         base = min(self.max_s, self.initial_s * self.multiplier ** max(0, polls))
         if consecutive_errors:
-            base = min(self.max_s, base * self.error_multiplier ** consecutive_errors)
-        seed = int.from_bytes(hashlib.blake2b(f"{key}:{polls}:{consecutive_errors}".encode(), digest_size=8).digest(), "big")
+            base = min(self.max_s, base * self.error_multiplier**consecutive_errors)
+        seed = int.from_bytes(
+            hashlib.blake2b(f"{key}:{polls}:{consecutive_errors}".encode(), digest_size=8).digest(), "big"
+        )
         return min(self.max_s, base * (1 + self.jitter * (2 * random.Random(seed).random() - 1)))
 
     def due(self, *, now: float, last_polled_at: float, polls: int, key: str = "", consecutive_errors: int = 0) -> bool:

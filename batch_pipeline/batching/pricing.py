@@ -2,6 +2,7 @@
 
 Prices come from the versioned `prices.json` beside this module; the ledger and reports call in here.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,11 +125,13 @@ def format_usd(amount: Decimal | float | int | None) -> str:
 
 def cost_lines(figures: CostFigures) -> list[str]:
     """The three cost figures as lines of text (CLI, demo, metadata): one wording everywhere."""
-    lines = [f"paid {format_usd(figures.paid)} for {figures.calls} calls",
-             f"standard tier for the same calls {format_usd(figures.standard_for_calls)}: "
-             f"batch/flex saved {format_usd(figures.tier_saved)}"
-             + (f" ({figures.tier_saved / figures.standard_for_calls:.0%})" if figures.standard_for_calls else ""),
-             f"cache avoided {format_usd(figures.cache_avoided)} ({figures.cache_hits} calls answered from the ledger)"]
+    lines = [
+        f"paid {format_usd(figures.paid)} for {figures.calls} calls",
+        f"standard tier for the same calls {format_usd(figures.standard_for_calls)}: "
+        f"batch/flex saved {format_usd(figures.tier_saved)}"
+        + (f" ({figures.tier_saved / figures.standard_for_calls:.0%})" if figures.standard_for_calls else ""),
+        f"cache avoided {format_usd(figures.cache_avoided)} ({figures.cache_hits} calls answered from the ledger)",
+    ]
     if figures.unpriced_calls:
         lines.append(f"{figures.unpriced_calls} calls have no price in the catalog: their cost is unknown, not $0")
     return lines
@@ -136,11 +139,19 @@ def cost_lines(figures: CostFigures) -> list[str]:
 
 def cost_json(figures: CostFigures) -> dict[str, Any]:
     """The three figures for JSON answers and metadata: exact decimal strings plus the formatted text."""
-    return {"paidUsd": str(figures.paid), "standardUsd": str(figures.standard_for_calls),
-            "tierSavedUsd": str(figures.tier_saved), "cacheAvoidedUsd": str(figures.cache_avoided),
-            "calls": figures.calls, "cacheHits": figures.cache_hits, "unpricedCalls": figures.unpriced_calls,
-            "paid": format_usd(figures.paid), "standard": format_usd(figures.standard_for_calls),
-            "tierSaved": format_usd(figures.tier_saved), "cacheAvoided": format_usd(figures.cache_avoided)}
+    return {
+        "paidUsd": str(figures.paid),
+        "standardUsd": str(figures.standard_for_calls),
+        "tierSavedUsd": str(figures.tier_saved),
+        "cacheAvoidedUsd": str(figures.cache_avoided),
+        "calls": figures.calls,
+        "cacheHits": figures.cache_hits,
+        "unpricedCalls": figures.unpriced_calls,
+        "paid": format_usd(figures.paid),
+        "standard": format_usd(figures.standard_for_calls),
+        "tierSaved": format_usd(figures.tier_saved),
+        "cacheAvoided": format_usd(figures.cache_avoided),
+    }
 
 
 class TokenPrices(BaseModel):
@@ -238,10 +249,16 @@ class PriceCatalog:
         data = _CatalogFile.model_validate(json.loads(text, parse_float=Decimal))
         if extra is not None:
             added = _ExtraPricesFile.model_validate(json.loads(extra.read_text(encoding="utf-8"), parse_float=Decimal))
-            data = data.model_copy(update={"version": f"{data.version}+{added.version}",
-                                           "models": data.models | added.models, "images": data.images | added.images,
-                                           "deprecated": {m: n for m, n in data.deprecated.items()
-                                                          if m not in added.models and m not in added.images}})
+            data = data.model_copy(
+                update={
+                    "version": f"{data.version}+{added.version}",
+                    "models": data.models | added.models,
+                    "images": data.images | added.images,
+                    "deprecated": {
+                        m: n for m, n in data.deprecated.items() if m not in added.models and m not in added.images
+                    },
+                }
+            )
         return cls(data)
 
     @property
@@ -281,8 +298,9 @@ class PriceCatalog:
         except UnknownPriceError:
             return None
 
-    def check_search_models(self, *, text_model: str, vision_model: str, image_model: str, image_size: str,
-                            image_quality: str) -> list[str]:
+    def check_search_models(
+        self, *, text_model: str, vision_model: str, image_model: str, image_size: str, image_quality: str
+    ) -> list[str]:
         """Refuse (UnpricedModelError naming the field) any model this catalog cannot cost on every tier
         the session may use; return notes (deprecated models) for the user."""
         hint = "pass its prices in a file (BATCH_PRICES_FILE, or --prices on the CLI) to use it"
@@ -299,14 +317,18 @@ class PriceCatalog:
         try:
             key = self.resolve_model(image_model)
         except UnknownPriceError:
-            raise UnpricedModelError("image_model", f"{image_model!r} is not in price catalog {self.version}: {hint}") from None
+            raise UnpricedModelError(
+                "image_model", f"{image_model!r} is not in price catalog {self.version}: {hint}"
+            ) from None
         prices = self._data.images.get(key)
         if prices is None:
             raise UnpricedModelError("image_model", f"{image_model!r} is a text model, not an image model")
         for tier in (Tier.STANDARD, Tier.BATCH):
             if getattr(prices, tier.value).get(image_quality, {}).get(image_size) is None:
-                raise UnpricedModelError("image_size", f"{image_model} has no {tier} price for quality {image_quality!r} "
-                                                       f"at {image_size}: {hint}")
+                raise UnpricedModelError(
+                    "image_size",
+                    f"{image_model} has no {tier} price for quality {image_quality!r} at {image_size}: {hint}",
+                )
         if note := self._data.deprecated.get(key):
             notes.append(f"image_model {image_model} is deprecated ({note})")
         return notes
@@ -349,14 +371,21 @@ class PriceCatalog:
             prices = getattr(text_prices, tier.value)
             if prices is None:
                 raise UnknownPriceError(model, tier, "the model does not support this tier")
-            per_token = [price * UNITS_PER_USD / TOKENS_PER_PRICE_UNIT for price in (prices.input, prices.cached_input, prices.output)]
+            per_token = [
+                price * UNITS_PER_USD / TOKENS_PER_PRICE_UNIT
+                for price in (prices.input, prices.cached_input, prices.output)
+            ]
             if any(p != p.to_integral_value() for p in per_token):
                 return None
             return UnitPrices(text=tuple(int(p) for p in per_token))
         prices_img = getattr(self._data.images[key], tier.value)
         if prices_img is None:
             raise UnknownPriceError(model, tier, "the model does not support this tier")
-        per_image = {(quality, size): price * UNITS_PER_USD for quality, sizes in prices_img.items() for size, price in sizes.items()}
+        per_image = {
+            (quality, size): price * UNITS_PER_USD
+            for quality, sizes in prices_img.items()
+            for size, price in sizes.items()
+        }
         if any(p != p.to_integral_value() for p in per_image.values()):
             return None
         return UnitPrices(image={k: int(p) for k, p in per_image.items()})

@@ -3,6 +3,7 @@
 First step of the data flow: everything a provider or a workload wants to run becomes a
 `QueuedRequest` here, with a deterministic custom ID from which the ledger finds it again.
 """
+
 from __future__ import annotations
 
 import functools
@@ -100,8 +101,11 @@ def build_request(
     else:
         body, est_tokens, inline_extra = _image_body(request), _estimate_text_tokens(request.prompt), 0
     request_id = make_custom_id(namespace, request.key)
-    if not (type(operation) is str and (session_id is None or type(session_id) is str)
-            and (tier_reason is None or type(tier_reason) is str)):
+    if not (
+        type(operation) is str
+        and (session_id is None or type(session_id) is str)
+        and (tier_reason is None or type(tier_reason) is str)
+    ):
         _check_strings(request.key, operation=operation, session_id=session_id, tier_reason=tier_reason)
     iteration, round_ = (None, None) if round_id is None else round_id
     if round_id is not None and not (type(iteration) is int and type(round_) is str):
@@ -186,35 +190,49 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
             text_chars += len(content)
             continue
         if not isinstance(content, list) or not content:
-            raise RequestValidationError(req.key, f"messages[{i}].content", "must be a string or a non-empty list of parts")
+            raise RequestValidationError(
+                req.key, f"messages[{i}].content", "must be a string or a non-empty list of parts"
+            )
         for j, part in enumerate(content):
             where = f"messages[{i}].content[{j}]"
             if not isinstance(part, dict):
                 raise RequestValidationError(req.key, where, "each content part must be an object with a 'type'")
             if part.get("type") == "image_url" and not isinstance(part.get("image_url"), dict):
-                raise RequestValidationError(req.key, f"{where}.image_url", "must be an object {url, detail} (chat format)")
+                raise RequestValidationError(
+                    req.key, f"{where}.image_url", "must be an object {url, detail} (chat format)"
+                )
             if part.get("type") == "text":
                 text_chars += len(part.get("text") or "")
             elif part.get("type") == "image_url":
                 url = (part.get("image_url") or {}).get("url", "")
                 detail = (part.get("image_url") or {}).get("detail", "auto")
                 if detail not in IMAGE_TOKENS:
-                    raise RequestValidationError(req.key, f"{where}.image_url.detail", f"must be one of {sorted(IMAGE_TOKENS)}")
+                    raise RequestValidationError(
+                        req.key, f"{where}.image_url.detail", f"must be one of {sorted(IMAGE_TOKENS)}"
+                    )
                 if is_ref(url):
                     if image_store is None:
-                        raise RequestValidationError(req.key, f"{where}.image_url.url", "image ref given but no image store")
+                        raise RequestValidationError(
+                            req.key, f"{where}.image_url.url", "image ref given but no image store"
+                        )
                     if not image_store.path(url).exists():
                         raise RequestValidationError(req.key, f"{where}.image_url.url", f"image {url} not in the store")
                     inline_extra += image_store.data_url_length(url) - len(url)
                 elif not url.startswith(("data:image/", "https://", "http://")):
-                    raise RequestValidationError(req.key, f"{where}.image_url.url", "must be a data URL, an http(s) URL or an image ref")
+                    raise RequestValidationError(
+                        req.key, f"{where}.image_url.url", "must be a data URL, an http(s) URL or an image ref"
+                    )
                 image_tokens += IMAGE_TOKENS[detail]
             else:
                 raise RequestValidationError(req.key, f"{where}.type", f"unsupported part type {part.get('type')!r}")
     if req.response_format is not None:
         _check_response_format(req)
-    temperature, top_p, max_tokens, max_completion_tokens = (req.temperature, req.top_p, req.max_tokens,
-                                                             req.max_completion_tokens)
+    temperature, top_p, max_tokens, max_completion_tokens = (
+        req.temperature,
+        req.top_p,
+        req.max_tokens,
+        req.max_completion_tokens,
+    )
     if temperature is not None and not 0 <= temperature <= 2:
         raise RequestValidationError(req.key, "temperature", f"out of range: {temperature}")
     if top_p is not None and not 0 <= top_p <= 1:
@@ -223,8 +241,14 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         raise RequestValidationError(req.key, "max_tokens", "must be at least 1")
     if max_completion_tokens is not None and max_completion_tokens < 1:
         raise RequestValidationError(req.key, "max_completion_tokens", "must be at least 1")
-    params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-              "max_completion_tokens": max_completion_tokens, "reasoning_effort": req.reasoning_effort, "seed": req.seed}
+    params = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "max_completion_tokens": max_completion_tokens,
+        "reasoning_effort": req.reasoning_effort,
+        "seed": req.seed,
+    }
     if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
         _check_extra(req.key, req.extra, ChatRequest.model_fields)
     # keyed by the values' types too: 1 and 1.0 (and True) are equal keys but serialise differently

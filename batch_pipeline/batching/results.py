@@ -3,6 +3,7 @@
 Lines are matched by `custom_id` only (the API does not keep input order). Generated images are
 moved into the image store as they are read, so the ledger keeps refs, not base64.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,8 +52,14 @@ def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str,
             return custom_id, Outcome.SUCCEEDED, status, body, None, None
         err = body.get("error") or {}
         retryable = status in RETRYABLE_STATUS or status >= 500
-        return (custom_id, Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT, status, body,
-                err.get("code") or err.get("type"), err.get("message"))
+        return (
+            custom_id,
+            Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
+            status,
+            body,
+            err.get("code") or err.get("type"),
+            err.get("message"),
+        )
     error = line.get("error") or {}
     code = error.get("code") or "unknown_error"
     return custom_id, NEVER_RAN.get(code, Outcome.FAILED_RETRYABLE), None, None, code, error.get("message")
@@ -61,8 +68,9 @@ def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str,
 def classify_line(line: dict[str, Any]) -> RequestOutcome:
     """One output- or error-file line -> its outcome (cost filled in later by `price_outcome`)."""
     custom_id, outcome, status, body, code, message = _classify(line)
-    return RequestOutcome(request_id=custom_id, outcome=outcome, status_code=status, response=body, error_code=code,
-                          error_message=message)
+    return RequestOutcome(
+        request_id=custom_id, outcome=outcome, status_code=status, response=body, error_code=code, error_message=message
+    )
 
 
 def store_images(outcome: RequestOutcome, image_store: ImageStore) -> RequestOutcome:
@@ -95,14 +103,25 @@ def usage_of(endpoint: str, response: dict[str, Any], request_body: Callable[[],
     return TokenUsage.from_chat_usage(usage)
 
 
-def price_outcome(outcome: RequestOutcome, *, endpoint: str, model: str, tier: Tier, catalog: PriceCatalog,
-                  request_body: Callable[[], dict[str, Any]]) -> RequestOutcome:
+def price_outcome(
+    outcome: RequestOutcome,
+    *,
+    endpoint: str,
+    model: str,
+    tier: Tier,
+    catalog: PriceCatalog,
+    request_body: Callable[[], dict[str, Any]],
+) -> RequestOutcome:
     """Attach tokens and cost. Only successful rows are billed (failed and expired rows are not)."""
     if outcome.outcome != Outcome.SUCCEEDED or outcome.response is None:
         return outcome
     usage = usage_of(endpoint, outcome.response, request_body)
-    update: dict[str, Any] = {"input_tokens": usage.input_tokens, "cached_tokens": usage.cached_tokens,
-                              "output_tokens": usage.output_tokens, "images": usage.images}
+    update: dict[str, Any] = {
+        "input_tokens": usage.input_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "output_tokens": usage.output_tokens,
+        "images": usage.images,
+    }
     try:
         cost = catalog.cost_breakdown(model, tier, usage)
         update |= {"cost_usd": cost.actual, "standard_cost_usd": cost.standard, "price_version": catalog.version}
@@ -115,26 +134,47 @@ def price_outcome(outcome: RequestOutcome, *, endpoint: str, model: str, tier: T
 LOST_ANSWER_OUTPUT_TOKENS = 1000
 
 
-def estimate_lost(request_id: str, *, endpoint: str, model: str, tier: Tier, body: dict[str, Any],
-                  est_prompt_tokens: int, catalog: PriceCatalog, reason: str) -> RequestOutcome:
+def estimate_lost(
+    request_id: str,
+    *,
+    endpoint: str,
+    model: str,
+    tier: Tier,
+    body: dict[str, Any],
+    est_prompt_tokens: int,
+    catalog: PriceCatalog,
+    reason: str,
+) -> RequestOutcome:
     """A call whose answer was lost (its process died while waiting): it may have been billed, so it is
     recorded as a retryable failure costed at an upper estimate from the request (prompt estimate plus
     the output cap, or the images asked for); `price_version` says `estimate:` so reports can tell."""
     if endpoint == Endpoint.IMAGES:
-        usage = TokenUsage.from_image_request(int(body.get("n") or 1), body.get("quality", "auto"),
-                                              body.get("size", "1024x1024"))
+        usage = TokenUsage.from_image_request(
+            int(body.get("n") or 1), body.get("quality", "auto"), body.get("size", "1024x1024")
+        )
     else:
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or LOST_ANSWER_OUTPUT_TOKENS
         usage = TokenUsage(input_tokens=est_prompt_tokens, output_tokens=int(cap))
-    outcome = RequestOutcome(request_id=request_id, outcome=Outcome.FAILED_RETRYABLE, error_code="lost_in_flight",
-                             error_message=reason, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                             images=usage.images)
+    outcome = RequestOutcome(
+        request_id=request_id,
+        outcome=Outcome.FAILED_RETRYABLE,
+        error_code="lost_in_flight",
+        error_message=reason,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        images=usage.images,
+    )
     try:
         cost = catalog.cost_breakdown(model, tier, usage)
     except UnknownPriceError:
         return outcome.model_copy(update={"price_version": f"estimate:unpriced:{model}"})
-    return outcome.model_copy(update={"cost_usd": cost.actual, "standard_cost_usd": cost.standard,
-                                      "price_version": f"estimate:{catalog.version}"})
+    return outcome.model_copy(
+        update={
+            "cost_usd": cost.actual,
+            "standard_cost_usd": cost.standard,
+            "price_version": f"estimate:{catalog.version}",
+        }
+    )
 
 
 def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict[str, RequestOutcome]:
@@ -156,6 +196,7 @@ def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict
 
 
 # -- the bulk path: one parse per line, columns instead of objects, pricing per model --------------
+
 
 def read_result_table(paths: list[Path], image_store: ImageStore | None) -> ResultTable:
     """`read_result_files` as one tuple per line (a `ResultTable`): each line parsed once, classified by the
@@ -182,10 +223,15 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                 usage = spec = None
                 if type(body) is dict:
                     data = body.get("data")
-                    if data is not None and image_store is not None and type(data) is list \
-                            and any("b64_json" in item for item in data):
-                        stored = store_images(RequestOutcome(request_id=custom_id, outcome=outcome, response=body),
-                                              image_store).response
+                    if (
+                        data is not None
+                        and image_store is not None
+                        and type(data) is list
+                        and any("b64_json" in item for item in data)
+                    ):
+                        stored = store_images(
+                            RequestOutcome(request_id=custom_id, outcome=outcome, response=body), image_store
+                        ).response
                         body = stored if stored is not None else body
                     if outcome is succeeded:
                         usage = _token_counts(body.get("usage"))
@@ -195,8 +241,21 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                             spec = (len(data or ()), body.get("quality"), body.get("size"))
                 # the body as text: orjson's bytes keep a 4 KB buffer each, a str is its exact size (and the
                 # ledger stores text); tokens of a plain `usage` go straight into their columns
-                row = (custom_id, outcome, status, dumps(body).decode() if body is not None else None, code, message,
-                       *(tokens or (0, 0, 0)), 0, 0, 0, None, usage, spec)
+                row = (
+                    custom_id,
+                    outcome,
+                    status,
+                    dumps(body).decode() if body is not None else None,
+                    code,
+                    message,
+                    *(tokens or (0, 0, 0)),
+                    0,
+                    0,
+                    0,
+                    None,
+                    usage,
+                    spec,
+                )
                 if custom_id in index:
                     add(row)
                 else:
@@ -223,8 +282,15 @@ def _token_counts(usage: Any) -> tuple[int, int, int] | dict[str, Any] | None:
     return usage
 
 
-def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, catalog: PriceCatalog,
-                  request_bodies: Callable[[list[str]], dict[str, dict[str, Any]]]) -> ResultTable:
+def price_results(
+    table: ResultTable,
+    *,
+    endpoint: str,
+    model: str,
+    tier: Tier,
+    catalog: PriceCatalog,
+    request_bodies: Callable[[list[str]], dict[str, dict[str, Any]]],
+) -> ResultTable:
     """Attach tokens and cost to every successful row, in bulk: one model per batch, integer 1e-12 USD units.
 
     The same amounts as `price_outcome` row by row (a test holds this); `request_bodies` is asked once,
@@ -254,8 +320,13 @@ def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, 
     except UnknownPriceError:
         actual = standard = None
     version = catalog.version
-    if actual is not None and standard is not None and actual.text is not None and standard.text is not None \
-            and endpoint != Endpoint.IMAGES:
+    if (
+        actual is not None
+        and standard is not None
+        and actual.text is not None
+        and standard.text is not None
+        and endpoint != Endpoint.IMAGES
+    ):
         (pi, pc, po), (si, sc, so) = actual.text, standard.text
         for at, u in usages.items():  # the few rows whose usage needed validating: their tokens first
             rows[at] = (*rows[at][:6], u.input_tokens, u.cached_tokens, u.output_tokens, *rows[at][9:])
@@ -264,8 +335,13 @@ def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, 
         for at, row in enumerate(rows):
             if billed is None or at in billed:
                 uncached, cached, out = row[6] - row[7], row[7], row[8]
-                row = (*row[:10], uncached * pi + cached * pc + out * po, uncached * si + cached * sc + out * so,
-                       version, *row[13:])
+                row = (
+                    *row[:10],
+                    uncached * pi + cached * pc + out * po,
+                    uncached * si + cached * sc + out * so,
+                    version,
+                    *row[13:],
+                )
             costed.append(row)
         rows[:] = costed
         return table
@@ -280,6 +356,14 @@ def price_results(table: ResultTable, *, endpoint: str, model: str, tier: Tier, 
             priced: tuple = (0, 0, f"unpriced:{model}")  # tokens still recorded; the cost report flags it
         else:
             priced = (to_units(cost.actual), to_units(cost.standard), version)
-        rows[at] = (*row[:6], usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.images, *priced,
-                    row[13], row[14])
+        rows[at] = (
+            *row[:6],
+            usage.input_tokens,
+            usage.cached_tokens,
+            usage.output_tokens,
+            usage.images,
+            *priced,
+            row[13],
+            row[14],
+        )
     return table

@@ -4,6 +4,7 @@
 `launch_session` job and runs until Ctrl-C; `--exit-when-done` waits for the winner and exits. The
 process helpers here are also what the end-to-end test uses to start and kill the real daemon.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,11 @@ class DemoPaths:
     @classmethod
     def under(cls, root: Path, *, dagster_home: Path | None = None, pipeline_home: Path | None = None) -> DemoPaths:
         # Absolute: the daemon, the webserver, code servers and run workers must all find the same files.
-        return cls(root=root.resolve(), dagster_home=(dagster_home or root / "dagster_home").resolve(),
-                   pipeline_home=(pipeline_home or root / "var" / "dagster-demo").resolve())
+        return cls(
+            root=root.resolve(),
+            dagster_home=(dagster_home or root / "dagster_home").resolve(),
+            pipeline_home=(pipeline_home or root / "var" / "dagster-demo").resolve(),
+        )
 
     @property
     def ledger_path(self) -> Path:
@@ -80,8 +84,10 @@ def choose_ports(wanted: Mapping[str, tuple[int, str]]) -> dict[str, int]:
         if port == 0:
             chosen[name] = free_port()
         elif port_in_use(port):
-            raise SystemExit(f"error: port {port} ({name}) is already in use on 127.0.0.1; stop what listens there "
-                             f"or pass {option} N (0 picks a free port)")
+            raise SystemExit(
+                f"error: port {port} ({name}) is already in use on 127.0.0.1; stop what listens there "
+                f"or pass {option} N (0 picks a free port)"
+            )
         else:
             chosen[name] = port
     return chosen
@@ -96,35 +102,68 @@ def prepare_instance(paths: DemoPaths) -> None:
     dg.DagsterInstance.from_config(str(paths.dagster_home)).dispose()
 
 
-def dagster_env(paths: DemoPaths, base_url: str, *, mode: str = "deferred", sensor_interval_s: int = 3,
-                extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def dagster_env(
+    paths: DemoPaths,
+    base_url: str,
+    *,
+    mode: str = "deferred",
+    sensor_interval_s: int = 3,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The environment every Dagster process of the demo shares."""
     env = dict(os.environ)
-    env.update({
-        "DAGSTER_HOME": str(paths.dagster_home),
-        "BATCH_PIPELINE_HOME": str(paths.pipeline_home),
-        "OPENAI_BASE_URL": base_url,
-        # A user's own key is kept (it only ever goes to the local simulator here).
-        "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY") or "sk-simulator",
-        "BATCH_API_ENABLED": "true",
-        "BATCH_API_MODE": mode,
-        "BATCH_SENSOR_INTERVAL_SECONDS": str(sensor_interval_s),
-        "BATCH_POLL_INTERVAL_MS": "1000",
-        "BATCH_FLUSH_MAX_AGE_SECONDS": "3",
-    })
+    env.update(
+        {
+            "DAGSTER_HOME": str(paths.dagster_home),
+            "BATCH_PIPELINE_HOME": str(paths.pipeline_home),
+            "OPENAI_BASE_URL": base_url,
+            # A user's own key is kept (it only ever goes to the local simulator here).
+            "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY") or "sk-simulator",
+            "BATCH_API_ENABLED": "true",
+            "BATCH_API_MODE": mode,
+            "BATCH_SENSOR_INTERVAL_SECONDS": str(sensor_interval_s),
+            "BATCH_POLL_INTERVAL_MS": "1000",
+            "BATCH_FLUSH_MAX_AGE_SECONDS": "3",
+        }
+    )
     env.update(extra or {})
     return env
 
 
 def _spawn(args: list[str], *, env: Mapping[str, str], cwd: Path, log: IO[bytes]) -> subprocess.Popen:
     # A process group of its own: stopping it also stops its code servers and run workers.
-    return subprocess.Popen(args, env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args,
+        env=dict(env),
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
-def start_simulator(data_dir: Path, port: int, *, phase_seconds: str = "1,3,1", log: IO[bytes], cwd: Path) -> tuple[subprocess.Popen, str]:
-    proc = _spawn([sys.executable, "-m", "openai_simulator", "--host", "127.0.0.1", "--port", str(port),
-                   "--data-dir", str(data_dir), "--phase-seconds", phase_seconds], env=os.environ, cwd=cwd, log=log)
+def start_simulator(
+    data_dir: Path, port: int, *, phase_seconds: str = "1,3,1", log: IO[bytes], cwd: Path
+) -> tuple[subprocess.Popen, str]:
+    proc = _spawn(
+        [
+            sys.executable,
+            "-m",
+            "openai_simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--phase-seconds",
+            phase_seconds,
+        ],
+        env=os.environ,
+        cwd=cwd,
+        log=log,
+    )
     wait_for_port(port, proc, timeout_s=30)
     return proc, f"http://127.0.0.1:{port}/v1"
 
@@ -134,8 +173,12 @@ def start_daemon(paths: DemoPaths, env: Mapping[str, str], *, log: IO[bytes]) ->
 
 
 def start_webserver(paths: DemoPaths, env: Mapping[str, str], port: int, *, log: IO[bytes]) -> subprocess.Popen:
-    proc = _spawn([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-                  env=env, cwd=paths.root, log=log)
+    proc = _spawn(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+        env=env,
+        cwd=paths.root,
+        log=log,
+    )
     wait_for_port(port, proc, timeout_s=120)
     return proc
 
@@ -165,8 +208,18 @@ def launch_job(paths: DemoPaths, env: Mapping[str, str], job: str, run_config: M
     return run_id
 
 
-def launch_session(paths: DemoPaths, env: Mapping[str, str], session_id: str, *, prompt: str, N: int = 4, M: int = 2,
-                   K: int = 2, E: int = 2, tier: str = "batch") -> str:
+def launch_session(
+    paths: DemoPaths,
+    env: Mapping[str, str],
+    session_id: str,
+    *,
+    prompt: str,
+    N: int = 4,
+    M: int = 2,
+    K: int = 2,
+    E: int = 2,
+    tier: str = "batch",
+) -> str:
     config = {"prompt": prompt, "N": N, "M": M, "K": K, "E": E, "tier": tier, "session_id": session_id}
     # launch_session's config mapping takes the launchpad fields at the top level (checked before the run).
     return launch_job(paths, env, "launch_session", config)
@@ -227,13 +280,18 @@ def _group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batch_pipeline.cli.demo", description=__doc__,
-                                     formatter_class=HelpWithDefaults)
+    parser = argparse.ArgumentParser(
+        prog="python -m batch_pipeline.cli.demo", description=__doc__, formatter_class=HelpWithDefaults
+    )
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (0 picks a free one)")
     parser.add_argument("--simulator-port", type=int, default=8800, help="simulator port (0 picks a free one)")
     parser.add_argument("--prompt", default="a lighthouse in a storm", help="the demo session's prompt")
-    parser.add_argument("--exit-when-done", action="store_true", help="wait for the demo session, print its winner, exit")
-    parser.add_argument("--timeout", type=float, default=900, help="with --exit-when-done: give up after this many seconds")
+    parser.add_argument(
+        "--exit-when-done", action="store_true", help="wait for the demo session, print its winner, exit"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="with --exit-when-done: give up after this many seconds"
+    )
     parser.add_argument("--no-webserver", action="store_true", help="daemon only (CI-like runs)")
     args = parser.parse_args(argv)
     wanted = {"simulator": (args.simulator_port, "--simulator-port")}
@@ -260,8 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     session_id = f"demo-{secrets.token_hex(3)}"
     print(f"logs in {logs}")
     try:
-        sim, base_url = start_simulator(paths.pipeline_home / "simulator", args.simulator_port,
-                                        log=(logs / "simulator.log").open("ab"), cwd=paths.root)
+        sim, base_url = start_simulator(
+            paths.pipeline_home / "simulator",
+            args.simulator_port,
+            log=(logs / "simulator.log").open("ab"),
+            cwd=paths.root,
+        )
         procs.append(sim)
         print(f"simulator (OpenAI-compatible, offline) at {base_url}")
         # One session: the queue is flushed a second after its round is queued (within the tick run that
@@ -275,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         ui = f"http://127.0.0.1:{args.port}"
         print(f"\nDemo session {session_id} launched (N=4, M=2, K=2, E=2, tier batch, deferred batching).")
         if not args.no_webserver:
-            print(f"Open {ui}/assets to see the asset graph, {ui}/runs for the tick runs the sensor launches,\n"
-                  f"{ui}/assets/submitted_batches for batches and their progress, and\n"
-                  f"{ui}/assets/ranked_results?partition={session_id} for the ranked images once it finishes.")
+            print(
+                f"Open {ui}/assets to see the asset graph, {ui}/runs for the tick runs the sensor launches,\n"
+                f"{ui}/assets/submitted_batches for batches and their progress, and\n"
+                f"{ui}/assets/ranked_results?partition={session_id} for the ranked images once it finishes."
+            )
         return watch(paths, session_id, exit_when_done=args.exit_when_done, timeout_s=args.timeout)
     except KeyboardInterrupt:
         print("\nstopping")
@@ -299,14 +363,19 @@ def watch(paths: DemoPaths, session_id: str, *, exit_when_done: bool, timeout_s:
         if status and status != last:
             state, iteration, next_round, winner = status
             elapsed = time.monotonic() - started
-            print(f"[{elapsed:5.0f} s] {session_id}: {state}, iteration {iteration}, next round {next_round or '-'}",
-                  flush=True)
+            print(
+                f"[{elapsed:5.0f} s] {session_id}: {state}, iteration {iteration}, next round {next_round or '-'}",
+                flush=True,
+            )
             last = status
             if state == "completed":
                 prompt = reader.candidate_prompt(session_id, winner) if winner is not None else None
                 print(f"winner: {winner}: {prompt}")
-                print("cost: " + "; ".join(cost_lines(reader.cost_figures(session_id=session_id)))
-                      + ". Full report: materialise cost_report.")
+                print(
+                    "cost: "
+                    + "; ".join(cost_lines(reader.cost_figures(session_id=session_id)))
+                    + ". Full report: materialise cost_report."
+                )
                 if exit_when_done:
                     # The step that completed the session still renders its views: let it finish.
                     wait_for_runs_to_finish(paths, timeout_s=120)

@@ -4,6 +4,7 @@
 knows of, and turns their answers into RunRequests. Nothing here imports Dagster, so each rule is
 unit-tested on its own.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,14 @@ class PriorRun:
     succeeded: bool = False
 
 
-def next_attempt(base_key: str, prior_run: Callable[[str], PriorRun | None], *, snapshot_at: float,
-                 max_attempts: int = MAX_RUN_ATTEMPTS, again_after_success: bool = True) -> int | None:
+def next_attempt(
+    base_key: str,
+    prior_run: Callable[[str], PriorRun | None],
+    *,
+    snapshot_at: float,
+    max_attempts: int = MAX_RUN_ATTEMPTS,
+    again_after_success: bool = True,
+) -> int | None:
     """The attempt number to request for `base_key`, or None to request nothing now.
 
     Dagster never launches a run key twice (even after a failure), so each retry needs a new key:
@@ -63,6 +70,7 @@ def short_hash(items: Iterable[str]) -> str:
 
 # -- the session driver ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StepDue:
     session_id: str
@@ -87,13 +95,17 @@ def step_due(r: SessionRound) -> StepDue | None:
         return StepDue(r.session_id, f"{base}:apply", f"all {r.requests} requests of the round are finished")
     if r.requeued_attempts:
         # The step may rightly leave them for another batch (the fallback policy's call): once is enough.
-        return StepDue(r.session_id, f"{base}:retry{r.requeued_attempts}",
-                       f"requests are back in the queue after {r.requeued_attempts} attempt(s)",
-                       again_after_success=False)
+        return StepDue(
+            r.session_id,
+            f"{base}:retry{r.requeued_attempts}",
+            f"requests are back in the queue after {r.requeued_attempts} attempt(s)",
+            again_after_success=False,
+        )
     return None
 
 
 # -- the flush ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FlushDue:
@@ -101,8 +113,9 @@ class FlushDue:
     reason: str
 
 
-def flush_due(queue: QueueState, *, mode: Literal["immediate", "deferred"], max_requests: int, max_age_s: float,
-              now: float) -> FlushDue | None:
+def flush_due(
+    queue: QueueState, *, mode: Literal["immediate", "deferred"], max_requests: int, max_age_s: float, now: float
+) -> FlushDue | None:
     """Whether a `submitted_batches` run is due.
 
     Deferred mode accumulates batch-tier requests from every session and flushes when the queue reaches
@@ -117,8 +130,11 @@ def flush_due(queue: QueueState, *, mode: Literal["immediate", "deferred"], max_
     if mode == "deferred" and queue.queued and queue.oldest_queued_at is not None:
         age = now - queue.oldest_queued_at
         if queue.queued >= max_requests or age >= max_age_s:
-            why = (f"{queue.queued} queued >= {max_requests}" if queue.queued >= max_requests
-                   else f"oldest queued {age:.0f} s ago >= {max_age_s:g} s")
+            why = (
+                f"{queue.queued} queued >= {max_requests}"
+                if queue.queued >= max_requests
+                else f"oldest queued {age:.0f} s ago >= {max_age_s:g} s"
+            )
             reasons.append(why)
             # The queue's identity: its oldest request and its size. Both change after a flush.
             parts.append(f"q{queue.oldest_queued_at:.6f}-{queue.queued}")
@@ -128,6 +144,7 @@ def flush_due(queue: QueueState, *, mode: Literal["immediate", "deferred"], max_
 
 
 # -- polling in-flight batches --------------------------------------------------------------------
+
 
 @dataclass
 class PollRecord:
@@ -146,18 +163,27 @@ class BatchCursor:
     requested_retries: set[str] = field(default_factory=set)
 
     def to_json(self) -> str:
-        return json.dumps({"v": 1, "b": {bid: [r.polls, round(r.last_polled_at, 3), r.errors, r.ended_status]
-                                          for bid, r in sorted(self.batches.items())},
-                           "r": sorted(self.requested_retries)},
-                          separators=(",", ":"))
+        return json.dumps(
+            {
+                "v": 1,
+                "b": {
+                    bid: [r.polls, round(r.last_polled_at, 3), r.errors, r.ended_status]
+                    for bid, r in sorted(self.batches.items())
+                },
+                "r": sorted(self.requested_retries),
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> BatchCursor:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls({bid: PollRecord(polls, last, errors, ended) for bid, (polls, last, errors, ended) in data["b"].items()},
-                   set(data.get("r", ())))
+        return cls(
+            {bid: PollRecord(polls, last, errors, ended) for bid, (polls, last, errors, ended) in data["b"].items()},
+            set(data.get("r", ())),
+        )
 
     def prune(self, watched: Iterable[WatchedBatch]) -> None:
         """Forget batches that are no longer watched (ingested): the cursor stays as small as the work."""
@@ -172,21 +198,35 @@ def ended_batches(watched: Iterable[WatchedBatch], cursor: BatchCursor) -> list[
     return [b for b in watched if b.ended or (cursor.batches.get(b.openai_batch_id) or PollRecord()).ended_status]
 
 
-def due_for_poll(watched: Iterable[WatchedBatch], cursor: BatchCursor, policy: PollPolicy, now: float) -> list[WatchedBatch]:
+def due_for_poll(
+    watched: Iterable[WatchedBatch], cursor: BatchCursor, policy: PollPolicy, now: float
+) -> list[WatchedBatch]:
     """In-flight batches whose backoff delay has passed (a new batch counts from its creation)."""
     due = []
     for b in watched:
         rec = cursor.batches.get(b.openai_batch_id) or PollRecord(last_polled_at=b.created_at)
         if b.ended or rec.ended_status:
             continue
-        if policy.due(now=now, last_polled_at=rec.last_polled_at, polls=rec.polls, key=b.openai_batch_id,
-                      consecutive_errors=rec.errors):
+        if policy.due(
+            now=now,
+            last_polled_at=rec.last_polled_at,
+            polls=rec.polls,
+            key=b.openai_batch_id,
+            consecutive_errors=rec.errors,
+        ):
             due.append(b)
     return due
 
 
-def record_polls(cursor: BatchCursor, watched: Iterable[WatchedBatch], due: Iterable[WatchedBatch],
-                 seen: Mapping[str, str], now: float, *, failed: bool = False) -> None:
+def record_polls(
+    cursor: BatchCursor,
+    watched: Iterable[WatchedBatch],
+    due: Iterable[WatchedBatch],
+    seen: Mapping[str, str],
+    now: float,
+    *,
+    failed: bool = False,
+) -> None:
     """Fold one poll into the cursor: `seen` maps batch id -> remote status for every watched batch seen.
 
     Due batches count a poll (or an error, when the list call failed); batches that were not due but
@@ -214,6 +254,7 @@ def ingest_base_key(ended: Iterable[WatchedBatch]) -> str:
 
 # -- the tick -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TickDue:
     base_key: str
@@ -221,8 +262,17 @@ class TickDue:
     retries: frozenset[str] = frozenset()  # the retry steps this tick asks for
 
 
-def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[WatchedBatch], cursor: BatchCursor, *,
-             mode: Literal["immediate", "deferred"], max_requests: int, max_age_s: float, now: float) -> TickDue | None:
+def tick_due(
+    rounds: Iterable[SessionRound],
+    queue: QueueState,
+    ended: list[WatchedBatch],
+    cursor: BatchCursor,
+    *,
+    mode: Literal["immediate", "deferred"],
+    max_requests: int,
+    max_age_s: float,
+    now: float,
+) -> TickDue | None:
     """Whether a tick run is due, and under which base run key: one run for everything due now.
 
     Due: a session step (`step_due`), a flush (`flush_due`), an ended batch to ingest, or a round whose
@@ -239,8 +289,11 @@ def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[Watc
     flush = flush_due(queue, mode=mode, max_requests=max_requests, max_age_s=max_age_s, now=now)
     parts, reasons = [d.base_key for d in steps], []
     if steps:
-        reasons.append(f"{len(steps)} session step(s) due: " + ", ".join(f"{d.session_id} ({d.reason})" for d in steps[:5])
-                       + (" ..." if len(steps) > 5 else ""))
+        reasons.append(
+            f"{len(steps)} session step(s) due: "
+            + ", ".join(f"{d.session_id} ({d.reason})" for d in steps[:5])
+            + (" ..." if len(steps) > 5 else "")
+        )
     if flush is not None:
         parts.append(flush.base_key)
         reasons.append(f"flush: {flush.reason}")
@@ -253,5 +306,8 @@ def tick_due(rounds: Iterable[SessionRound], queue: QueueState, ended: list[Watc
         reasons.append(f"{len(late)} round(s) past their deadline: " + ", ".join(r.session_id for r in late[:5]))
     if not parts:
         return None
-    return TickDue(f"tick:{short_hash(parts)}", "; ".join(reasons),
-                   frozenset(d.base_key for d in steps if not d.again_after_success))
+    return TickDue(
+        f"tick:{short_hash(parts)}",
+        "; ".join(reasons),
+        frozenset(d.base_key for d in steps if not d.again_after_success),
+    )

@@ -2,6 +2,7 @@
 
 Pure functions from ledger records to the text the Dagster UI shows; the assets attach their output.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,7 +63,9 @@ def thumbnail_data_url(image_path: str | None, store: ImageStore, px: int = THUM
     with Image.open(path) as opened:
         img = opened.convert("RGB")
         scale = px / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
+        )
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=85)
     url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -81,19 +84,33 @@ def image_md(url: str | None, alt: str) -> str:
 def prompts_md(candidates: Sequence[CandidateRow]) -> str:
     if not candidates:
         return "_No candidates yet: the first text round has not finished._"
-    return table(["candidate", "parent", "WHAT", "HOW", "combined prompt", "status"], [
-        (c.candidate_id, c.parent_id or "-", cell(c.what), cell(c.how), cell(c.combined, 400),
-         "failed" if c.failed else "ok")
-        for c in candidates])
+    return table(
+        ["candidate", "parent", "WHAT", "HOW", "combined prompt", "status"],
+        [
+            (
+                c.candidate_id,
+                c.parent_id or "-",
+                cell(c.what),
+                cell(c.how),
+                cell(c.combined, 400),
+                "failed" if c.failed else "ok",
+            )
+            for c in candidates
+        ],
+    )
 
 
 def thumbnails_md(candidates: Sequence[CandidateRow], store: ImageStore) -> str:
     with_images = [c for c in candidates if c.image_path]
     if not with_images:
         return "_No images yet: the image round of this iteration has not finished._"
-    return table(["candidate", "image", "prompt"], [
-        (c.candidate_id, image_md(thumbnail_data_url(c.image_path, store), c.candidate_id), cell(c.combined, 200))
-        for c in with_images])
+    return table(
+        ["candidate", "image", "prompt"],
+        [
+            (c.candidate_id, image_md(thumbnail_data_url(c.image_path, store), c.candidate_id), cell(c.combined, 200))
+            for c in with_images
+        ],
+    )
 
 
 def ranking_md(state: SearchState, store: ImageStore) -> str:
@@ -106,11 +123,27 @@ def ranking_md(state: SearchState, store: ImageStore) -> str:
     for cid in order:
         c = state.candidate(cid)
         s = record.scores[cid]
-        mark = " (winner)" if cid == state.winner_id else (" (survives)" if cid in record.survivors and not state.done else "")
-        rows.append((f"{record.ranks[cid]}", f"**{cid}**{mark}", image_md(thumbnail_data_url(c.image_path, store), cid),
-                     f"{s.combined:+.3f}", f"{s.alignment:+.3f}", f"{s.aesthetics:+.3f}", cell(c.combined, 220)))
-    head = (f"### Winner: {state.winner_id}\n\nLineage: {' ← '.join(state.lineage)}\n\n" if state.done and state.winner_id
-            else f"### Ranking after iteration {record.iteration} (session still running)\n\n")
+        mark = (
+            " (winner)"
+            if cid == state.winner_id
+            else (" (survives)" if cid in record.survivors and not state.done else "")
+        )
+        rows.append(
+            (
+                f"{record.ranks[cid]}",
+                f"**{cid}**{mark}",
+                image_md(thumbnail_data_url(c.image_path, store), cid),
+                f"{s.combined:+.3f}",
+                f"{s.alignment:+.3f}",
+                f"{s.aesthetics:+.3f}",
+                cell(c.combined, 220),
+            )
+        )
+    head = (
+        f"### Winner: {state.winner_id}\n\nLineage: {' ← '.join(state.lineage)}\n\n"
+        if state.done and state.winner_id
+        else f"### Ranking after iteration {record.iteration} (session still running)\n\n"
+    )
     return head + table(["rank", "candidate", "image", "score", "alignment", "aesthetics", "prompt"], rows)
 
 
@@ -121,12 +154,37 @@ def batches_md(batches: Sequence[BatchOverview]) -> str:
     rows = []
     for b in batches:
         share = progress(b.status or "", b.completed_count, b.failed_count, b.request_count)
-        rows.append((b.batch_key[:16], b.openai_batch_id or "-", b.phase, b.status or "-", b.model, b.request_count,
-                     b.completed_count if b.completed_count is not None else "-",
-                     b.failed_count if b.failed_count is not None else "-", f"{share:.0%}",
-                     ", ".join(b.sessions) or "-", _time(b.created_at)))
-    return table(["batch", "OpenAI id", "phase", "status", "model", "requests", "completed", "failed", "progress",
-                  "sessions", "created (UTC)"], rows)
+        rows.append(
+            (
+                b.batch_key[:16],
+                b.openai_batch_id or "-",
+                b.phase,
+                b.status or "-",
+                b.model,
+                b.request_count,
+                b.completed_count if b.completed_count is not None else "-",
+                b.failed_count if b.failed_count is not None else "-",
+                f"{share:.0%}",
+                ", ".join(b.sessions) or "-",
+                _time(b.created_at),
+            )
+        )
+    return table(
+        [
+            "batch",
+            "OpenAI id",
+            "phase",
+            "status",
+            "model",
+            "requests",
+            "completed",
+            "failed",
+            "progress",
+            "sessions",
+            "created (UTC)",
+        ],
+        rows,
+    )
 
 
 def _time(epoch: float) -> str:

@@ -65,8 +65,9 @@ def runtime_from(openai_resource: OpenAIResource, ledger: LedgerResource, image_
 
     Tier and batching knobs (BATCH_*) still come from the environment through `load_settings`.
     """
-    return build_runtime(load_settings(), client=openai_resource.get_client(), ledger=ledger.ledger(),
-                         image_store=image_store.store())
+    return build_runtime(
+        load_settings(), client=openai_resource.get_client(), ledger=ledger.ledger(), image_store=image_store.store()
+    )
 
 
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -80,8 +81,11 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "openai": OpenAIResource(
             # The bundled simulator (a loopback OPENAI_BASE_URL) takes any key, so a first run needs none;
             # against any other endpoint the key must come from the environment.
-            api_key=(dg.EnvVar("OPENAI_API_KEY") if settings.openai_api_key is not None or not settings.uses_local_endpoint
-                     else LOCAL_PLACEHOLDER_KEY),
+            api_key=(
+                dg.EnvVar("OPENAI_API_KEY")
+                if settings.openai_api_key is not None or not settings.uses_local_endpoint
+                else LOCAL_PLACEHOLDER_KEY
+            ),
             # A URL is not a secret; left unset, the SDK uses its own default endpoint.
             base_url=settings.openai_base_url,
         ),

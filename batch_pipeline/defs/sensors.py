@@ -42,8 +42,9 @@ T = TypeVar("T")
 INTERVAL_S = load_settings().batch_sensor_interval_seconds
 
 
-def read_ledger(context: dg.SensorEvaluationContext, ledger: LedgerResource,
-                read: Callable[[LedgerReader, float], T]) -> tuple[T, float] | dg.SkipReason:
+def read_ledger(
+    context: dg.SensorEvaluationContext, ledger: LedgerResource, read: Callable[[LedgerReader, float], T]
+) -> tuple[T, float] | dg.SkipReason:
     """One read-only look at the ledger and the time it was taken, or why this tick skips.
 
     A writer holding the file for longer than the reader's short wait skips the tick; the cursor is not
@@ -66,21 +67,29 @@ def poll_remote(client: openai_sdk.OpenAI, due: list[WatchedBatch], watched: Ite
     1,000 batches cost 10 list pages, not 1,000 calls; at most MAX_RETRIEVES_PER_TICK stragglers the
     list walk missed are fetched one by one, the rest wait a tick.
     """
-    found = find_batches(client, [b.openai_batch_id for b in due], also=[b.openai_batch_id for b in watched],
-                         created_after=min(b.created_at for b in due) - LIST_SLACK_S,
-                         max_retrieves=MAX_RETRIEVES_PER_TICK)
+    found = find_batches(
+        client,
+        [b.openai_batch_id for b in due],
+        also=[b.openai_batch_id for b in watched],
+        created_after=min(b.created_at for b in due) - LIST_SLACK_S,
+        max_retrieves=MAX_RETRIEVES_PER_TICK,
+    )
     return {batch_id: remote.status for batch_id, remote in found.items()}
 
 
 @dg.sensor(
-    name="pipeline_sensor", job=tick_job, minimum_interval_seconds=INTERVAL_S,
+    name="pipeline_sensor",
+    job=tick_job,
+    minimum_interval_seconds=INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests one tick run (tick_job) when any running session's round is ready (not queued yet, "
-                "all answered, or back from a failed batch), a flush is due (deferred mode: queue size or age; "
-                "any mode: a half-sent batch) or a batch ended. Polls in-flight batches with one paginated list "
-                "call, each on its own backoff (state in the cursor). Reads the ledger read-only, never writes.")
-def pipeline_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
-                    openai: OpenAIResource) -> dg.SensorResult | dg.SkipReason:
+    "all answered, or back from a failed batch), a flush is due (deferred mode: queue size or age; "
+    "any mode: a half-sent batch) or a batch ended. Polls in-flight batches with one paginated list "
+    "call, each on its own backoff (state in the cursor). Reads the ledger read-only, never writes.",
+)
+def pipeline_sensor(
+    context: dg.SensorEvaluationContext, ledger: LedgerResource, openai: OpenAIResource
+) -> dg.SensorResult | dg.SkipReason:
     settings = load_settings()
     settle_s = create_settle_s(settings.batch_create_timeout_seconds)
     snapshot = read_ledger(context, ledger, lambda reader, at: reader.tick_snapshot(settled_before=at - settle_s))
@@ -98,30 +107,49 @@ def pipeline_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource,
             # A failed poll is not a failed batch: back off harder and look again later.
             context.log.warning(f"polling {len(due_polls)} batch(es) failed: {type(exc).__name__}: {exc}")
             record_polls(cursor, watched, due_polls, {}, time.time(), failed=True)
-    due = tick_due(rounds, queue, ended_batches(watched, cursor), cursor, mode=settings.batch_api_mode,
-                   max_requests=settings.batch_flush_max_requests, max_age_s=settings.batch_flush_max_age_seconds,
-                   now=snapshot_at)
+    due = tick_due(
+        rounds,
+        queue,
+        ended_batches(watched, cursor),
+        cursor,
+        mode=settings.batch_api_mode,
+        max_requests=settings.batch_flush_max_requests,
+        max_age_s=settings.batch_flush_max_age_seconds,
+        now=snapshot_at,
+    )
     # A session whose launch run died before adding its partition still gets one here.
     known = set(context.instance.get_dynamic_partitions(SESSIONS_NAME))
     missing = sorted({r.session_id for r in rounds} - known)
     partitions = [SESSIONS.build_add_request(missing)] if missing else None
-    summary = (f"{len(rounds)} running session(s), {queue.queued} queued, {len(watched)} batch(es) watched, "
-               f"{len(due_polls)} polled")
+    summary = (
+        f"{len(rounds)} running session(s), {queue.queued} queued, {len(watched)} batch(es) watched, "
+        f"{len(due_polls)} polled"
+    )
     if due is None:
-        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
-                               skip_reason=f"{summary}; nothing due")
+        return dg.SensorResult(
+            cursor=cursor.to_json(), dynamic_partitions_requests=partitions, skip_reason=f"{summary}; nothing due"
+        )
     if runs_in_progress(context.instance, tick_job.name):
-        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
-                               skip_reason=f"{summary}; a tick run is already queued or running")
+        return dg.SensorResult(
+            cursor=cursor.to_json(),
+            dynamic_partitions_requests=partitions,
+            skip_reason=f"{summary}; a tick run is already queued or running",
+        )
     attempt = next_attempt(due.base_key, prior_runs(context.instance, context.sensor_name), snapshot_at=snapshot_at)
     if attempt is None:
-        return dg.SensorResult(cursor=cursor.to_json(), dynamic_partitions_requests=partitions,
-                               skip_reason=f"{summary}; {due.base_key} waits for its previous run")
+        return dg.SensorResult(
+            cursor=cursor.to_json(),
+            dynamic_partitions_requests=partitions,
+            skip_reason=f"{summary}; {due.base_key} waits for its previous run",
+        )
     cursor.requested_retries |= due.retries
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{due.base_key}:a{attempt}",
-                                    tags={"batch_pipeline/tick_reason": due.reason[:2000]})],
-        cursor=cursor.to_json(), dynamic_partitions_requests=partitions)
+        run_requests=[
+            dg.RunRequest(run_key=f"{due.base_key}:a{attempt}", tags={"batch_pipeline/tick_reason": due.reason[:2000]})
+        ],
+        cursor=cursor.to_json(),
+        dynamic_partitions_requests=partitions,
+    )
 
 
 ALL_SENSORS = [pipeline_sensor]

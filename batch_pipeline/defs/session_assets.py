@@ -27,34 +27,54 @@ if TYPE_CHECKING:  # what Dagster accepts as a metadata value; it exports no pub
 GROUP = "search"
 
 queued_requests = dg.AssetSpec(
-    "queued_requests", partitions_def=SESSIONS, group_name=GROUP, kinds={"duckdb", "openai"},
+    "queued_requests",
+    partitions_def=SESSIONS,
+    group_name=GROUP,
+    kinds={"duckdb", "openai"},
     description=(
         "The requests of the session's next round, queued in the ledger. Each materialisation is one step "
         "of the beam search, recorded by the tick run that made it: it applied every round whose results "
         "are all in (text -> candidates, image -> pictures, vision -> ranking) and queued the next round's "
-        "requests on the session's tier. The latest materialisation is the session's state."))
+        "requests on the session's tier. The latest materialisation is the session's state."
+    ),
+)
 
 generated_prompts = dg.AssetSpec(
-    "generated_prompts", partitions_def=SESSIONS, deps=[queued_requests], group_name=GROUP,
+    "generated_prompts",
+    partitions_def=SESSIONS,
+    deps=[queued_requests],
+    group_name=GROUP,
     kinds={"duckdb", "markdown"},
     description=(
         "Every candidate's prompts so far: WHAT (the content), HOW (the style) and the combined image prompt, "
-        "with its parent in the previous iteration. A view of the ledger, recorded after each step."))
+        "with its parent in the previous iteration. A view of the ledger, recorded after each step."
+    ),
+)
 
 image_candidates = dg.AssetSpec(
-    "image_candidates", partitions_def=SESSIONS, deps=[generated_prompts], group_name=GROUP,
+    "image_candidates",
+    partitions_def=SESSIONS,
+    deps=[generated_prompts],
+    group_name=GROUP,
     kinds={"duckdb", "image"},
     description=(
         "The generated image of each candidate of the latest iteration, as thumbnails in the metadata "
-        "(full-size files stay in the image store). A view of the ledger, recorded after each step."))
+        "(full-size files stay in the image store). A view of the ledger, recorded after each step."
+    ),
+)
 
 ranked_results = dg.AssetSpec(
-    "ranked_results", partitions_def=SESSIONS, deps=[image_candidates], group_name=GROUP,
+    "ranked_results",
+    partitions_def=SESSIONS,
+    deps=[image_candidates],
+    group_name=GROUP,
     kinds={"duckdb", "image"},
     description=(
         "The latest ranking of the session's pool, best first: image, Bradley-Terry score (alignment and "
         "aesthetics blended by alpha) and prompt; once the session is done, the winner and its lineage "
-        "back to iteration 0."))
+        "back to iteration 0."
+    ),
+)
 
 SESSION_VIEWS = [queued_requests, generated_prompts, image_candidates, ranked_results]
 
@@ -66,16 +86,19 @@ ROUND_VIEWS = {"text": generated_prompts, "image": image_candidates, "vision": r
 def changed_views(before: SessionRound | None, step: SessionProgress) -> list[dg.AssetSpec]:
     """The views a step changed: its queued round always; a view whose round it applied; all four on a
     session's first step and when it ends. Rendering only these keeps a tick's cost to what moved."""
-    if before is None or (step.status != "running" and step.status != "waiting") or \
-            (before.iteration, before.next_round, before.requests) == (0, "text", 0):
+    if (
+        before is None
+        or (step.status != "running" and step.status != "waiting")
+        or (before.iteration, before.next_round, before.requests) == (0, "text", 0)
+    ):
         return SESSION_VIEWS
     order = list(ROUND_VIEWS)
     was = (before.iteration, order.index(before.next_round) if before.next_round in order else len(order))
     now = (step.iteration, order.index(step.next_round) if step.next_round in order else len(order))
     if now[0] > was[0]:
-        applied = order[was[1]:] + order[:now[1]] if now[0] == was[0] + 1 else order
+        applied = order[was[1] :] + order[: now[1]] if now[0] == was[0] + 1 else order
     else:
-        applied = order[was[1]:now[1]]
+        applied = order[was[1] : now[1]]
     return [queued_requests, *(ROUND_VIEWS[r] for r in order if r in applied)]
 
 
@@ -90,32 +113,47 @@ class ViewInputs:
     candidates: list[CandidateRow]
 
 
-def read_view_inputs(runtime: Runtime, reader: LedgerReader,
-                     steps: list[tuple[SessionProgress, list[dg.AssetSpec]]]) -> dict[str, ViewInputs]:
+def read_view_inputs(
+    runtime: Runtime, reader: LedgerReader, steps: list[tuple[SessionProgress, list[dg.AssetSpec]]]
+) -> dict[str, ViewInputs]:
     """Everything these steps' views show, read in a few queries for all of them (inside the run's ledger
     unit); rendering them (`session_views`) then needs no ledger, so it runs after the unit lets go."""
     ledger = runtime.ledger
     ids = [step.session_id for step, _views in steps]
     loaded = ledger.sessions_with_state(ids)
     counts = ledger.state_counts_of(ids)
-    tiers = reader.rounds_tiers({step.session_id: RoundId(step.iteration, step.next_round)
-                                 for step, _views in steps if step.next_round is not None})
-    candidates = ledger.candidates_of([step.session_id for step, views in steps
-                                       if {v.key.path[-1] for v in views} & {"generated_prompts", "image_candidates"}])
+    tiers = reader.rounds_tiers(
+        {
+            step.session_id: RoundId(step.iteration, step.next_round)
+            for step, _views in steps
+            if step.next_round is not None
+        }
+    )
+    candidates = ledger.candidates_of(
+        [
+            step.session_id
+            for step, views in steps
+            if {v.key.path[-1] for v in views} & {"generated_prompts", "image_candidates"}
+        ]
+    )
     turnaround = ledger.observed_turnaround()
     inputs = {}
     for session_id in ids:
         row, state_json = loaded[session_id]
         state = SearchState.model_validate_json(state_json)
         inputs[session_id] = ViewInputs(
-            state=state, requests_by_state=counts.get(session_id, {}), round_tiers=tiers.get(session_id, []),
+            state=state,
+            requests_by_state=counts.get(session_id, {}),
+            round_tiers=tiers.get(session_id, []),
             money_and_time=runtime.sessions.money_and_time(session_id, row=row, state=state, turnaround=turnaround),
-            candidates=candidates.get(session_id, []))
+            candidates=candidates.get(session_id, []),
+        )
     return inputs
 
 
-def session_views(runtime: Runtime, step: SessionProgress, inputs: ViewInputs,
-                  views: list[dg.AssetSpec] = SESSION_VIEWS) -> "dict[str, dict[str, RawMetadataValue]]":
+def session_views(
+    runtime: Runtime, step: SessionProgress, inputs: ViewInputs, views: list[dg.AssetSpec] = SESSION_VIEWS
+) -> "dict[str, dict[str, RawMetadataValue]]":
     """The metadata of these views of one session after a step, by asset name, from what was read for it
     (`read_view_inputs`; no ledger access)."""
     store = runtime.image_store
@@ -131,7 +169,8 @@ def session_views(runtime: Runtime, step: SessionProgress, inputs: ViewInputs,
     }
     if step.next_round is not None:
         step_md["round_tiers"] = dg.MetadataValue.md(
-            table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in inputs.round_tiers]))
+            table(["tier", "why", "state", "requests"], [(t, r or "-", s, n) for t, r, s, n in inputs.round_tiers])
+        )
     if step.winner_id:
         step_md["winner"] = step.winner_id
     if step.error:
@@ -146,11 +185,17 @@ def session_views(runtime: Runtime, step: SessionProgress, inputs: ViewInputs,
             "failed": sum(c.failed for c in candidates),
             "prompts": dg.MetadataValue.md(prompts_md(candidates)),
         }
-        found["image_candidates"] = {
-            "iteration": latest if latest is not None else -1,
-            "images": sum(1 for c in candidates if c.image_path),
-            "thumbnails": dg.MetadataValue.md(thumbnails_md([c for c in candidates if c.iteration == latest], store)),
-        } if "image_candidates" in names else {}
+        found["image_candidates"] = (
+            {
+                "iteration": latest if latest is not None else -1,
+                "images": sum(1 for c in candidates if c.image_path),
+                "thumbnails": dg.MetadataValue.md(
+                    thumbnails_md([c for c in candidates if c.iteration == latest], store)
+                ),
+            }
+            if "image_candidates" in names
+            else {}
+        )
     if "ranked_results" in names:
         state = inputs.state
         ranking: dict[str, RawMetadataValue] = {
@@ -160,16 +205,22 @@ def session_views(runtime: Runtime, step: SessionProgress, inputs: ViewInputs,
         }
         if state.done and state.winner_id:
             winner = state.candidate(state.winner_id)
-            ranking |= {"winner": state.winner_id, "winner_prompt": winner.combined,
-                        "lineage": " <- ".join(state.lineage),
-                        "final_best_scores": dg.MetadataValue.json(state.final_best_scores)}
+            ranking |= {
+                "winner": state.winner_id,
+                "winner_prompt": winner.combined,
+                "lineage": " <- ".join(state.lineage),
+                "final_best_scores": dg.MetadataValue.json(state.final_best_scores),
+            }
         found["ranked_results"] = ranking
     return {name: found[name] for name in (v.key.path[-1] for v in SESSION_VIEWS) if name in names}
 
 
-def view_materializations(runtime: Runtime, steps: list[tuple[SessionProgress, list[dg.AssetSpec]]],
-                          inputs: dict[str, ViewInputs]) -> list[dg.AssetMaterialization]:
+def view_materializations(
+    runtime: Runtime, steps: list[tuple[SessionProgress, list[dg.AssetSpec]]], inputs: dict[str, ViewInputs]
+) -> list[dg.AssetMaterialization]:
     """A materialisation of each view each step changed, on the session's partition (no ledger access)."""
-    return [dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata)
-            for step, views in steps
-            for asset, metadata in session_views(runtime, step, inputs[step.session_id], views).items()]
+    return [
+        dg.AssetMaterialization(asset_key=asset, partition=step.session_id, metadata=metadata)
+        for step, views in steps
+        for asset, metadata in session_views(runtime, step, inputs[step.session_id], views).items()
+    ]

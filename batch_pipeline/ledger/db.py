@@ -1,4 +1,5 @@
 """What every ledger module shares: the bulk insert, and what `Ledger`'s mixins use of it."""
+
 from __future__ import annotations
 
 import itertools
@@ -42,16 +43,24 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[st
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selects}", column_lists)
 
 
-def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, pa.Array | list],
-                   select: Mapping[str, str] | None = None) -> None:
+def insert_columns(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Mapping[str, pa.Array | list],
+    select: Mapping[str, str] | None = None,
+) -> None:
     """Bulk insert of columns through Arrow: DuckDB scans the table in place, with no per-row round trip.
 
     `executemany` costs a round trip per row (about 40x slower at 50,000 rows) and a list per column
     unnested in SQL is about 4x slower than an Arrow scan; see docs/PERFORMANCE.md. `select` gives
     an SQL expression for a target column (over the Arrow columns) where the value needs converting.
     """
-    data = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-                     for name, values in columns.items()})
+    data = pa.table(
+        {
+            name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+            for name, values in columns.items()
+        }
+    )
     if not data.num_rows:
         return
     select = select or {}
@@ -75,8 +84,12 @@ def arrow_view(con: duckdb.DuckDBPyConnection, columns: Mapping[str, pa.Array | 
 
     A list of 50,000 ids passed as a parameter (`IN (SELECT unnest(?))`) is converted value by value;
     the same ids as an Arrow column are read as they are, several times faster."""
-    data = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
-                     for name, values in columns.items()})
+    data = pa.table(
+        {
+            name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
+            for name, values in columns.items()
+        }
+    )
     name = f"_view_{next(_VIEWS)}"
     con.complete()  # a statement read with fetchone() is still open, and register() refuses to run beside it
     con.register(name, data)

@@ -4,6 +4,7 @@ Every state change goes through `_move_requests` / `_move_batch`, which check th
 `states.py`. Connections are short-lived and closed in `finally`; opening retries for a bounded
 time while another process holds DuckDB's single-writer lock.
 """
+
 from __future__ import annotations
 
 import logging
@@ -106,8 +107,10 @@ class RemoteStatus(BaseModel):
 
 _BATCH_COLUMNS = ", ".join(BatchRecord.model_fields)
 # The results columns `_outcome_from_row` reads, in its order.
-_OUTCOME_COLUMNS = ("r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message, r.input_tokens,"
-                    " r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, r.price_version")
+_OUTCOME_COLUMNS = (
+    "r.request_id, r.outcome, r.status_code, r.response, r.error_code, r.error_message, r.input_tokens,"
+    " r.cached_tokens, r.output_tokens, r.images, r.cost_usd, r.standard_cost_usd, r.price_version"
+)
 
 
 class Ledger(SessionRecords, SpendingRecords):
@@ -244,17 +247,49 @@ class Ledger(SessionRecords, SpendingRecords):
             # A session cancelled (or ended) meanwhile asks for nothing more: its next round is never queued.
             new = [r for r in requests if r.request_id not in known and r.session_id not in ended]
             if new:
-                insert_rows(con, "requests", _REQUEST_INSERT_COLUMNS, [
-                    (r.request_id, r.session_id, r.operation, str(r.endpoint), r.model, str(r.tier), r.tier_reason,
-                     r.iteration, r.round, r.body_text(), r.body_hash, r.est_prompt_tokens, r.line_bytes,
-                     "queued", 0, now, now)
-                    for r in new])
-                insert_rows(con, "request_events", _EVENT_COLUMNS,
-                             [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new])
+                insert_rows(
+                    con,
+                    "requests",
+                    _REQUEST_INSERT_COLUMNS,
+                    [
+                        (
+                            r.request_id,
+                            r.session_id,
+                            r.operation,
+                            str(r.endpoint),
+                            r.model,
+                            str(r.tier),
+                            r.tier_reason,
+                            r.iteration,
+                            r.round,
+                            r.body_text(),
+                            r.body_hash,
+                            r.est_prompt_tokens,
+                            r.line_bytes,
+                            "queued",
+                            0,
+                            now,
+                            now,
+                        )
+                        for r in new
+                    ],
+                )
+                insert_rows(
+                    con,
+                    "request_events",
+                    _EVENT_COLUMNS,
+                    [(r.request_id, now, None, "queued", None, r.tier_reason or "enqueued") for r in new],
+                )
         return [r.request_id for r in new]
 
-    def queued_rows(self, *, tier: Tier | Sequence[Tier] = Tier.BATCH, session_id: str | None = None,
-                    session_ids: Iterable[str] | None = None, retried: bool = False) -> list[QueuedRow]:
+    def queued_rows(
+        self,
+        *,
+        tier: Tier | Sequence[Tier] = Tier.BATCH,
+        session_id: str | None = None,
+        session_ids: Iterable[str] | None = None,
+        retried: bool = False,
+    ) -> list[QueuedRow]:
         """Queued requests of a tier (or of any of several), oldest first (FIFO keeps waiting times fair).
 
         `session_ids` limits them to the sessions a driver owns; `retried` to those sent before (back from
@@ -262,9 +297,11 @@ class Ledger(SessionRecords, SpendingRecords):
         a cancelled session's queue is never sent.
         """
         tiers = [str(tier)] if isinstance(tier, str) else [str(t) for t in tier]
-        sql = ("SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens, tier, attempts FROM requests"
-               " WHERE state = 'queued' AND tier IN (SELECT unnest(?))"
-               f" AND {_NOT_OF_AN_ENDED_SESSION}")
+        sql = (
+            "SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens, tier, attempts FROM requests"
+            " WHERE state = 'queued' AND tier IN (SELECT unnest(?))"
+            f" AND {_NOT_OF_AN_ENDED_SESSION}"
+        )
         params: list[Any] = [tiers]
         if retried:
             sql += " AND attempts > 0"
@@ -276,23 +313,39 @@ class Ledger(SessionRecords, SpendingRecords):
             params.append(list(session_ids))
         with self.connect() as con:
             rows = con.execute(sql + " ORDER BY created_at, request_id", params).fetchall()
-        return [QueuedRow(request_id=r[0], endpoint=r[1], model=r[2], line_bytes=r[3], est_prompt_tokens=r[4],
-                          tier=r[5], attempts=r[6]) for r in rows]
+        return [
+            QueuedRow(
+                request_id=r[0],
+                endpoint=r[1],
+                model=r[2],
+                line_bytes=r[3],
+                est_prompt_tokens=r[4],
+                tier=r[5],
+                attempts=r[6],
+            )
+            for r in rows
+        ]
 
     def sessions_with_queued_work(self, session_ids: Iterable[str]) -> set[str]:
         """Of these sessions, those with queued requests a step itself runs or moves: standard or flex ones
         (`RoundExecutor.run_sync`) and batch ones back from a failed try (`RoundExecutor.apply_fallback`)."""
         with self.connect() as con:
-            rows = con.execute("SELECT DISTINCT session_id FROM requests WHERE state = 'queued'"
-                               " AND session_id IN (SELECT unnest(?))"
-                               " AND (tier IN ('standard', 'flex') OR (tier = 'batch' AND attempts > 0))",
-                               [list(session_ids)]).fetchall()
+            rows = con.execute(
+                "SELECT DISTINCT session_id FROM requests WHERE state = 'queued'"
+                " AND session_id IN (SELECT unnest(?))"
+                " AND (tier IN ('standard', 'flex') OR (tier = 'batch' AND attempts > 0))",
+                [list(session_ids)],
+            ).fetchall()
         return {sid for (sid,) in rows}
 
-    def queue_summary(self, *, tier: Tier = Tier.BATCH, session_ids: Iterable[str] | None = None) -> tuple[int, float | None]:
+    def queue_summary(
+        self, *, tier: Tier = Tier.BATCH, session_ids: Iterable[str] | None = None
+    ) -> tuple[int, float | None]:
         """How many requests of a tier wait in the queue (of these sessions), and since when the oldest."""
-        sql = ("SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = ?"
-               f" AND {_NOT_OF_AN_ENDED_SESSION}")
+        sql = (
+            "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = ?"
+            f" AND {_NOT_OF_AN_ENDED_SESSION}"
+        )
         params: list[Any] = [str(tier)]
         if session_ids is not None:
             sql += " AND session_id IN (SELECT unnest(?))"
@@ -301,7 +354,9 @@ class Ledger(SessionRecords, SpendingRecords):
             count, oldest = one_row(con.execute(sql, params))
         return int(count), oldest
 
-    def request_states(self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None) -> dict[str, RequestState]:
+    def request_states(
+        self, request_ids: Sequence[str] | None = None, *, session_id: str | None = None
+    ) -> dict[str, RequestState]:
         sql = "SELECT request_id, state FROM requests"
         params: list[Any] = []
         if request_ids is not None:
@@ -316,8 +371,11 @@ class Ledger(SessionRecords, SpendingRecords):
     def state_counts_of(self, session_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """`state_counts` of several sessions in one query."""
         with self.connect() as con:
-            rows = con.execute("SELECT session_id, state, count(*) FROM requests WHERE session_id IN (SELECT unnest(?))"
-                               " GROUP BY ALL ORDER BY 1, 2", [list(session_ids)]).fetchall()
+            rows = con.execute(
+                "SELECT session_id, state, count(*) FROM requests WHERE session_id IN (SELECT unnest(?))"
+                " GROUP BY ALL ORDER BY 1, 2",
+                [list(session_ids)],
+            ).fetchall()
         found: dict[str, dict[str, int]] = {}
         for session_id, state, n in rows:
             found.setdefault(session_id, {})[state] = n
@@ -342,26 +400,50 @@ class Ledger(SessionRecords, SpendingRecords):
         write of the session's state is conditional on `running`, so a step in progress cannot undo this.
         """
         with self.transaction() as con:
-            changed = con.execute("UPDATE sessions SET status = 'cancelled', error = ?, updated_at = ?"
-                                  " WHERE session_id = ? AND status = 'running' RETURNING session_id",
-                                  [reason, self.clock(), session_id]).fetchall()
+            changed = con.execute(
+                "UPDATE sessions SET status = 'cancelled', error = ?, updated_at = ?"
+                " WHERE session_id = ? AND status = 'running' RETURNING session_id",
+                [reason, self.clock(), session_id],
+            ).fetchall()
             if not changed:
                 return False, []
             self._cancel_queued(con, session_id, reason)
-        return True, [b for b, exclusive in self.batches_of_session(session_id, in_flight=True)
-                      if exclusive and b.status not in ENDED_STATUSES]
+        return True, [
+            b
+            for b, exclusive in self.batches_of_session(session_id, in_flight=True)
+            if exclusive and b.status not in ENDED_STATUSES
+        ]
 
     def _cancel_queued(self, con: duckdb.DuckDBPyConnection, session_id: str, reason: str) -> list[str]:
         """End a session's queued requests as cancelled (they were never sent, so nothing is billed)."""
-        rows = con.execute("SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'",
-                           [session_id]).fetchall()
+        rows = con.execute(
+            "SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'", [session_id]
+        ).fetchall()
         if not rows:
             return []
         ids = [rid for rid, _, _ in rows]
-        self._move_requests(con, {RequestState.CANCELLED: ids}, batch_key=None, reason=reason,
-                            expect_from={RequestState.QUEUED}, errors={rid: reason for rid in ids}, count_attempt=True)
-        self._insert_results(con, [(RequestOutcome(request_id=rid, outcome=Outcome.CANCELLED, error_message=reason),
-                                    attempts + 1, None, tier) for rid, attempts, tier in rows], self.clock())
+        self._move_requests(
+            con,
+            {RequestState.CANCELLED: ids},
+            batch_key=None,
+            reason=reason,
+            expect_from={RequestState.QUEUED},
+            errors={rid: reason for rid in ids},
+            count_attempt=True,
+        )
+        self._insert_results(
+            con,
+            [
+                (
+                    RequestOutcome(request_id=rid, outcome=Outcome.CANCELLED, error_message=reason),
+                    attempts + 1,
+                    None,
+                    tier,
+                )
+                for rid, attempts, tier in rows
+            ],
+            self.clock(),
+        )
         return ids
 
     def batches_of_session(self, session_id: str, *, in_flight: bool = False) -> list[tuple[BatchRecord, bool]]:
@@ -374,24 +456,41 @@ class Ledger(SessionRecords, SpendingRecords):
                 " FROM batches b JOIN batch_members m USING (batch_key) JOIN requests q USING (request_id)"
                 f" {only_in_flight}"
                 " GROUP BY ALL HAVING bool_or(q.session_id = ?) ORDER BY b.created_at, b.batch_key",
-                [session_id, session_id]).fetchall()
+                [session_id, session_id],
+            ).fetchall()
         return [(_batch_from_row(row[:-1]), bool(row[-1])) for row in rows]
 
     def fail_queued(self, request_ids: Sequence[str], reason: str) -> None:
         """End queued requests that can never run (e.g. larger than any batch file allows)."""
-        outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT, error_message=reason)
-                    for rid in request_ids]
+        outcomes = [
+            RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT, error_message=reason)
+            for rid in request_ids
+        ]
         with self.transaction() as con:
-            tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                     [list(request_ids)]).fetchall())
+            tiers = dict(
+                con.execute(
+                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]
+                ).fetchall()
+            )
             # Counted as an attempt, so its result row is the request's final one (attempt = attempts).
-            self._move_requests(con, {RequestState.FAILED: list(request_ids)}, batch_key=None, reason=reason,
-                                expect_from={RequestState.QUEUED}, errors={rid: reason for rid in request_ids},
-                                count_attempt=True)
-            attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                        [list(request_ids)]).fetchall())
-            self._insert_results(con, [(o, attempts[o.request_id], None, Tier(tiers[o.request_id])) for o in outcomes],
-                                 self.clock())
+            self._move_requests(
+                con,
+                {RequestState.FAILED: list(request_ids)},
+                batch_key=None,
+                reason=reason,
+                expect_from={RequestState.QUEUED},
+                errors={rid: reason for rid in request_ids},
+                count_attempt=True,
+            )
+            attempts = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                    [list(request_ids)],
+                ).fetchall()
+            )
+            self._insert_results(
+                con, [(o, attempts[o.request_id], None, Tier(tiers[o.request_id])) for o in outcomes], self.clock()
+            )
 
     def request_body(self, request_id: str) -> dict[str, Any]:
         return self.request_row(request_id).body
@@ -405,8 +504,10 @@ class Ledger(SessionRecords, SpendingRecords):
     def request_rows(self, request_ids: Sequence[str]) -> dict[str, RequestRow]:
         """Several requests in one query (opening a connection costs ~10 ms: never one per request)."""
         with self.connect() as con:
-            rows = con.execute(f"SELECT {', '.join(RequestRow.model_fields)} FROM requests"
-                               " WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]).fetchall()
+            rows = con.execute(
+                f"SELECT {', '.join(RequestRow.model_fields)} FROM requests WHERE request_id IN (SELECT unnest(?))",
+                [list(request_ids)],
+            ).fetchall()
         return {row[0]: _request_from_row(row) for row in rows}
 
     def final_results(self, request_ids: Sequence[str]) -> dict[str, RequestOutcome]:
@@ -422,8 +523,9 @@ class Ledger(SessionRecords, SpendingRecords):
 
     # -- batches -----------------------------------------------------------------------------
 
-    def create_batch_intent(self, batch_key: str, endpoint: str, model: str,
-                            members: Sequence[QueuedRow]) -> BatchRecord | None:
+    def create_batch_intent(
+        self, batch_key: str, endpoint: str, model: str, members: Sequence[QueuedRow]
+    ) -> BatchRecord | None:
         """Persist a batch before anything is sent: its members move queued -> submitted.
 
         This is the first half of the two-phase submit; a crash after it is recovered by
@@ -442,19 +544,42 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute(
                 "INSERT INTO batches (batch_key, endpoint, model, phase, request_count, input_bytes, est_prompt_tokens,"
                 " created_at, updated_at) VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
-                [batch_key, endpoint, model, len(members), sum(m.line_bytes + 1 for m in members),
-                 sum(m.est_prompt_tokens for m in members), now, now],
+                [
+                    batch_key,
+                    endpoint,
+                    model,
+                    len(members),
+                    sum(m.line_bytes + 1 for m in members),
+                    sum(m.est_prompt_tokens for m in members),
+                    now,
+                    now,
+                ],
             )
-            insert_rows(con, "batch_members", ("batch_key", "request_id", "line_no"),
-                         [(batch_key, rid, i) for i, rid in enumerate(ids, 1)])
-            self._move_requests(con, {RequestState.SUBMITTED: ids}, batch_key=batch_key, reason="batch intent",
-                                expect_from={RequestState.QUEUED}, count_attempt=True)
+            insert_rows(
+                con,
+                "batch_members",
+                ("batch_key", "request_id", "line_no"),
+                [(batch_key, rid, i) for i, rid in enumerate(ids, 1)],
+            )
+            self._move_requests(
+                con,
+                {RequestState.SUBMITTED: ids},
+                batch_key=batch_key,
+                reason="batch intent",
+                expect_from={RequestState.QUEUED},
+                count_attempt=True,
+            )
             return self.batch(batch_key)
 
     @staticmethod
     def request_states_in(con: duckdb.DuckDBPyConnection, request_ids: Sequence[str], state: RequestState) -> list[str]:
-        return [rid for (rid,) in con.execute("SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?))"
-                                              " AND state = ?", [list(request_ids), str(state)]).fetchall()]
+        return [
+            rid
+            for (rid,) in con.execute(
+                "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = ?",
+                [list(request_ids), str(state)],
+            ).fetchall()
+        ]
 
     def iter_batch_bodies(self, batch_key: str, chunk: int = 2_000) -> Iterator[tuple[int, str, str, str]]:
         """(line_no, custom_id, endpoint, body JSON) of a batch in line order, fetched in chunks."""
@@ -469,7 +594,9 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def batch_members(self, batch_key: str) -> dict[int, str]:
         with self.connect() as con:
-            return dict(con.execute("SELECT line_no, request_id FROM batch_members WHERE batch_key = ?", [batch_key]).fetchall())
+            return dict(
+                con.execute("SELECT line_no, request_id FROM batch_members WHERE batch_key = ?", [batch_key]).fetchall()
+            )
 
     def batch(self, batch_key: str) -> BatchRecord:
         with self.connect() as con:
@@ -478,16 +605,19 @@ class Ledger(SessionRecords, SpendingRecords):
             raise LedgerError(f"unknown batch {batch_key!r}")
         return _batch_from_row(row)
 
-    def batches(self, phases: Iterable[BatchPhase] | None = None, *,
-                session_ids: Iterable[str] | None = None) -> list[BatchRecord]:
+    def batches(
+        self, phases: Iterable[BatchPhase] | None = None, *, session_ids: Iterable[str] | None = None
+    ) -> list[BatchRecord]:
         """Batches (in these phases), oldest first; with `session_ids`, those holding any of their requests."""
         sql, params = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE true", []
         if phases is not None:
             sql += " AND phase IN (SELECT unnest(?))"
             params.append([str(p) for p in phases])
         if session_ids is not None:
-            sql += (" AND batch_key IN (SELECT m.batch_key FROM batch_members m JOIN requests q USING (request_id)"
-                    " WHERE q.session_id IN (SELECT unnest(?)))")
+            sql += (
+                " AND batch_key IN (SELECT m.batch_key FROM batch_members m JOIN requests q USING (request_id)"
+                " WHERE q.session_id IN (SELECT unnest(?)))"
+            )
             params.append(list(session_ids))
         with self.connect() as con:
             return [_batch_from_row(r) for r in con.execute(sql + " ORDER BY created_at, batch_key", params).fetchall()]
@@ -495,11 +625,14 @@ class Ledger(SessionRecords, SpendingRecords):
     def batch_serves_no_running_session(self, batch_key: str) -> bool:
         """Every request still submitted in this batch belongs to a session that has ended (cancelled)."""
         with self.connect() as con:
-            row = one_row(con.execute(
-                "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
-                " FROM requests q LEFT JOIN sessions s USING (session_id)"
-                " WHERE q.batch_key = ? AND q.state = 'submitted'",
-                [batch_key]))
+            row = one_row(
+                con.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE s.status IS NOT NULL AND s.status != 'running')"
+                    " FROM requests q LEFT JOIN sessions s USING (session_id)"
+                    " WHERE q.batch_key = ? AND q.state = 'submitted'",
+                    [batch_key],
+                )
+            )
         return row[0] > 0 and row[0] == row[1]
 
     def inflight_tokens_by_model(self) -> dict[str, int]:
@@ -523,8 +656,10 @@ class Ledger(SessionRecords, SpendingRecords):
         """
         now = self.clock()
         with self.transaction() as con:
-            con.execute("UPDATE batches SET create_sent_at = ?, updated_at = ? WHERE batch_key = ? AND phase = ?",
-                        [None if answered else now, now, batch_key, str(BatchPhase.UPLOADED)])
+            con.execute(
+                "UPDATE batches SET create_sent_at = ?, updated_at = ? WHERE batch_key = ? AND phase = ?",
+                [None if answered else now, now, batch_key, str(BatchPhase.UPLOADED)],
+            )
             if not answered:
                 # Until it is answered, this create may land at any time in the API's window: sweep for it.
                 con.execute("UPDATE batches SET sweep_until = ? WHERE batch_key = ?", [now + sweep_window_s, batch_key])
@@ -549,12 +684,28 @@ class Ledger(SessionRecords, SpendingRecords):
         """A batch that was never created: its members go back to the queue (or fail, out of attempts)."""
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.ABANDONED, errors=orjson.dumps([{"message": reason}]).decode())
-            attempts = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall())
-            outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=reason) for rid in attempts]
-            self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock())
-            self._requeue_or_end(con, list(attempts), RequestState.FAILED, batch_key, reason, max_attempts,
-                                 {rid: reason for rid in attempts}, attempts)
+            attempts = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]
+                ).fetchall()
+            )
+            outcomes = [
+                RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=reason)
+                for rid in attempts
+            ]
+            self._insert_results(
+                con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock()
+            )
+            self._requeue_or_end(
+                con,
+                list(attempts),
+                RequestState.FAILED,
+                batch_key,
+                reason,
+                max_attempts,
+                {rid: reason for rid in attempts},
+                attempts,
+            )
 
     def record_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """Record what polling saw. Only created batches have a remote status to record."""
@@ -569,23 +720,46 @@ class Ledger(SessionRecords, SpendingRecords):
                     " ended_at = CASE WHEN ? IN ('completed', 'failed', 'expired', 'cancelled')"
                     " THEN coalesce(ended_at, ?) END"
                     " WHERE batch_key = ? AND phase = 'created'",
-                    [s.status, s.output_file_id, s.error_file_id, s.completed_count, s.failed_count,
-                     orjson.dumps(s.errors).decode() if s.errors else None, now, s.status, now, s.batch_key],
+                    [
+                        s.status,
+                        s.output_file_id,
+                        s.error_file_id,
+                        s.completed_count,
+                        s.failed_count,
+                        orjson.dumps(s.errors).decode() if s.errors else None,
+                        now,
+                        s.status,
+                        now,
+                        s.batch_key,
+                    ],
                 )
 
-    def record_batch_outcome(self, batch_key: str, outcomes: Sequence[RequestOutcome], *, max_attempts: int,
-                             missing_reason: str = "no line in the output or error file") -> bool:
+    def record_batch_outcome(
+        self,
+        batch_key: str,
+        outcomes: Sequence[RequestOutcome],
+        *,
+        max_attempts: int,
+        missing_reason: str = "no line in the output or error file",
+    ) -> bool:
         """Ingest a finished batch in one transaction: results rows, request states, batch phase.
 
         Idempotent: a batch already ingested returns False and changes nothing, so a crash
         after the commit but before the caller noticed is harmless. Members without an outcome
         are treated as retryable: nothing is silently dropped.
         """
-        return self.record_batch_results(batch_key, ResultTable.from_outcomes(outcomes), max_attempts=max_attempts,
-                                         missing_reason=missing_reason)
+        return self.record_batch_results(
+            batch_key, ResultTable.from_outcomes(outcomes), max_attempts=max_attempts, missing_reason=missing_reason
+        )
 
-    def record_batch_results(self, batch_key: str, table: ResultTable, *, max_attempts: int,
-                             missing_reason: str = "no line in the output or error file") -> bool:
+    def record_batch_results(
+        self,
+        batch_key: str,
+        table: ResultTable,
+        *,
+        max_attempts: int,
+        missing_reason: str = "no line in the output or error file",
+    ) -> bool:
         """`record_batch_outcome` for a `ResultTable` (the bulk path: rows go in through Arrow, in chunks).
 
         The same transaction and the same rules: idempotent, members without a row are retryable,
@@ -599,31 +773,50 @@ class Ledger(SessionRecords, SpendingRecords):
                 raise LedgerError(f"unknown batch {batch_key!r}")
             if phase[0] == BatchPhase.INGESTED:
                 return False
-            members = dict(con.execute(
-                "SELECT r.request_id, r.attempts FROM batch_members m JOIN requests r USING (request_id)"
-                " WHERE m.batch_key = ? AND r.state = 'submitted' AND r.batch_key = ?", [batch_key, batch_key]).fetchall())
+            members = dict(
+                con.execute(
+                    "SELECT r.request_id, r.attempts FROM batch_members m JOIN requests r USING (request_id)"
+                    " WHERE m.batch_key = ? AND r.state = 'submitted' AND r.batch_key = ?",
+                    [batch_key, batch_key],
+                ).fetchall()
+            )
             rows = [row for row in table.rows if row[0] in members]
             table.rows = []
             missing = members.keys() - {row[0] for row in rows}
-            rows += [(rid, str(Outcome.FAILED_RETRYABLE), None, None, None, missing_reason, 0, 0, 0, 0, 0, 0, None)
-                     for rid in sorted(missing)]  # nothing silently dropped
+            rows += [
+                (rid, str(Outcome.FAILED_RETRYABLE), None, None, None, missing_reason, 0, 0, 0, 0, 0, 0, None)
+                for rid in sorted(missing)
+            ]  # nothing silently dropped
             outcomes = [(row[0], row[1], row[5] or row[4]) for row in rows]
             self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
-            deadline_tier, deadline_reason = one_row(con.execute(
-                "SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key]))
+            deadline_tier, deadline_reason = one_row(
+                con.execute("SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key])
+            )
             cancelled = [rid for rid, outcome, _ in outcomes if outcome == Outcome.CANCELLED] if deadline_tier else []
             unrun = cancelled
             unrun_ids = set(unrun)
             ran = [o for o in outcomes if o[0] not in unrun_ids] if unrun else outcomes
-            self._apply_outcome_rows(con, [o[0] for o in ran], [o[1] for o in ran], [o[2] for o in ran], members,
-                                     batch_key, max_attempts)
+            self._apply_outcome_rows(
+                con, [o[0] for o in ran], [o[1] for o in ran], [o[2] for o in ran], members, batch_key, max_attempts
+            )
             if unrun:
                 # We cancelled this batch at its round's deadline: what never ran is finished on another tier
                 # (an attempt that was not the request's fault, so it does not count against max_attempts).
-                self._requeue_or_end(con, unrun, RequestState.CANCELLED, batch_key, deadline_reason, max_attempts=2**31,
-                                     errors={rid: deadline_reason for rid in unrun}, attempts=members)
-                con.execute("UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?))"
-                            " AND state = 'queued'", [deadline_tier, deadline_reason, unrun])
+                self._requeue_or_end(
+                    con,
+                    unrun,
+                    RequestState.CANCELLED,
+                    batch_key,
+                    deadline_reason,
+                    max_attempts=2**31,
+                    errors={rid: deadline_reason for rid in unrun},
+                    attempts=members,
+                )
+                con.execute(
+                    "UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?))"
+                    " AND state = 'queued'",
+                    [deadline_tier, deadline_reason, unrun],
+                )
             self._move_batch(con, batch_key, BatchPhase.INGESTED)
         return True
 
@@ -633,28 +826,47 @@ class Ledger(SessionRecords, SpendingRecords):
         (or failed when out of attempts), so one bad batch never blocks the others nor is retried forever.
         Returns True when the batch was ended."""
         with self.transaction() as con:
-            row = con.execute("UPDATE batches SET ingest_errors = coalesce(ingest_errors, 0) + 1, updated_at = ?"
-                              " WHERE batch_key = ? AND phase = 'created' RETURNING ingest_errors",
-                              [self.clock(), batch_key]).fetchone()
+            row = con.execute(
+                "UPDATE batches SET ingest_errors = coalesce(ingest_errors, 0) + 1, updated_at = ?"
+                " WHERE batch_key = ? AND phase = 'created' RETURNING ingest_errors",
+                [self.clock(), batch_key],
+            ).fetchone()
             if row is None or (not permanent and row[0] < max_errors):
                 return False
             message = f"results unreadable after {row[0]} attempt(s): {reason}"
             self._move_batch(con, batch_key, BatchPhase.INGESTED, errors=orjson.dumps([{"message": message}]).decode())
-            attempts = dict(con.execute(
-                "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]).fetchall())
-            outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=message)
-                        for rid in attempts]
-            self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock())
-            self._requeue_or_end(con, list(attempts), RequestState.FAILED, batch_key, message, max_attempts,
-                                 {rid: message for rid in attempts}, attempts)
+            attempts = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]
+                ).fetchall()
+            )
+            outcomes = [
+                RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=message)
+                for rid in attempts
+            ]
+            self._insert_results(
+                con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock()
+            )
+            self._requeue_or_end(
+                con,
+                list(attempts),
+                RequestState.FAILED,
+                batch_key,
+                message,
+                max_attempts,
+                {rid: message for rid in attempts},
+                attempts,
+            )
         return True
 
     def sweep_keys(self) -> dict[str, tuple[str | None, float]]:
         """Batches whose create may still land somewhere in the API's window: key -> (recorded id, sent at)."""
         with self.connect() as con:
-            rows = con.execute("SELECT batch_key, openai_batch_id, coalesce(create_sent_at, created_at) FROM batches"
-                               " WHERE sweep_until IS NOT NULL AND sweep_until > ? AND duplicate_of IS NULL",
-                               [self.clock()]).fetchall()
+            rows = con.execute(
+                "SELECT batch_key, openai_batch_id, coalesce(create_sent_at, created_at) FROM batches"
+                " WHERE sweep_until IS NOT NULL AND sweep_until > ? AND duplicate_of IS NULL",
+                [self.clock()],
+            ).fetchall()
         return {key: (bid, sent) for key, bid, sent in rows}
 
     def record_duplicate(self, original_key: str, openai_batch_id: str, status: str) -> BatchRecord | None:
@@ -671,49 +883,102 @@ class Ledger(SessionRecords, SpendingRecords):
                 " est_prompt_tokens, input_file_id, openai_batch_id, created_at, updated_at, duplicate_of)"
                 " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens,"
                 " input_file_id, ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
-                [key, status, openai_batch_id, now, now, original_key])
-            con.execute("INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
-                        [key, original_key])
+                [key, status, openai_batch_id, now, now, original_key],
+            )
+            con.execute(
+                "INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
+                [key, original_key],
+            )
             return self.batch(key)
 
-    def record_duplicate_outcome(self, batch_key: str, outcomes: Sequence[RequestOutcome], *, max_attempts: int) -> bool:
+    def record_duplicate_outcome(
+        self, batch_key: str, outcomes: Sequence[RequestOutcome], *, max_attempts: int
+    ) -> bool:
         """Ingest a duplicate batch in one transaction. Its answers are paid for, so they are used: a member
         waiting in the queue for another attempt takes its succeeded answer as that attempt; the lines of
         members answered otherwise are recorded in `duplicate_results`, costed, for the cost report."""
         now = self.clock()
         with self.transaction() as con:
-            row = con.execute("SELECT phase FROM batches WHERE batch_key = ? AND duplicate_of IS NOT NULL",
-                              [batch_key]).fetchone()
+            row = con.execute(
+                "SELECT phase FROM batches WHERE batch_key = ? AND duplicate_of IS NOT NULL", [batch_key]
+            ).fetchone()
             if row is None:
                 raise LedgerError(f"unknown duplicate batch {batch_key!r}")
             if row[0] == BatchPhase.INGESTED:
                 return False
-            members = {rid for (rid,) in con.execute("SELECT request_id FROM batch_members WHERE batch_key = ?",
-                                                     [batch_key]).fetchall()}
+            members = {
+                rid
+                for (rid,) in con.execute(
+                    "SELECT request_id FROM batch_members WHERE batch_key = ?", [batch_key]
+                ).fetchall()
+            }
             by_id = {o.request_id: o for o in outcomes if o.request_id in members}
-            queued = set(self.request_states_in(con, [rid for rid, o in by_id.items() if o.outcome == Outcome.SUCCEEDED],
-                                                RequestState.QUEUED))
+            queued = set(
+                self.request_states_in(
+                    con, [rid for rid, o in by_id.items() if o.outcome == Outcome.SUCCEEDED], RequestState.QUEUED
+                )
+            )
             used = [by_id[rid] for rid in queued]
             if used:
-                self._move_requests(con, {RequestState.SUBMITTED: sorted(queued)}, batch_key=batch_key,
-                                    reason="answered by a duplicate batch", count_attempt=True)
-                attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN"
-                                            " (SELECT unnest(?))", [sorted(queued)]).fetchall())
+                self._move_requests(
+                    con,
+                    {RequestState.SUBMITTED: sorted(queued)},
+                    batch_key=batch_key,
+                    reason="answered by a duplicate batch",
+                    count_attempt=True,
+                )
+                attempts = dict(
+                    con.execute(
+                        "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                        [sorted(queued)],
+                    ).fetchall()
+                )
                 self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in used], now)
                 self._apply_outcomes(con, used, attempts, batch_key, max_attempts)
             extra = [o for rid, o in by_id.items() if rid not in queued and o.outcome == Outcome.SUCCEEDED]
-            insert_rows(con, "duplicate_results",
-                        ("batch_key", "request_id", "outcome", "input_tokens", "output_tokens", "images", "cost_usd",
-                         "standard_cost_usd", "recorded_at"),
-                        [(batch_key, o.request_id, str(o.outcome), o.input_tokens, o.output_tokens, o.images,
-                          o.cost_usd, o.standard_cost_usd, now) for o in extra])
+            insert_rows(
+                con,
+                "duplicate_results",
+                (
+                    "batch_key",
+                    "request_id",
+                    "outcome",
+                    "input_tokens",
+                    "output_tokens",
+                    "images",
+                    "cost_usd",
+                    "standard_cost_usd",
+                    "recorded_at",
+                ),
+                [
+                    (
+                        batch_key,
+                        o.request_id,
+                        str(o.outcome),
+                        o.input_tokens,
+                        o.output_tokens,
+                        o.images,
+                        o.cost_usd,
+                        o.standard_cost_usd,
+                        now,
+                    )
+                    for o in extra
+                ],
+            )
             self._move_batch(con, batch_key, BatchPhase.INGESTED)
         return True
 
     # -- synchronous tiers and the cache -----------------------------------------------------
 
-    def start_sync(self, request_ids: Sequence[str], tier: Tier, reason: str | None = None, *,
-                   lease_owner: str | None = None, lease_s: float = 3600.0) -> list[str]:
+    def start_sync(
+        self,
+        request_ids: Sequence[str],
+        tier: Tier,
+        reason: str | None = None,
+        *,
+        lease_owner: str | None = None,
+        lease_s: float = 3600.0,
+    ) -> list[str]:
         """queued -> running for a synchronous call; `reason` replaces the tier reason only if given.
 
         Only requests still queued (and of a running session) start; their ids are returned. Each carries
@@ -727,24 +992,37 @@ class Ledger(SessionRecords, SpendingRecords):
             ids = [rid for rid in request_ids if rid not in cancelled and rid not in ended]
             if not ids:
                 return []
-            con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason), lease_owner = ?,"
-                        " lease_until = ? WHERE request_id IN (SELECT unnest(?))",
-                        [str(tier), reason, lease_owner, self.clock() + lease_s, ids])
-            self._move_requests(con, {RequestState.RUNNING: ids}, batch_key=None,
-                                reason=reason or f"{tier} call",
-                                expect_from={RequestState.QUEUED}, count_attempt=True)
+            con.execute(
+                "UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason), lease_owner = ?,"
+                " lease_until = ? WHERE request_id IN (SELECT unnest(?))",
+                [str(tier), reason, lease_owner, self.clock() + lease_s, ids],
+            )
+            self._move_requests(
+                con,
+                {RequestState.RUNNING: ids},
+                batch_key=None,
+                reason=reason or f"{tier} call",
+                expect_from={RequestState.QUEUED},
+                count_attempt=True,
+            )
         return ids
 
     def renew_leases(self, request_ids: Sequence[str], lease_s: float) -> None:
         """Still working on them: push the leases of these running requests forward."""
         with self.transaction() as con:
-            con.execute("UPDATE requests SET lease_until = ? WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
-                        [self.clock() + lease_s, list(request_ids)])
+            con.execute(
+                "UPDATE requests SET lease_until = ? WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                [self.clock() + lease_s, list(request_ids)],
+            )
 
-    def running_leases(self, *, session_ids: Iterable[str] | None = None) -> list[tuple[RequestRow, str | None, float | None, int]]:
+    def running_leases(
+        self, *, session_ids: Iterable[str] | None = None
+    ) -> list[tuple[RequestRow, str | None, float | None, int]]:
         """Running (synchronous) requests with their lease owner, lease end and estimated prompt tokens."""
-        sql = (f"SELECT {', '.join(RequestRow.model_fields)}, lease_owner, lease_until, est_prompt_tokens"
-               " FROM requests WHERE state = 'running'")
+        sql = (
+            f"SELECT {', '.join(RequestRow.model_fields)}, lease_owner, lease_until, est_prompt_tokens"
+            " FROM requests WHERE state = 'running'"
+        )
         params: list[Any] = []
         if session_ids is not None:
             sql += " AND session_id IN (SELECT unnest(?))"
@@ -759,57 +1037,99 @@ class Ledger(SessionRecords, SpendingRecords):
         cost estimated from the request, so the spend is not hidden) and goes back to the queue, or ends
         failed when out of attempts. Rows no longer running are left alone. Returns the ids recovered."""
         with self.transaction() as con:
-            running = dict(con.execute(
-                "SELECT request_id, attempts FROM requests"
-                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
-                [[o.request_id for o in outcomes]]).fetchall())
+            running = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests"
+                    " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                    [[o.request_id for o in outcomes]],
+                ).fetchall()
+            )
             lost = [o for o in outcomes if o.request_id in running]
-            tiers = dict(con.execute("SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                     [list(running)]).fetchall())
-            self._insert_results(con, [(o, running[o.request_id], None, tiers[o.request_id]) for o in lost], self.clock())
-            self._requeue_or_end(con, [o.request_id for o in lost], RequestState.FAILED, None, "lost in flight",
-                                 max_attempts, {o.request_id: o.error_message or "lost in flight" for o in lost}, running)
-            con.execute("UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
-                        [[o.request_id for o in lost]])
+            tiers = dict(
+                con.execute(
+                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))", [list(running)]
+                ).fetchall()
+            )
+            self._insert_results(
+                con, [(o, running[o.request_id], None, tiers[o.request_id]) for o in lost], self.clock()
+            )
+            self._requeue_or_end(
+                con,
+                [o.request_id for o in lost],
+                RequestState.FAILED,
+                None,
+                "lost in flight",
+                max_attempts,
+                {o.request_id: o.error_message or "lost in flight" for o in lost},
+                running,
+            )
+            con.execute(
+                "UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                [[o.request_id for o in lost]],
+            )
         return [o.request_id for o in lost]
 
-    def record_sync_outcomes(self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int,
-                             reason: str | None = None) -> None:
+    def record_sync_outcomes(
+        self, outcomes: Sequence[RequestOutcome], tier: Tier, *, max_attempts: int, reason: str | None = None
+    ) -> None:
         """Results of synchronous calls (or cache hits); `tier` is the tier that actually ran them."""
         now = self.clock()
         with self.transaction() as con:
-            con.execute("UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
-                        " (SELECT unnest(?))", [str(tier), reason, [o.request_id for o in outcomes]])
-            attempts = dict(con.execute(
-                "SELECT request_id, attempts FROM requests"
-                " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
-                [[o.request_id for o in outcomes]]).fetchall())
+            con.execute(
+                "UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
+                " (SELECT unnest(?))",
+                [str(tier), reason, [o.request_id for o in outcomes]],
+            )
+            attempts = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests"
+                    " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                    [[o.request_id for o in outcomes]],
+                ).fetchall()
+            )
             missing = [o.request_id for o in outcomes if o.request_id not in attempts]
-            lost = {rid for (rid,) in con.execute(
-                "SELECT r.request_id FROM results r"
-                " WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
-                [missing]).fetchall()} if missing else set()
+            lost = (
+                {
+                    rid
+                    for (rid,) in con.execute(
+                        "SELECT r.request_id FROM results r"
+                        " WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
+                        [missing],
+                    ).fetchall()
+                }
+                if missing
+                else set()
+            )
             if set(missing) - lost:
                 raise StateTransitionError(f"requests not running: {sorted(set(missing) - lost)[:5]}")
             if missing:
                 # Taken back as lost by another process while this one still waited for the answer.
-                log.warning("answers for %d request(s) taken back as lost were not recorded: %s", len(missing), missing[:5])
+                log.warning(
+                    "answers for %d request(s) taken back as lost were not recorded: %s", len(missing), missing[:5]
+                )
             outcomes = [o for o in outcomes if o.request_id in attempts]
             self._insert_results(con, [(o, attempts[o.request_id], None, tier) for o in outcomes], now)
             self._apply_outcomes(con, list(outcomes), attempts, None, max_attempts)
-            con.execute("UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
-                        [[o.request_id for o in outcomes]])
+            con.execute(
+                "UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                [[o.request_id for o in outcomes]],
+            )
 
     def requeue(self, request_ids: Sequence[str], *, tier: Tier, reason: str) -> None:
         """Send queued requests to another tier (fallback, hybrid choice), recording why."""
         with self.transaction() as con:
-            states = dict(con.execute("SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                      [list(request_ids)]).fetchall())
+            states = dict(
+                con.execute(
+                    "SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]
+                ).fetchall()
+            )
             bad = [rid for rid in request_ids if states.get(rid) != RequestState.QUEUED]
             if bad:
                 raise StateTransitionError(f"only queued requests can change tier: {bad[:5]}")
-            con.execute("UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?))",
-                        [str(tier), reason, self.clock(), list(request_ids)])
+            con.execute(
+                "UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?))",
+                [str(tier), reason, self.clock(), list(request_ids)],
+            )
 
     def find_cached_results(self, body_hashes: Sequence[str]) -> dict[str, RequestOutcome]:
         """For each body hash, the first succeeded, paid-for answer to an identical body, if any."""
@@ -819,7 +1139,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 " JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
                 " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != ?"
                 " QUALIFY row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) = 1",
-                [list(body_hashes), str(Tier.CACHE)]).fetchall()
+                [list(body_hashes), str(Tier.CACHE)],
+            ).fetchall()
         return {row[0]: _outcome_from_row(row[1:]) for row in rows}
 
     # -- reporting ---------------------------------------------------------------------------
@@ -831,41 +1152,60 @@ class Ledger(SessionRecords, SpendingRecords):
             for rid, n in con.execute(
                 "SELECT request_id, count(*) FROM request_events"
                 " WHERE to_state IN ('succeeded','failed','expired','cancelled')"
-                " GROUP BY request_id HAVING count(*) > 1").fetchall():
+                " GROUP BY request_id HAVING count(*) > 1"
+            ).fetchall():
                 problems.append(f"request {rid} reached a terminal state {n} times")
             for rid, state in con.execute(
                 "SELECT request_id, state FROM requests WHERE state = 'submitted' AND batch_key IN"
-                " (SELECT batch_key FROM batches WHERE phase IN ('ingested', 'abandoned'))").fetchall():
+                " (SELECT batch_key FROM batches WHERE phase IN ('ingested', 'abandoned'))"
+            ).fetchall():
                 problems.append(f"request {rid} is {state} in a finished batch")
             for bid, n in con.execute(
                 "SELECT openai_batch_id, count(*) FROM batches WHERE openai_batch_id IS NOT NULL"
-                " GROUP BY 1 HAVING count(*) > 1").fetchall():
+                " GROUP BY 1 HAVING count(*) > 1"
+            ).fetchall():
                 problems.append(f"remote batch {bid} recorded {n} times")
         return problems
 
     # -- the one place states change ---------------------------------------------------------
 
-    def _move_requests(self, con: duckdb.DuckDBPyConnection, moves: dict[RequestState, list[str]], *,
-                       batch_key: str | None, reason: str, expect_from: set[RequestState] | None = None,
-                       count_attempt: bool = False, errors: dict[str, str] | None = None) -> None:
+    def _move_requests(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        moves: dict[RequestState, list[str]],
+        *,
+        batch_key: str | None,
+        reason: str,
+        expect_from: set[RequestState] | None = None,
+        count_attempt: bool = False,
+        errors: dict[str, str] | None = None,
+    ) -> None:
         all_ids = [rid for ids in moves.values() for rid in ids]
         if not all_ids:
             return
         with arrow_view(con, {"id": all_ids}) as view:
-            current = dict(con.execute(f"SELECT request_id, state FROM requests WHERE request_id IN (SELECT id FROM {view})"
-                                       ).fetchall())
+            current = dict(
+                con.execute(
+                    f"SELECT request_id, state FROM requests WHERE request_id IN (SELECT id FROM {view})"
+                ).fetchall()
+            )
         now = self.clock()
         for to_state, ids in moves.items():
             if not ids:
                 continue
             # the states this move may leave from, as stored: one set test per request, no enum per row
-            allowed = {str(state) for state, targets in REQUEST_TRANSITIONS.items()
-                       if to_state in targets and (not expect_from or state in expect_from)}
+            allowed = {
+                str(state)
+                for state, targets in REQUEST_TRANSITIONS.items()
+                if to_state in targets and (not expect_from or state in expect_from)
+            }
             for rid in ids:
                 if current.get(rid) not in allowed:
                     if rid not in current:
                         raise StateTransitionError(f"unknown request {rid!r}")
-                    raise StateTransitionError(f"request {rid!r}: {RequestState(current[rid])} -> {to_state} is not allowed")
+                    raise StateTransitionError(
+                        f"request {rid!r}: {RequestState(current[rid])} -> {to_state} is not allowed"
+                    )
             sets = "state = ?, updated_at = ?"
             params: list[Any] = [str(to_state), now]
             if batch_key is not None:
@@ -876,11 +1216,20 @@ class Ledger(SessionRecords, SpendingRecords):
             with arrow_view(con, {"id": ids}) as view:
                 con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT id FROM {view})", params)
             n = len(ids)
-            insert_columns(con, "request_events", {
-                "request_id": pa.array(ids, pa.string()), "event_at": pa.array([now] * n, pa.float64()),
-                "from_state": pa.array([current[rid] for rid in ids], pa.string()),
-                "to_state": pa.array([str(to_state)] * n, pa.string()), "batch_key": pa.array([batch_key] * n, pa.string()),
-                "reason": pa.array([errors.get(rid, reason) for rid in ids] if errors else [reason] * n, pa.string())})
+            insert_columns(
+                con,
+                "request_events",
+                {
+                    "request_id": pa.array(ids, pa.string()),
+                    "event_at": pa.array([now] * n, pa.float64()),
+                    "from_state": pa.array([current[rid] for rid in ids], pa.string()),
+                    "to_state": pa.array([str(to_state)] * n, pa.string()),
+                    "batch_key": pa.array([batch_key] * n, pa.string()),
+                    "reason": pa.array(
+                        [errors.get(rid, reason) for rid in ids] if errors else [reason] * n, pa.string()
+                    ),
+                },
+            )
         if errors:
             with arrow_view(con, {"id": list(errors), "error": list(errors.values())}) as view:
                 con.execute(f"UPDATE requests SET last_error = e.error FROM {view} e WHERE requests.request_id = e.id")
@@ -892,23 +1241,51 @@ class Ledger(SessionRecords, SpendingRecords):
         if to_phase not in BATCH_TRANSITIONS[BatchPhase(row[0])]:
             raise StateTransitionError(f"batch {batch_key!r}: {row[0]} -> {to_phase} is not allowed")
         sets = ", ".join(f"{name} = ?" for name in fields)
-        con.execute(f"UPDATE batches SET phase = ?, updated_at = ?{', ' + sets if sets else ''} WHERE batch_key = ?",
-                    [str(to_phase), self.clock(), *fields.values(), batch_key])
+        con.execute(
+            f"UPDATE batches SET phase = ?, updated_at = ?{', ' + sets if sets else ''} WHERE batch_key = ?",
+            [str(to_phase), self.clock(), *fields.values(), batch_key],
+        )
 
-    def _apply_outcomes(self, con: duckdb.DuckDBPyConnection, outcomes: list[RequestOutcome], attempts: dict[str, int],
-                        batch_key: str | None, max_attempts: int) -> None:
-        self._apply_outcome_rows(con, [o.request_id for o in outcomes], [str(o.outcome) for o in outcomes],
-                                 [o.error_message or o.error_code for o in outcomes], attempts, batch_key, max_attempts)
+    def _apply_outcomes(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        outcomes: list[RequestOutcome],
+        attempts: dict[str, int],
+        batch_key: str | None,
+        max_attempts: int,
+    ) -> None:
+        self._apply_outcome_rows(
+            con,
+            [o.request_id for o in outcomes],
+            [str(o.outcome) for o in outcomes],
+            [o.error_message or o.error_code for o in outcomes],
+            attempts,
+            batch_key,
+            max_attempts,
+        )
 
-    def _apply_outcome_rows(self, con: duckdb.DuckDBPyConnection, ids: list[str], outcomes: list[str],
-                            messages: list[str | None], attempts: dict[str, int], batch_key: str | None,
-                            max_attempts: int) -> None:
+    def _apply_outcome_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ids: list[str],
+        outcomes: list[str],
+        messages: list[str | None],
+        attempts: dict[str, int],
+        batch_key: str | None,
+        max_attempts: int,
+    ) -> None:
         """Move each request by its outcome (columns: id, outcome, error text), through `_move_requests`."""
-        final = {Outcome.SUCCEEDED: RequestState.SUCCEEDED, Outcome.FAILED_PERMANENT: RequestState.FAILED,
-                 Outcome.CANCELLED: RequestState.CANCELLED}
+        final = {
+            Outcome.SUCCEEDED: RequestState.SUCCEEDED,
+            Outcome.FAILED_PERMANENT: RequestState.FAILED,
+            Outcome.CANCELLED: RequestState.CANCELLED,
+        }
         moves: dict[RequestState, list[str]] = defaultdict(list)
-        errors = {rid: message or outcome for rid, outcome, message in zip(ids, outcomes, messages, strict=True)
-                  if outcome != Outcome.SUCCEEDED}
+        errors = {
+            rid: message or outcome
+            for rid, outcome, message in zip(ids, outcomes, messages, strict=True)
+            if outcome != Outcome.SUCCEEDED
+        }
         retry_groups: dict[RequestState, list[str]] = defaultdict(list)
         for rid, outcome in zip(ids, outcomes, strict=True):
             if outcome in final:
@@ -919,81 +1296,197 @@ class Ledger(SessionRecords, SpendingRecords):
         for end_state, ids in retry_groups.items():
             self._requeue_or_end(con, ids, end_state, batch_key, "retry", max_attempts, errors, attempts)
 
-    def _requeue_or_end(self, con: duckdb.DuckDBPyConnection, ids: list[str], end_state: RequestState,
-                        batch_key: str | None, reason: str, max_attempts: int,
-                        errors: dict[str, str] | None = None, attempts: dict[str, int] | None = None) -> None:
+    def _requeue_or_end(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ids: list[str],
+        end_state: RequestState,
+        batch_key: str | None,
+        reason: str,
+        max_attempts: int,
+        errors: dict[str, str] | None = None,
+        attempts: dict[str, int] | None = None,
+    ) -> None:
         """Retryable requests go back to the queue until they have used `max_attempts`."""
         if not ids:
             return
         if attempts is None:
-            attempts = dict(con.execute("SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
-                                        [ids]).fetchall())
+            attempts = dict(
+                con.execute(
+                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))", [ids]
+                ).fetchall()
+            )
         # A request of a session that was cancelled (or ended) is never sent again: it ends cancelled.
         ended = _ended_sessions_of(con, ids)
         again = [rid for rid in ids if attempts[rid] < max_attempts and rid not in ended]
         done = [rid for rid in ids if attempts[rid] >= max_attempts and rid not in ended]
         errors = {rid: e for rid, e in (errors or {}).items() if rid in set(ids)}
         errors |= {rid: f"session {status}" for rid, status in ended.items()}
-        self._move_requests(con, {RequestState.QUEUED: again, end_state: done, RequestState.CANCELLED: list(ended)},
-                            batch_key=batch_key, reason=reason, errors=errors or None)
+        self._move_requests(
+            con,
+            {RequestState.QUEUED: again, end_state: done, RequestState.CANCELLED: list(ended)},
+            batch_key=batch_key,
+            reason=reason,
+            errors=errors or None,
+        )
 
     @staticmethod
-    def _insert_results(con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]],
-                        now: float) -> None:
-        insert_rows(con, "results", _RESULT_COLUMNS, [
-                (o.request_id, attempt, batch_key, str(tier), str(o.outcome), o.status_code,
-                 orjson.dumps(o.response).decode() if o.response is not None else None, o.error_code, o.error_message,
-                 o.input_tokens, o.cached_tokens, o.output_tokens, o.images, o.cost_usd, o.standard_cost_usd,
-                 o.price_version, now)
+    def _insert_results(
+        con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float
+    ) -> None:
+        insert_rows(
+            con,
+            "results",
+            _RESULT_COLUMNS,
+            [
+                (
+                    o.request_id,
+                    attempt,
+                    batch_key,
+                    str(tier),
+                    str(o.outcome),
+                    o.status_code,
+                    orjson.dumps(o.response).decode() if o.response is not None else None,
+                    o.error_code,
+                    o.error_message,
+                    o.input_tokens,
+                    o.cached_tokens,
+                    o.output_tokens,
+                    o.images,
+                    o.cost_usd,
+                    o.standard_cost_usd,
+                    o.price_version,
+                    now,
+                )
                 for o, attempt, batch_key, tier in rows
-            ])
+            ],
+        )
 
     @staticmethod
-    def _insert_result_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], attempts: dict[str, int],
-                            batch_key: str | None, tier: Tier | str, now: float) -> None:
+    def _insert_result_rows(
+        con: duckdb.DuckDBPyConnection,
+        rows: list[tuple],
+        attempts: dict[str, int],
+        batch_key: str | None,
+        tier: Tier | str,
+        now: float,
+    ) -> None:
         """Rows of a `ResultTable` (its `STORED` columns) into `results` through Arrow, `RESULT_CHUNK` rows at
         a time, emptying `rows` as they go in (Python's copy shrinks while DuckDB's grows). Costs go in as
         integer 1e-12 USD units and become the exact DECIMAL in SQL; responses as the JSON text they are."""
         pool = pa.system_memory_pool()  # gives memory back at once (the default pool keeps it for reuse)
-        types = (pa.string(), pa.string(), pa.int32(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(),
-                 pa.int64(), pa.int32(), pa.int64(), pa.int64(), pa.string())
-        names = ("request_id", "outcome", "status_code", "_response", "error_code", "error_message", "input_tokens",
-                 "cached_tokens", "output_tokens", "images", "cost_usd", "standard_cost_usd", "price_version")
+        types = (
+            pa.string(),
+            pa.string(),
+            pa.int32(),
+            pa.string(),
+            pa.string(),
+            pa.string(),
+            pa.int64(),
+            pa.int64(),
+            pa.int64(),
+            pa.int32(),
+            pa.int64(),
+            pa.int64(),
+            pa.string(),
+        )
+        names = (
+            "request_id",
+            "outcome",
+            "status_code",
+            "_response",
+            "error_code",
+            "error_message",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "images",
+            "cost_usd",
+            "standard_cost_usd",
+            "price_version",
+        )
         while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
             chunk = rows[-RESULT_CHUNK:]
             del rows[-RESULT_CHUNK:]
             values = list(zip(*(row[:13] for row in chunk), strict=True))
             n = len(chunk)
             del chunk
-            columns = {name: pa.array(column, kind, memory_pool=pool)
-                       for name, column, kind in zip(names, values, types, strict=True)}
-            columns |= {"attempt": pa.array([attempts[r] for r in values[0]], pa.int32()),
-                        "batch_key": pa.array([batch_key] * n, pa.string()), "tier": pa.array([str(tier)] * n),
-                        "recorded_at": pa.array([now] * n, pa.float64())}
-            insert_columns(con, "results", columns, select={
-                "response": "_response",
-                "cost_usd": f"cost_usd::DECIMAL(18, 0) * {_UNIT}",
-                "standard_cost_usd": f"standard_cost_usd::DECIMAL(18, 0) * {_UNIT}",
-            })
+            columns = {
+                name: pa.array(column, kind, memory_pool=pool)
+                for name, column, kind in zip(names, values, types, strict=True)
+            }
+            columns |= {
+                "attempt": pa.array([attempts[r] for r in values[0]], pa.int32()),
+                "batch_key": pa.array([batch_key] * n, pa.string()),
+                "tier": pa.array([str(tier)] * n),
+                "recorded_at": pa.array([now] * n, pa.float64()),
+            }
+            insert_columns(
+                con,
+                "results",
+                columns,
+                select={
+                    "response": "_response",
+                    "cost_usd": f"cost_usd::DECIMAL(18, 0) * {_UNIT}",
+                    "standard_cost_usd": f"standard_cost_usd::DECIMAL(18, 0) * {_UNIT}",
+                },
+            )
+
 
 # Requests of a session that has ended (cancelled, failed, completed) are never sent: they are not the queue.
-_NOT_OF_AN_ENDED_SESSION = ("NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id"
-                            " AND s.status != 'running')")
-_REQUEST_INSERT_COLUMNS = ("request_id", "session_id", "operation", "endpoint", "model", "tier", "tier_reason",
-                           "iteration", "round", "body",
-                           "body_hash", "est_prompt_tokens", "line_bytes", "state", "attempts", "created_at", "updated_at")
+_NOT_OF_AN_ENDED_SESSION = (
+    "NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = requests.session_id AND s.status != 'running')"
+)
+_REQUEST_INSERT_COLUMNS = (
+    "request_id",
+    "session_id",
+    "operation",
+    "endpoint",
+    "model",
+    "tier",
+    "tier_reason",
+    "iteration",
+    "round",
+    "body",
+    "body_hash",
+    "est_prompt_tokens",
+    "line_bytes",
+    "state",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
 _EVENT_COLUMNS = ("request_id", "event_at", "from_state", "to_state", "batch_key", "reason")
-_RESULT_COLUMNS = ("request_id", "attempt", "batch_key", "tier", "outcome", "status_code", "response", "error_code",
-                   "error_message", "input_tokens", "cached_tokens", "output_tokens", "images", "cost_usd",
-                   "standard_cost_usd", "price_version", "recorded_at")
+_RESULT_COLUMNS = (
+    "request_id",
+    "attempt",
+    "batch_key",
+    "tier",
+    "outcome",
+    "status_code",
+    "response",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "images",
+    "cost_usd",
+    "standard_cost_usd",
+    "price_version",
+    "recorded_at",
+)
 
 
 def _split_round_keys(con: duckdb.DuckDBPyConnection) -> None:
     """Ledgers written before rounds were columns kept them as one `i{iteration}-{round}` key: split it, once."""
-    if con.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'requests'"
-                   " AND column_name = 'round_key'").fetchone():
-        con.execute("UPDATE requests SET iteration = CAST(regexp_extract(round_key, '^i([0-9]+)-', 1) AS INTEGER),"
-                    " round = regexp_extract(round_key, '^i[0-9]+-(.+)$', 1) WHERE round_key IS NOT NULL")
+    if con.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'requests' AND column_name = 'round_key'"
+    ).fetchone():
+        con.execute(
+            "UPDATE requests SET iteration = CAST(regexp_extract(round_key, '^i([0-9]+)-', 1) AS INTEGER),"
+            " round = regexp_extract(round_key, '^i[0-9]+-(.+)$', 1) WHERE round_key IS NOT NULL"
+        )
         con.execute("ALTER TABLE requests DROP COLUMN round_key")
 
 
@@ -1023,15 +1516,24 @@ def _request_from_row(row: tuple) -> RequestRow:
 
 def _ended_sessions(con: duckdb.DuckDBPyConnection, session_ids: Iterable[str]) -> set[str]:
     """Which of these sessions exist and are no longer running."""
-    return {sid for (sid,) in con.execute("SELECT session_id FROM sessions WHERE session_id IN (SELECT unnest(?))"
-                                          " AND status != 'running'", [list(session_ids)]).fetchall()}
+    return {
+        sid
+        for (sid,) in con.execute(
+            "SELECT session_id FROM sessions WHERE session_id IN (SELECT unnest(?)) AND status != 'running'",
+            [list(session_ids)],
+        ).fetchall()
+    }
 
 
 def _ended_sessions_of(con: duckdb.DuckDBPyConnection, request_ids: Iterable[str]) -> dict[str, str]:
     """Request id -> its session's status, for the requests whose session is no longer running."""
-    return dict(con.execute("SELECT q.request_id, s.status FROM requests q JOIN sessions s USING (session_id)"
-                            " WHERE q.request_id IN (SELECT unnest(?)) AND s.status != 'running'",
-                            [list(request_ids)]).fetchall())
+    return dict(
+        con.execute(
+            "SELECT q.request_id, s.status FROM requests q JOIN sessions s USING (session_id)"
+            " WHERE q.request_id IN (SELECT unnest(?)) AND s.status != 'running'",
+            [list(request_ids)],
+        ).fetchall()
+    )
 
 
 # Result rows go into DuckDB this many at a time: large enough that per-statement costs vanish, small
@@ -1049,9 +1551,18 @@ def _batch_from_row(row: tuple) -> BatchRecord:
 
 def _outcome_from_row(row: tuple) -> RequestOutcome:
     (rid, outcome, status_code, response, error_code, error_message, inp, cached, out, images, cost, std, version) = row
-    return RequestOutcome(request_id=rid, outcome=Outcome(outcome), status_code=status_code,
-                          response=orjson.loads(response) if response else None, error_code=error_code,
-                          error_message=error_message, input_tokens=inp, cached_tokens=cached, output_tokens=out,
-                          images=images, cost_usd=cost, standard_cost_usd=std, price_version=version)
-
-
+    return RequestOutcome(
+        request_id=rid,
+        outcome=Outcome(outcome),
+        status_code=status_code,
+        response=orjson.loads(response) if response else None,
+        error_code=error_code,
+        error_message=error_message,
+        input_tokens=inp,
+        cached_tokens=cached,
+        output_tokens=out,
+        images=images,
+        cost_usd=cost,
+        standard_cost_usd=std,
+        price_version=version,
+    )

@@ -4,6 +4,7 @@ Sensors, checks and reports read here; `Ledger` writes. Every connection is open
 for one method and closed in `finally`; opening gives up after `lock_timeout_s` (DuckDB lets no other
 process open the file, even read-only, while one writes) so a sensor tick stays short.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -96,8 +97,13 @@ class BatchOverview:
 
 
 class LedgerReader:
-    def __init__(self, path: Path | str, *, lock_timeout_s: float = 2.0,
-                 connection: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]] | None = None):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        lock_timeout_s: float = 2.0,
+        connection: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]] | None = None,
+    ):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._connection = connection
@@ -118,8 +124,13 @@ class LedgerReader:
             with self._connection() as con:
                 yield con
             return
-        @retry(retry=retry_if_exception(is_lock_error), stop=stop_after_delay(self.lock_timeout_s),
-               wait=wait_random_exponential(multiplier=0.02, max=0.25), reraise=True)
+
+        @retry(
+            retry=retry_if_exception(is_lock_error),
+            stop=stop_after_delay(self.lock_timeout_s),
+            wait=wait_random_exponential(multiplier=0.02, max=0.25),
+            reraise=True,
+        )
         def open_() -> duckdb.DuckDBPyConnection:
             return duckdb.connect(str(self.path), read_only=True)
 
@@ -149,11 +160,13 @@ class LedgerReader:
                 "  AND q.iteration = s.iteration AND q.round = s.next_round"
                 " WHERE s.status = 'running' AND coalesce(s.config->>'driver', 'dagster') = 'dagster'"
                 " GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
-                [list(_TERMINAL)]).fetchall()
+                [list(_TERMINAL)],
+            ).fetchall()
         return [SessionRound(*row) for row in rows]
 
-    def tick_snapshot(self, *, settled_before: float = float("inf")) -> tuple[list[SessionRound], QueueState,
-                                                                                 list[WatchedBatch]]:
+    def tick_snapshot(
+        self, *, settled_before: float = float("inf")
+    ) -> tuple[list[SessionRound], QueueState, list[WatchedBatch]]:
         """What the pipeline sensor reads, on one connection: running sessions' rounds, the queue, watched batches."""
         with self.connect() as con:
             one = LedgerReader(self.path, connection=lambda: nullcontext(con))
@@ -163,34 +176,43 @@ class LedgerReader:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT batch_key, openai_batch_id, created_at, status FROM batches"
-                " WHERE phase = 'created' ORDER BY created_at, batch_key").fetchall()
+                " WHERE phase = 'created' ORDER BY created_at, batch_key"
+            ).fetchall()
         return [WatchedBatch(*row) for row in rows]
 
     def queue_state(self, *, settled_before: float = float("inf")) -> QueueState:
         """The batch-tier queue, and the half-sent batches; those whose create went out at or after
         `settled_before` are only counted, as resuming them could not create them yet."""
         with self.connect() as con:
-            queued, oldest = one_row(con.execute(
-                "SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'"))
+            queued, oldest = one_row(
+                con.execute("SELECT count(*), min(created_at) FROM requests WHERE state = 'queued' AND tier = 'batch'")
+            )
             half_sent = con.execute(
                 "SELECT batch_key, coalesce(create_sent_at < ?, true) FROM batches"
-                " WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key", [settled_before]).fetchall()
-        return QueueState(queued=queued, oldest_queued_at=oldest,
-                          half_sent=tuple(key for key, settled in half_sent if settled),
-                          settling=sum(1 for _key, settled in half_sent if not settled))
+                " WHERE phase IN ('intent', 'uploaded') ORDER BY batch_key",
+                [settled_before],
+            ).fetchall()
+        return QueueState(
+            queued=queued,
+            oldest_queued_at=oldest,
+            half_sent=tuple(key for key, settled in half_sent if settled),
+            settling=sum(1 for _key, settled in half_sent if not settled),
+        )
 
     def session_status(self, session_id: str) -> tuple[str, int, str | None, str | None] | None:
         """(status, iteration, next round, winner id) of one session, or None if unknown."""
         with self.connect() as con:
-            row = con.execute("SELECT status, iteration, next_round, winner_id FROM sessions WHERE session_id = ?",
-                              [session_id]).fetchone()
+            row = con.execute(
+                "SELECT status, iteration, next_round, winner_id FROM sessions WHERE session_id = ?", [session_id]
+            ).fetchone()
         return tuple(row) if row else None
 
     def candidate_prompt(self, session_id: str, candidate_id: str) -> str | None:
         """The combined image prompt of one candidate (e.g. a session's winner)."""
         with self.connect() as con:
-            row = con.execute("SELECT combined FROM candidates WHERE session_id = ? AND candidate_id = ?",
-                              [session_id, candidate_id]).fetchone()
+            row = con.execute(
+                "SELECT combined FROM candidates WHERE session_id = ? AND candidate_id = ?", [session_id, candidate_id]
+            ).fetchone()
         return row[0] if row else None
 
     # -- what the asset checks and asset metadata read ------------------------------------------
@@ -203,10 +225,13 @@ class LedgerReader:
     def open_applied_rounds_of(self, session_ids: Sequence[str]) -> dict[str, dict[RoundId, dict[str, int]]]:
         """`open_applied_rounds` of several sessions in one query (only sessions that have any)."""
         with self.connect() as con:
-            rows = con.execute("SELECT q.session_id, q.iteration, q.round, q.state, count(*) FROM requests q"
-                               " JOIN rounds r USING (session_id, iteration, round)"
-                               " WHERE q.session_id IN (SELECT unnest(?)) AND q.state NOT IN (SELECT unnest(?))"
-                               " GROUP BY ALL ORDER BY 1, 2, 3, 4", [list(session_ids), list(_TERMINAL)]).fetchall()
+            rows = con.execute(
+                "SELECT q.session_id, q.iteration, q.round, q.state, count(*) FROM requests q"
+                " JOIN rounds r USING (session_id, iteration, round)"
+                " WHERE q.session_id IN (SELECT unnest(?)) AND q.state NOT IN (SELECT unnest(?))"
+                " GROUP BY ALL ORDER BY 1, 2, 3, 4",
+                [list(session_ids), list(_TERMINAL)],
+            ).fetchall()
         out: dict[str, dict[RoundId, dict[str, int]]] = {}
         for session_id, iteration, round_name, state, n in rows:
             out.setdefault(session_id, {}).setdefault(RoundId(iteration, round_name), {})[state] = n
@@ -226,7 +251,8 @@ class LedgerReader:
                 " JOIN (SELECT unnest(?) AS session_id, unnest(?) AS iteration, unnest(?) AS round) w"
                 "  ON q.session_id = w.session_id AND q.iteration = w.iteration AND q.round = w.round"
                 " GROUP BY ALL ORDER BY 1, 5 DESC, 2, 4",
-                [list(rounds), [r.iteration for r in rounds.values()], [r.round for r in rounds.values()]]).fetchall()
+                [list(rounds), [r.iteration for r in rounds.values()], [r.round for r in rounds.values()]],
+            ).fetchall()
         found: dict[str, list[tuple[str, str | None, str, int]]] = {}
         for session_id, *tiers in rows:
             found.setdefault(session_id, []).append(tuple(tiers))
@@ -238,7 +264,8 @@ class LedgerReader:
             return con.execute(
                 "SELECT m.request_id, count(*) FROM batch_members m JOIN batches b USING (batch_key)"
                 " WHERE b.phase IN ('intent', 'uploaded', 'created') GROUP BY 1 HAVING count(*) > 1"
-                " ORDER BY 1").fetchall()
+                " ORDER BY 1"
+            ).fetchall()
 
     def cost_figures(self, *, session_id: str | None = None) -> CostFigures:
         """The three cost figures (`spending.cost_figures_on`), read without the writer's lock."""
@@ -251,9 +278,11 @@ class LedgerReader:
     def session_budgets(self, session_ids: Sequence[str]) -> dict[str, Decimal]:
         """The budget of each of these sessions that has one, in one query."""
         with self.connect() as con:
-            rows = con.execute("SELECT session_id, config->>'budget_usd' FROM sessions"
-                               " WHERE session_id IN (SELECT unnest(?)) AND config->>'budget_usd' IS NOT NULL",
-                               [list(session_ids)]).fetchall()
+            rows = con.execute(
+                "SELECT session_id, config->>'budget_usd' FROM sessions"
+                " WHERE session_id IN (SELECT unnest(?)) AND config->>'budget_usd' IS NOT NULL",
+                [list(session_ids)],
+            ).fetchall()
         return {session_id: Decimal(budget) for session_id, budget in rows}
 
     def batch_overview(self, *, limit: int = 50) -> list[BatchOverview]:
@@ -264,7 +293,9 @@ class LedgerReader:
                 " b.completed_count, b.failed_count, list(DISTINCT q.session_id ORDER BY q.session_id)"
                 "  FILTER (WHERE q.session_id IS NOT NULL), b.created_at"
                 " FROM batches b LEFT JOIN batch_members m USING (batch_key) LEFT JOIN requests q USING (request_id)"
-                " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?", [limit]).fetchall()
+                " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?",
+                [limit],
+            ).fetchall()
         return [BatchOverview(*(*row[:9], tuple(row[9] or ()), row[10])) for row in rows]
 
     # -- the cost report ------------------------------------------------------------------------
@@ -275,6 +306,9 @@ class LedgerReader:
             rows = con.execute(
                 "SELECT CAST(epoch_ms(CAST(floor(recorded_at * 1000) AS BIGINT)) AS DATE) AS day, model, tier,"
                 " operation, count(*), sum(input_tokens), sum(output_tokens), sum(images),"
-                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY ALL ORDER BY 1, 2, 3, 4").fetchall()
-        return [CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))
-                for day, model, tier, op, n, i, o, im, c, s in rows]
+                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY ALL ORDER BY 1, 2, 3, 4"
+            ).fetchall()
+        return [
+            CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))
+            for day, model, tier, op, n, i, o, im, c, s in rows
+        ]

@@ -2,6 +2,7 @@
 
 Mixed into `Ledger`; the search state itself is opaque JSON here (the ledger imports no search code).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -78,8 +79,16 @@ _SESSION_COLUMNS = ", ".join(SessionRow.model_fields)
 class SessionRecords(LedgerCore):
     """Ledger methods for beam-search sessions (see `schema.sql`: sessions, candidates, rounds)."""
 
-    def create_session(self, session_id: str, user_prompt: str, config: dict[str, Any], state_json: str,
-                       deadline_at: float, *, next_round: str) -> bool:
+    def create_session(
+        self,
+        session_id: str,
+        user_prompt: str,
+        config: dict[str, Any],
+        state_json: str,
+        deadline_at: float,
+        *,
+        next_round: str,
+    ) -> bool:
         """Record a new session; False (and no change) if it exists already."""
         now = self.clock()
         with self.transaction() as con:
@@ -88,7 +97,8 @@ class SessionRecords(LedgerCore):
             con.execute(
                 "INSERT INTO sessions (session_id, user_prompt, config, status, state, iteration, next_round,"
                 " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 0, ?, ?, ?, ?)",
-                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, next_round, deadline_at, now, now])
+                [session_id, user_prompt, orjson.dumps(config).decode(), state_json, next_round, deadline_at, now, now],
+            )
         return True
 
     def save_sessions(self, saves: Sequence[SessionSave]) -> set[str]:
@@ -100,43 +110,85 @@ class SessionRecords(LedgerCore):
         if not saves:
             return set()
         with self.transaction() as con:
-            saved = {sid for (sid,) in con.execute(
-                "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
-                " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
-                " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
-                "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration,"
-                "  unnest(?::VARCHAR[]) AS next_round,"
-                "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
-                " WHERE sessions.session_id = v.session_id AND sessions.status = 'running'"
-                " RETURNING sessions.session_id",
-                [self.clock(), *map(list, zip(*((x.session_id, x.state_json, x.status, x.iteration, x.next_round,
-                                                 x.winner_id, x.error) for x in saves), strict=True))]).fetchall()}
+            saved = {
+                sid
+                for (sid,) in con.execute(
+                    "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
+                    " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
+                    " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
+                    "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration,"
+                    "  unnest(?::VARCHAR[]) AS next_round,"
+                    "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
+                    " WHERE sessions.session_id = v.session_id AND sessions.status = 'running'"
+                    " RETURNING sessions.session_id",
+                    [
+                        self.clock(),
+                        *map(
+                            list,
+                            zip(
+                                *(
+                                    (
+                                        x.session_id,
+                                        x.state_json,
+                                        x.status,
+                                        x.iteration,
+                                        x.next_round,
+                                        x.winner_id,
+                                        x.error,
+                                    )
+                                    for x in saves
+                                ),
+                                strict=True,
+                            ),
+                        ),
+                    ],
+                ).fetchall()
+            }
             if not saved:
                 return saved
             ids = [sid for sid in (x.session_id for x in saves) if sid in saved]
             con.execute("DELETE FROM candidates WHERE session_id IN (SELECT unnest(?))", [ids])
             con.execute("DELETE FROM rounds WHERE session_id IN (SELECT unnest(?))", [ids])
-            insert_rows(con, "candidates", tuple(CandidateRow.model_fields),
-                         [tuple(c.model_dump().values()) for x in saves if x.session_id in saved for c in x.candidates])
-            insert_rows(con, "rounds", (*RoundRow.model_fields, "seq", "cost_usd", "standard_cost_usd"),
-                         [(*r.model_dump().values(), seq, 0, 0)
-                          for x in saves if x.session_id in saved for seq, r in enumerate(x.rounds)])
+            insert_rows(
+                con,
+                "candidates",
+                tuple(CandidateRow.model_fields),
+                [tuple(c.model_dump().values()) for x in saves if x.session_id in saved for c in x.candidates],
+            )
+            insert_rows(
+                con,
+                "rounds",
+                (*RoundRow.model_fields, "seq", "cost_usd", "standard_cost_usd"),
+                [
+                    (*r.model_dump().values(), seq, 0, 0)
+                    for x in saves
+                    if x.session_id in saved
+                    for seq, r in enumerate(x.rounds)
+                ],
+            )
             # Exact costs per round come from the results rows, not from the state's float sums.
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
                 " SELECT session_id, iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
                 " FROM spend WHERE session_id IN (SELECT unnest(?)) GROUP BY ALL) c"
                 " WHERE rounds.session_id = c.session_id AND c.iteration = rounds.iteration AND c.round = rounds.round",
-                [ids])
+                [ids],
+            )
         return saved
 
-    def end_session(self, session_id: str, status: str, error: str | None = None, *, winner_id: str | None = None) -> bool:
+    def end_session(
+        self, session_id: str, status: str, error: str | None = None, *, winner_id: str | None = None
+    ) -> bool:
         """running -> `status` (failed, or stopped for a reason) in one transaction with its queued requests,
         which end cancelled; False if it had ended already. A stopped session names its best candidate so far."""
         with self.transaction() as con:
-            ended = bool(con.execute("UPDATE sessions SET status = ?, error = ?, updated_at = ?, winner_id = coalesce(?, winner_id)"
-                                     " WHERE session_id = ? AND status = 'running' RETURNING session_id",
-                                     [status, error, self.clock(), winner_id, session_id]).fetchall())
+            ended = bool(
+                con.execute(
+                    "UPDATE sessions SET status = ?, error = ?, updated_at = ?, winner_id = coalesce(?, winner_id)"
+                    " WHERE session_id = ? AND status = 'running' RETURNING session_id",
+                    [status, error, self.clock(), winner_id, session_id],
+                ).fetchall()
+            )
             if ended:
                 self._cancel_queued(con, session_id, f"session {status}: {error}")
             return ended
@@ -149,7 +201,8 @@ class SessionRecords(LedgerCore):
             rows = con.execute(
                 f"SELECT {columns}, min(q.created_at) FROM sessions s JOIN requests q ON q.session_id = s.session_id"
                 "  AND q.iteration = s.iteration AND q.round = s.next_round"
-                " WHERE s.status = 'running' GROUP BY ALL ORDER BY s.created_at, s.session_id").fetchall()
+                " WHERE s.status = 'running' GROUP BY ALL ORDER BY s.created_at, s.session_id"
+            ).fetchall()
         return [(_session_from_row(row[:-1]), row[-1]) for row in rows]
 
     def session_state_json(self, session_id: str) -> str:
@@ -162,8 +215,10 @@ class SessionRecords(LedgerCore):
     def sessions_with_state(self, session_ids: Sequence[str]) -> dict[str, tuple[SessionRow, str]]:
         """Several sessions' rows and state JSON in one query."""
         with self.connect() as con:
-            rows = con.execute(f"SELECT {_SESSION_COLUMNS}, state FROM sessions WHERE session_id IN (SELECT unnest(?))",
-                               [list(session_ids)]).fetchall()
+            rows = con.execute(
+                f"SELECT {_SESSION_COLUMNS}, state FROM sessions WHERE session_id IN (SELECT unnest(?))",
+                [list(session_ids)],
+            ).fetchall()
         return {row[0]: (_session_from_row(row[:-1]), row[-1]) for row in rows}
 
     def session(self, session_id: str) -> SessionRow | None:
@@ -191,9 +246,12 @@ class SessionRecords(LedgerCore):
     def candidates_of(self, session_ids: Sequence[str]) -> dict[str, list[CandidateRow]]:
         """Several sessions' candidates in one query, each session's by iteration, then rank."""
         with self.connect() as con:
-            cur = con.execute(f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates"
-                              " WHERE session_id IN (SELECT unnest(?))"
-                              " ORDER BY session_id, iteration, rank NULLS LAST, candidate_id", [list(session_ids)])
+            cur = con.execute(
+                f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates"
+                " WHERE session_id IN (SELECT unnest(?))"
+                " ORDER BY session_id, iteration, rank NULLS LAST, candidate_id",
+                [list(session_ids)],
+            )
             found: dict[str, list[CandidateRow]] = {}
             for row in cur.fetchall():
                 candidate = CandidateRow(**dict(zip(CandidateRow.model_fields, row, strict=True)))
@@ -209,10 +267,19 @@ class SessionRecords(LedgerCore):
                 "SELECT tier, count(*), sum(input_tokens), sum(output_tokens), sum(images), sum(cost_usd),"
                 " sum(standard_cost_usd) FROM spend WHERE session_id = ?"
                 "  AND (outcome = 'succeeded' OR tier IN ('lost', 'duplicate')) GROUP BY 1 ORDER BY 1",
-                [session_id]).fetchall()
-        return {tier: {"calls": n, "input_tokens": int(i or 0), "output_tokens": int(o or 0), "images": int(im or 0),
-                       "cost_usd": Decimal(c or 0), "standard_cost_usd": Decimal(s or 0)}
-                for tier, n, i, o, im, c, s in rows}
+                [session_id],
+            ).fetchall()
+        return {
+            tier: {
+                "calls": n,
+                "input_tokens": int(i or 0),
+                "output_tokens": int(o or 0),
+                "images": int(im or 0),
+                "cost_usd": Decimal(c or 0),
+                "standard_cost_usd": Decimal(s or 0),
+            }
+            for tier, n, i, o, im, c, s in rows
+        }
 
 
 def _session_from_row(row: tuple) -> SessionRow:

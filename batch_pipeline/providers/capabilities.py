@@ -5,6 +5,7 @@ text   -> chat completion with a strict JSON-schema response
 vision -> chat completion with two image parts (image-store refs, inlined only when sent)
 image  -> image generation; the picture lands in the content-addressed image store
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
@@ -35,10 +36,14 @@ def _base_result(call: Call, outcome: RequestOutcome, tier: str | None) -> CallR
     return CallResult(
         key=call.key,
         ok=outcome.outcome == Outcome.SUCCEEDED,
-        error=None if outcome.outcome == Outcome.SUCCEEDED else (
-            f"{outcome.error_code or outcome.outcome}: {outcome.error_message or ''}".strip()),
-        usage={"input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
-               "cached_tokens": outcome.cached_tokens},
+        error=None
+        if outcome.outcome == Outcome.SUCCEEDED
+        else (f"{outcome.error_code or outcome.outcome}: {outcome.error_message or ''}".strip()),
+        usage={
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "cached_tokens": outcome.cached_tokens,
+        },
         tier=tier,
     )
 
@@ -56,9 +61,15 @@ def _parsed_content(call: Call, outcome: RequestOutcome, tier: str | None) -> Ca
 
 class TextProvider:
     def to_request(self, call: TextCall) -> ChatRequest:
-        return ChatRequest(key=call.key, model=call.model, messages=list(call.messages), temperature=call.temperature,
-                           max_completion_tokens=call.max_completion_tokens, seed=call.seed,
-                           response_format=_json_schema_format(call.response_schema_name, call.response_schema))
+        return ChatRequest(
+            key=call.key,
+            model=call.model,
+            messages=list(call.messages),
+            temperature=call.temperature,
+            max_completion_tokens=call.max_completion_tokens,
+            seed=call.seed,
+            response_format=_json_schema_format(call.response_schema_name, call.response_schema),
+        )
 
     def to_result(self, call: TextCall, outcome: RequestOutcome, tier: str | None = None) -> CallResult:
         return _parsed_content(call, outcome, tier)
@@ -71,10 +82,17 @@ class VisionProvider:
     def to_request(self, call: VisionCall) -> ChatRequest:
         parts: list[dict] = [{"type": "text", "text": call.text}]
         for path in call.image_paths:
-            parts.append({"type": "image_url", "image_url": {"url": self.image_store.ref_for(path), "detail": call.detail}})
-        return ChatRequest(key=call.key, model=call.model, max_completion_tokens=call.max_completion_tokens, seed=call.seed,
-                           messages=[{"role": "system", "content": call.system}, {"role": "user", "content": parts}],
-                           response_format=_json_schema_format(call.response_schema_name, call.response_schema))
+            parts.append(
+                {"type": "image_url", "image_url": {"url": self.image_store.ref_for(path), "detail": call.detail}}
+            )
+        return ChatRequest(
+            key=call.key,
+            model=call.model,
+            max_completion_tokens=call.max_completion_tokens,
+            seed=call.seed,
+            messages=[{"role": "system", "content": call.system}, {"role": "user", "content": parts}],
+            response_format=_json_schema_format(call.response_schema_name, call.response_schema),
+        )
 
     def to_result(self, call: VisionCall, outcome: RequestOutcome, tier: str | None = None) -> CallResult:
         return _parsed_content(call, outcome, tier)

@@ -4,6 +4,7 @@ Every call, whatever its tier, is a ledger request, so accounting, the response 
 resumption work the same on all tiers. `submit` is idempotent (custom ids are derived from the
 call keys), `pending` says whether the round is still waiting, `collect` reads its results.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,9 +32,18 @@ CONTENT_POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
 
 
 class RoundExecutor:
-    def __init__(self, ledger: Ledger, sync_runner: SyncTierRunner, *, image_store: ImageStore, catalog: PriceCatalog,
-                 policy: TierPolicy, max_attempts: int = 3, rephrase_model: str = "gpt-4o-mini",
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        ledger: Ledger,
+        sync_runner: SyncTierRunner,
+        *,
+        image_store: ImageStore,
+        catalog: PriceCatalog,
+        policy: TierPolicy,
+        max_attempts: int = 3,
+        rephrase_model: str = "gpt-4o-mini",
+        clock: Callable[[], float] = time.time,
+    ):
         self.ledger = ledger
         self.sync = sync_runner
         self.image_store = image_store
@@ -46,9 +56,16 @@ class RoundExecutor:
 
     # -- submit -----------------------------------------------------------------------------
 
-    def plan(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-             round_id: RoundId | None = None,
-             turnaround: dict[tuple[str, str], tuple[float, int]] | None = None) -> list[QueuedRequest]:
+    def plan(
+        self,
+        session_id: str,
+        calls: Sequence[Call],
+        *,
+        mode: TierMode,
+        deadline_at: float,
+        round_id: RoundId | None = None,
+        turnaround: dict[tuple[str, str], tuple[float, int]] | None = None,
+    ) -> list[QueuedRequest]:
         """A round's calls as requests on the tier the policy picks for the time this round has
         (`deadline_at`: the round's planned deadline) and the ledger's observed batch turnaround (read
         here unless a caller planning many rounds passes it, read once)."""
@@ -61,8 +78,15 @@ class RoundExecutor:
         for operation, group in by_operation.items():
             endpoint = Endpoint.IMAGES if group[0].kind == "image" else Endpoint.CHAT
             observed = turnaround.get((group[0].model, str(endpoint)), (None, 0))[0]
-            choice = self.policy.choose(mode=mode, operation=operation, model=group[0].model, round_size=len(calls),
-                                        seconds_left=seconds_left, catalog=self.catalog, observed_s=observed)
+            choice = self.policy.choose(
+                mode=mode,
+                operation=operation,
+                model=group[0].model,
+                round_size=len(calls),
+                seconds_left=seconds_left,
+                catalog=self.catalog,
+                observed_s=observed,
+            )
             requests += [self._request(session_id, call, choice.tier, choice.reason, round_id) for call in group]
         return requests
 
@@ -72,8 +96,16 @@ class RoundExecutor:
         history = self.ledger.observed_output_tokens()
         return sum((request_cost(r, self.catalog, history) for r in requests if r.body_hash not in hits), Decimal(0))
 
-    def submit(self, session_id: str, calls: Sequence[Call], *, mode: TierMode, deadline_at: float,
-               round_id: RoundId | None = None, requests: Sequence[QueuedRequest] | None = None) -> list[str]:
+    def submit(
+        self,
+        session_id: str,
+        calls: Sequence[Call],
+        *,
+        mode: TierMode,
+        deadline_at: float,
+        round_id: RoundId | None = None,
+        requests: Sequence[QueuedRequest] | None = None,
+    ) -> list[str]:
         """Queue a round's calls (once), answer what the cache can, run what is synchronous."""
         if not calls:
             return []
@@ -86,8 +118,16 @@ class RoundExecutor:
 
     def _request(self, session_id: str, call: Call, tier: Tier, reason: str, round_id: RoundId | None) -> QueuedRequest:
         request: ChatRequest | ImageRequest = self.providers[call.kind].to_request(call)
-        return build_request(request, namespace="", operation=call.operation, session_id=session_id, tier=tier,
-                             tier_reason=reason, round_id=round_id, image_store=self.image_store)
+        return build_request(
+            request,
+            namespace="",
+            operation=call.operation,
+            session_id=session_id,
+            tier=tier,
+            tier_reason=reason,
+            round_id=round_id,
+            image_store=self.image_store,
+        )
 
     def answer_from_cache(self, requests: Sequence[QueuedRequest]) -> set[str]:
         """Identical bodies answered before cost nothing now (ensemble votes and siblings carry nonces,
@@ -98,15 +138,27 @@ class RoundExecutor:
         cached = [(r, hits[r.body_hash]) for r in requests if r.body_hash in hits]
         if not cached:
             return set()
-        self.ledger.start_sync([r.request_id for r, _ in cached], Tier.CACHE,
-                               "cache: an identical request was answered before")
+        self.ledger.start_sync(
+            [r.request_id for r, _ in cached], Tier.CACHE, "cache: an identical request was answered before"
+        )
         outcomes = [
-            RequestOutcome(request_id=r.request_id, outcome=Outcome.SUCCEEDED, status_code=200, response=hit.response,
-                           cost_usd=0, standard_cost_usd=hit.standard_cost_usd, price_version=hit.price_version)
+            RequestOutcome(
+                request_id=r.request_id,
+                outcome=Outcome.SUCCEEDED,
+                status_code=200,
+                response=hit.response,
+                cost_usd=0,
+                standard_cost_usd=hit.standard_cost_usd,
+                price_version=hit.price_version,
+            )
             for r, hit in cached
         ]
-        self.ledger.record_sync_outcomes(outcomes, Tier.CACHE, max_attempts=self.max_attempts,
-                                         reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]))
+        self.ledger.record_sync_outcomes(
+            outcomes,
+            Tier.CACHE,
+            max_attempts=self.max_attempts,
+            reason="cache: identical body answered as " + ", ".join(h.request_id for _, h in cached[:3]),
+        )
         return {r.request_id for r, _ in cached}
 
     def run_sync(self, session_id: str) -> None:
@@ -126,8 +178,9 @@ class RoundExecutor:
         moved = []
         seconds_left = deadline_at - self.clock()
         for row in self.ledger.queued_rows(tier=Tier.BATCH, session_id=session_id, retried=True):
-            choice = self.policy.fallback(attempts=row.attempts, max_attempts=self.max_attempts,
-                                          seconds_left=seconds_left)
+            choice = self.policy.fallback(
+                attempts=row.attempts, max_attempts=self.max_attempts, seconds_left=seconds_left
+            )
             if choice is not None:
                 self.ledger.requeue([row.request_id], tier=choice.tier, reason=choice.reason)
                 moved.append(row.request_id)
@@ -143,8 +196,13 @@ class RoundExecutor:
         states = self.ledger.request_states([self.request_id(c) for c in calls])
         return sum(1 for c in calls if states.get(self.request_id(c)) not in TERMINAL_REQUEST_STATES)
 
-    def collect(self, calls: Sequence[Call], *, finals: dict[str, RequestOutcome] | None = None,
-                tiers: dict[str, str] | None = None) -> dict[str, CallResult]:
+    def collect(
+        self,
+        calls: Sequence[Call],
+        *,
+        finals: dict[str, RequestOutcome] | None = None,
+        tiers: dict[str, str] | None = None,
+    ) -> dict[str, CallResult]:
         """The round's results by call key (`finals` and their `tiers`: read here unless a caller collecting
         many rounds passes them, read once)."""
         ids = {self.request_id(c): c for c in calls}
@@ -154,38 +212,65 @@ class RoundExecutor:
             tiers = {rid: row.tier for rid, row in self.ledger.request_rows(list(finals)).items()}
         results = {}
         for rid, call in ids.items():
-            outcome = finals.get(rid) or RequestOutcome(request_id=rid, outcome=Outcome.FAILED_PERMANENT,
-                                                        error_message="no result recorded")
+            outcome = finals.get(rid) or RequestOutcome(
+                request_id=rid, outcome=Outcome.FAILED_PERMANENT, error_message="no result recorded"
+            )
             tier = tiers.get(rid)
             results[call.key] = self.providers[call.kind].to_result(call, outcome, tier)
         return results
 
-    def retry_refused_images(self, session_id: str, calls: Sequence[Call], results: dict[str, CallResult]) -> dict[str, CallResult]:
+    def retry_refused_images(
+        self, session_id: str, calls: Sequence[Call], results: dict[str, CallResult]
+    ) -> dict[str, CallResult]:
         """An image refused for content policy gets one rephrase and one retry, on standard: it is the
         exception path, and two more batches would cost a whole extra round. The candidate keeps its
         prompt; the image is drawn from the rephrased one."""
         for call in calls:
             if not refused_for_content(call, results[call.key]):
                 continue
-            rephrased = self._run_now(session_id, "rephrase", ChatRequest(
-                key=f"{call.key}-rph", model=self.rephrase_model, max_completion_tokens=400,
-                messages=[{"role": "system", "content": "Rewrite this image prompt so it keeps the scene and style "
-                           "but avoids anything a content policy could refuse. Answer with the prompt only."},
-                          {"role": "user", "content": call.prompt}]))
+            rephrased = self._run_now(
+                session_id,
+                "rephrase",
+                ChatRequest(
+                    key=f"{call.key}-rph",
+                    model=self.rephrase_model,
+                    max_completion_tokens=400,
+                    messages=[
+                        {
+                            "role": "system",
+                            "content": "Rewrite this image prompt so it keeps the scene and style "
+                            "but avoids anything a content policy could refuse. Answer with the prompt only.",
+                        },
+                        {"role": "user", "content": call.prompt},
+                    ],
+                ),
+            )
             if rephrased is None or rephrased.response is None:
                 continue
-            retry = call.model_copy(update={"key": f"{call.key}-rt",
-                                            "prompt": rephrased.response["choices"][0]["message"]["content"].strip()})
+            retry = call.model_copy(
+                update={
+                    "key": f"{call.key}-rt",
+                    "prompt": rephrased.response["choices"][0]["message"]["content"].strip(),
+                }
+            )
             outcome = self._run_now(session_id, "image", self.providers["image"].to_request(retry))
             if outcome is not None:
-                results[call.key] = self.providers["image"].to_result(retry, outcome, "standard").model_copy(
-                    update={"key": call.key})
+                results[call.key] = (
+                    self.providers["image"].to_result(retry, outcome, "standard").model_copy(update={"key": call.key})
+                )
         return results
 
     def _run_now(self, session_id: str, operation: str, request: ChatRequest | ImageRequest) -> RequestOutcome | None:
         """Run one request on standard now (once: a resumed step finds it in the ledger); its success or None."""
-        queued = build_request(request, namespace="", operation=operation, session_id=session_id, tier=Tier.STANDARD,
-                               tier_reason="content-policy rephrase and retry", image_store=self.image_store)
+        queued = build_request(
+            request,
+            namespace="",
+            operation=operation,
+            session_id=session_id,
+            tier=Tier.STANDARD,
+            tier_reason="content-policy rephrase and retry",
+            image_store=self.image_store,
+        )
         if self.ledger.enqueue([queued]):
             self.sync.run([queued.request_id], Tier.STANDARD)
         final = self.ledger.final_results([queued.request_id]).get(queued.request_id)
@@ -198,5 +283,6 @@ class RoundExecutor:
 
 def refused_for_content(call: Call, result: CallResult) -> TypeGuard[ImageCall]:
     """An image call the API refused for its content (`retry_refused_images` rephrases and retries it)."""
-    return isinstance(call, ImageCall) and not result.ok and any(
-        c in (result.error or "") for c in CONTENT_POLICY_CODES)
+    return (
+        isinstance(call, ImageCall) and not result.ok and any(c in (result.error or "") for c in CONTENT_POLICY_CODES)
+    )

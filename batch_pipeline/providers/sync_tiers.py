@@ -3,6 +3,7 @@
 Flex (`service_tier="flex"`) is billed at batch rates but may answer 429 "resource unavailable";
 such calls are backed off a few times and then run on standard, and the ledger says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,10 +35,20 @@ FLEX_TIMEOUT_S = 900.0
 class SyncTierRunner:
     """Runs queued standard/flex requests with bounded concurrency and records each outcome."""
 
-    def __init__(self, client: openai.OpenAI, ledger: Ledger, *, image_store: ImageStore, catalog: PriceCatalog,
-                 max_attempts: int = 3, concurrency: int = 4, flex_attempts: int = 3,
-                 flex_backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 lease_s: float = DEFAULT_LEASE_S):
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        ledger: Ledger,
+        *,
+        image_store: ImageStore,
+        catalog: PriceCatalog,
+        max_attempts: int = 3,
+        concurrency: int = 4,
+        flex_attempts: int = 3,
+        flex_backoff_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        lease_s: float = DEFAULT_LEASE_S,
+    ):
         self.client = client
         self.ledger = ledger
         self.image_store = image_store
@@ -81,23 +92,42 @@ class SyncTierRunner:
                     renewed_at = time.monotonic()
 
     def _unstarted(self, request_ids: list[str], tier: Tier) -> None:
-        outcomes = [RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_code="not_started",
-                                   error_message="the API refused the credentials; not run") for rid in request_ids]
+        outcomes = [
+            RequestOutcome(
+                request_id=rid,
+                outcome=Outcome.FAILED_RETRYABLE,
+                error_code="not_started",
+                error_message="the API refused the credentials; not run",
+            )
+            for rid in request_ids
+        ]
         self.ledger.record_sync_outcomes(outcomes, tier, max_attempts=self.max_attempts)
 
     def recover_lost(self, *, session_ids: Sequence[str] | None = None) -> list[str]:
         """Running requests whose process died (or whose lease lapsed) go back to the queue, their lost
         answers recorded at an estimated cost. Returns the ids recovered."""
         now = self.ledger.clock()
-        lost = [(row, est) for row, owner, until, est in self.ledger.running_leases(session_ids=session_ids)
-                if owner != this_process() and (owner_is_dead(owner) or (until is not None and until < now))]
+        lost = [
+            (row, est)
+            for row, owner, until, est in self.ledger.running_leases(session_ids=session_ids)
+            if owner != this_process() and (owner_is_dead(owner) or (until is not None and until < now))
+        ]
         if not lost:
             return []
-        outcomes = [estimate_lost(row.request_id, endpoint=row.endpoint, model=row.model, tier=Tier(row.tier),
-                                  body=row.body, est_prompt_tokens=est, catalog=self.catalog,
-                                  reason="lost in flight: the process running this call ended before its answer "
-                                         "was recorded (cost estimated)")
-                    for row, est in lost]
+        outcomes = [
+            estimate_lost(
+                row.request_id,
+                endpoint=row.endpoint,
+                model=row.model,
+                tier=Tier(row.tier),
+                body=row.body,
+                est_prompt_tokens=est,
+                catalog=self.catalog,
+                reason="lost in flight: the process running this call ended before its answer "
+                "was recorded (cost estimated)",
+            )
+            for row, est in lost
+        ]
         recovered = self.ledger.record_lost(outcomes, max_attempts=self.max_attempts)
         if recovered:
             log.warning("%d request(s) lost in flight by a process that ended go back to the queue", len(recovered))
@@ -117,13 +147,23 @@ class SyncTierRunner:
         else:
             outcome = self._call(request_id, row.endpoint, body, {})
         outcome = store_images(outcome, self.image_store)
-        outcome = price_outcome(outcome, endpoint=row.endpoint, model=row.model, tier=used, catalog=self.catalog,
-                                request_body=lambda: row.body)
+        outcome = price_outcome(
+            outcome,
+            endpoint=row.endpoint,
+            model=row.model,
+            tier=used,
+            catalog=self.catalog,
+            request_body=lambda: row.body,
+        )
         return outcome, used, why
 
     def _flex_call(self, request_id: str, endpoint: str, body: dict[str, Any]) -> RequestOutcome:
-        for attempt in Retrying(retry=retry_if_exception_type(_FlexUnavailable), stop=stop_after_attempt(self.flex_attempts),
-                                wait=wait_exponential(multiplier=self.flex_backoff_s, max=60), sleep=self.sleep):
+        for attempt in Retrying(
+            retry=retry_if_exception_type(_FlexUnavailable),
+            stop=stop_after_attempt(self.flex_attempts),
+            wait=wait_exponential(multiplier=self.flex_backoff_s, max=60),
+            sleep=self.sleep,
+        ):
             with attempt:
                 outcome = self._call(request_id, endpoint, body, {"service_tier": "flex"}, timeout=FLEX_TIMEOUT_S)
                 if outcome.status_code == 429:
@@ -131,8 +171,9 @@ class SyncTierRunner:
                 return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _call(self, request_id: str, endpoint: str, body: dict[str, Any], extra: dict[str, Any],
-              timeout: float | None = None) -> RequestOutcome:
+    def _call(
+        self, request_id: str, endpoint: str, body: dict[str, Any], extra: dict[str, Any], timeout: float | None = None
+    ) -> RequestOutcome:
         # Flex 429s are ours to handle (back off, then standard): the SDK must not retry them itself.
         client = self.client.with_options(max_retries=0) if extra.get("service_tier") == "flex" else self.client
         if timeout:
@@ -147,14 +188,26 @@ class SyncTierRunner:
         except openai.APIStatusError as exc:
             error = (exc.body or {}).get("error", exc.body) if isinstance(exc.body, dict) else {}
             retryable = exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-            return RequestOutcome(request_id=request_id, status_code=exc.status_code,
-                                  outcome=Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
-                                  error_code=(error or {}).get("code"), error_message=(error or {}).get("message") or str(exc))
+            return RequestOutcome(
+                request_id=request_id,
+                status_code=exc.status_code,
+                outcome=Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
+                error_code=(error or {}).get("code"),
+                error_message=(error or {}).get("message") or str(exc),
+            )
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            return RequestOutcome(request_id=request_id, outcome=Outcome.FAILED_RETRYABLE,
-                                  error_code=type(exc).__name__, error_message=str(exc))
-        return RequestOutcome(request_id=request_id, outcome=Outcome.SUCCEEDED, status_code=200,
-                              response=response.model_dump(mode="json", exclude_unset=True))
+            return RequestOutcome(
+                request_id=request_id,
+                outcome=Outcome.FAILED_RETRYABLE,
+                error_code=type(exc).__name__,
+                error_message=str(exc),
+            )
+        return RequestOutcome(
+            request_id=request_id,
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            response=response.model_dump(mode="json", exclude_unset=True),
+        )
 
 
 class _FlexUnavailable(Exception):

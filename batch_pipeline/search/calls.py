@@ -2,6 +2,7 @@
 
 steps.plan_round emits Calls; an executor on any tier returns CallResults by key to steps.apply_round.
 """
+
 from __future__ import annotations
 
 import re

@@ -2,6 +2,7 @@
 
 steps.plan_round builds calls from these; steps.apply_round re-derives them to match results by key.
 """
+
 from __future__ import annotations
 
 import random

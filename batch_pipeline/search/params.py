@@ -2,6 +2,7 @@
 
 Persisted inside SearchState and read by every step, so a resumed run uses the same values.
 """
+
 from __future__ import annotations
 
 from math import comb
@@ -42,7 +43,8 @@ class SearchParams(BaseModel):
     # candidate's image and writes its children, so later iterations have no text round (docs/PERFORMANCE.md).
     # The default by the numbers: two fewer batch waits per three iterations, the same calls, cost and winners.
     rounds_per_iteration: Literal[2, 3] = Field(
-        default=2, description="dependent rounds per iteration after the first: 2 (vision also refines) or 3")
+        default=2, description="dependent rounds per iteration after the first: 2 (vision also refines) or 3"
+    )
 
     @field_validator("M")
     @classmethod
@@ -81,10 +83,15 @@ def expected_call_counts(params: SearchParams) -> list[IterationCallCounts]:
     later_vision = (comb(pool, 2) - comb(params.M, 2)) * params.E
     if params.rounds_per_iteration == 2:
         first_pool, later_pool = params.N, pool
-        counts = [IterationCallCounts(0, params.N, params.N, comb(params.N, 2) * params.E
-                                      + (first_pool if params.K > 1 else 0))]
-        counts += [IterationCallCounts(k, 0, params.N, later_vision + (later_pool if k + 1 < params.K else 0))
-                   for k in range(1, params.K)]
+        counts = [
+            IterationCallCounts(
+                0, params.N, params.N, comb(params.N, 2) * params.E + (first_pool if params.K > 1 else 0)
+            )
+        ]
+        counts += [
+            IterationCallCounts(k, 0, params.N, later_vision + (later_pool if k + 1 < params.K else 0))
+            for k in range(1, params.K)
+        ]
         return counts
     counts = [IterationCallCounts(0, params.N, params.N, comb(params.N, 2) * params.E)]
     counts += [IterationCallCounts(k, params.N, params.N, later_vision) for k in range(1, params.K)]

@@ -2,6 +2,7 @@
 
 Called by steps.plan_round for TextCall messages and VisionCall system/text; decides nothing else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -118,8 +119,15 @@ def judge_system(params: SearchParams) -> str:
     )
 
 
-def critique_messages(user_prompt: str, params: SearchParams, dimension: Dimension, what: str, how: str,
-                      strengths: Sequence[str], weaknesses: Sequence[str]) -> tuple[str, str]:
+def critique_messages(
+    user_prompt: str,
+    params: SearchParams,
+    dimension: Dimension,
+    what: str,
+    how: str,
+    strengths: Sequence[str],
+    weaknesses: Sequence[str],
+) -> tuple[str, str]:
     """2-round iterations: (system, text) of the vision call that critiques one candidate's image and writes
     its children, so the next iteration needs no text round."""
     kept: Dimension = "how" if dimension == "what" else "what"
@@ -139,8 +147,9 @@ def critique_messages(user_prompt: str, params: SearchParams, dimension: Dimensi
         ]
     )
     feedback = [f"- won: {s}" for s in strengths] + [f"- lost: {w}" for w in weaknesses]
-    material = "\n".join([f"User prompt: {user_prompt}", f"WHAT: {what}", f"HOW: {how}", "Feedback:",
-                          *(feedback or ["- none yet"])])
+    material = "\n".join(
+        [f"User prompt: {user_prompt}", f"WHAT: {what}", f"HOW: {how}", "Feedback:", *(feedback or ["- none yet"])]
+    )
     return system, material
 
 

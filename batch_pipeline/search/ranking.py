@@ -2,6 +2,7 @@
 
 steps.apply_round feeds it every vote of the session after each vision round and keeps the top M.
 """
+
 from __future__ import annotations
 
 import math
@@ -166,5 +167,7 @@ class _Fit:
     def log_posterior(self, x: list[float]) -> float:
         # Plain exp/log is safe here: |x| stays within _LOG_BOUND, far from float overflow.
         strength = [math.exp(v) for v in x]
-        total = sum(w * v - self.prior_games * math.log(p + 1.0) for w, v, p in zip(self.wins, x, strength, strict=True))
+        total = sum(
+            w * v - self.prior_games * math.log(p + 1.0) for w, v, p in zip(self.wins, x, strength, strict=True)
+        )
         return total - sum(count * math.log(strength[i] + strength[j]) for (i, j), count in self.games)

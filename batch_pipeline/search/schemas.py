@@ -2,6 +2,7 @@
 
 steps.plan_round attaches the schemas to calls; steps.apply_round parses answers into these models.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,8 +59,9 @@ class RefineWhat(BaseModel):
     combined: str = Field(description="one image prompt fusing the new WHAT with the unchanged HOW")
 
     def to_refinement(self) -> Refinement:
-        return Refinement(critique=self.critique, recommendation=self.recommendation, refined=self.what,
-                          combined=self.combined)
+        return Refinement(
+            critique=self.critique, recommendation=self.recommendation, refined=self.what, combined=self.combined
+        )
 
 
 class RefineHow(BaseModel):
@@ -73,8 +75,9 @@ class RefineHow(BaseModel):
     combined: str = Field(description="one image prompt fusing the unchanged WHAT with the new HOW")
 
     def to_refinement(self) -> Refinement:
-        return Refinement(critique=self.critique, recommendation=self.recommendation, refined=self.how,
-                          combined=self.combined)
+        return Refinement(
+            critique=self.critique, recommendation=self.recommendation, refined=self.how, combined=self.combined
+        )
 
 
 class Comparison(BaseModel):
@@ -118,8 +121,10 @@ class CritiqueWhat(BaseModel):
     children: list[ChildWhat] = Field(description="the refined variants, each its own change")
 
     def refinements(self) -> list[Refinement]:
-        return [Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.what,
-                           combined=c.combined) for c in self.children]
+        return [
+            Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.what, combined=c.combined)
+            for c in self.children
+        ]
 
 
 class CritiqueHow(BaseModel):
@@ -132,8 +137,10 @@ class CritiqueHow(BaseModel):
     children: list[ChildHow] = Field(description="the refined variants, each its own change")
 
     def refinements(self) -> list[Refinement]:
-        return [Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.how,
-                           combined=c.combined) for c in self.children]
+        return [
+            Refinement(critique=self.critique, recommendation=self.recommendation, refined=c.how, combined=c.combined)
+            for c in self.children
+        ]
 
 
 def critique_schema(model: type[CritiqueWhat] | type[CritiqueHow], children: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 steps.start_search creates it and steps.apply_round replaces it; orchestrators store it as JSON between.
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -2,6 +2,7 @@
 
 Orchestrators (run_search here, or Dagster runs hours apart) execute the calls and store the state between.
 """
+
 from __future__ import annotations
 
 # Each iteration takes at most three dependent rounds, because on the batch tier every round may wait hours:
@@ -144,7 +145,9 @@ def run_search(
 # --- text round ------------------------------------------------------------------------------------
 
 
-def _text_operation(iteration: int) -> tuple[Literal["expand", "refine"], type[Expansion] | type[RefineWhat] | type[RefineHow]]:
+def _text_operation(
+    iteration: int,
+) -> tuple[Literal["expand", "refine"], type[Expansion] | type[RefineWhat] | type[RefineHow]]:
     if iteration == 0:
         return "expand", Expansion
     return "refine", _refine_model(iteration)
@@ -311,13 +314,24 @@ def _critique_calls(state: SearchState) -> list[Call]:
     for cid in current_pool(state):
         candidate = state.candidate(cid)
         strengths, weaknesses = ranking_feedback(state, cid)
-        system, text = prompts.critique_messages(state.user_prompt, params, refined_dimension(nxt), candidate.what,
-                                                 candidate.how, strengths, weaknesses)
-        calls.append(VisionCall(
-            key=critique_key(state.session_id, state.iteration, cid), operation="critique", model=params.vision_model,
-            system=system, text=text, image_paths=(candidate.image_path,), detail=params.vision_detail,
-            response_schema_name=SCHEMA_NAMES[model], response_schema=critique_schema(model, params.children_per_parent),
-            max_completion_tokens=params.max_completion_tokens, seed=params.seed))
+        system, text = prompts.critique_messages(
+            state.user_prompt, params, refined_dimension(nxt), candidate.what, candidate.how, strengths, weaknesses
+        )
+        calls.append(
+            VisionCall(
+                key=critique_key(state.session_id, state.iteration, cid),
+                operation="critique",
+                model=params.vision_model,
+                system=system,
+                text=text,
+                image_paths=(candidate.image_path,),
+                detail=params.vision_detail,
+                response_schema_name=SCHEMA_NAMES[model],
+                response_schema=critique_schema(model, params.children_per_parent),
+                max_completion_tokens=params.max_completion_tokens,
+                seed=params.seed,
+            )
+        )
     return calls
 
 
@@ -375,7 +389,9 @@ def _apply_vision(state: SearchState, results: Mapping[str, CallResult]) -> None
                 reason=comparison.reason,
             )
         )
-    critiques = [critique_key(state.session_id, k, cid) for cid in current_pool(state)] if _refines_in_vision(state) else []
+    critiques = (
+        [critique_key(state.session_id, k, cid) for cid in current_pool(state)] if _refines_in_vision(state) else []
+    )
     succeeded += sum(1 for key in critiques if (r := results.get(key)) is not None and r.ok)
     state.rounds.append(_round_stats(state, "vision", keys + critiques, results, succeeded=succeeded))
 

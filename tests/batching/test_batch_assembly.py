@@ -1,4 +1,5 @@
 """Assembler: plan batches by endpoint+model within count, byte and token limits; stream exact files."""
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,9 @@ from batch_pipeline.ledger.ledger import QueuedRow
 CHAT, IMAGES, RESPONSES = "/v1/chat/completions", "/v1/images/generations", "/v1/responses"
 
 
-def row(rid: str, *, model: str = "gpt-5-mini", endpoint: str = CHAT, line_bytes: int = 99, tokens: int = 10) -> QueuedRow:
+def row(
+    rid: str, *, model: str = "gpt-5-mini", endpoint: str = CHAT, line_bytes: int = 99, tokens: int = 10
+) -> QueuedRow:
     return QueuedRow(request_id=rid, endpoint=endpoint, model=model, line_bytes=line_bytes, est_prompt_tokens=tokens)
 
 
@@ -23,8 +26,15 @@ def ids(batch) -> list[str]:
 
 # -- planning -----------------------------------------------------------------------------------
 
+
 def test_one_batch_per_endpoint_and_model_keeping_queue_order():
-    rows = [row("a1"), row("b1", model="gpt-5"), row("a2"), row("i1", model="gpt-image-1-mini", endpoint=IMAGES), row("a3")]
+    rows = [
+        row("a1"),
+        row("b1", model="gpt-5"),
+        row("a2"),
+        row("i1", model="gpt-image-1-mini", endpoint=IMAGES),
+        row("a3"),
+    ]
     plan = plan_batches(rows, SplitLimits())
     assert {(b.endpoint, b.model): ids(b) for b in plan.batches} == {
         (CHAT, "gpt-5-mini"): ["a1", "a2", "a3"],
@@ -77,13 +87,17 @@ def test_token_budget_is_shared_by_all_batches_of_a_model_in_one_plan():
 def test_token_budget_is_shared_across_endpoints_for_the_same_model():
     # The enqueued-token queue is per model; two endpoints must not each get the whole queue.
     limits = SplitLimits(enqueued_token_limits={"gpt-5": 1000})
-    rows = [row("c1", model="gpt-5", endpoint=CHAT, tokens=700), row("r1", model="gpt-5", endpoint=RESPONSES, tokens=700)]
+    rows = [
+        row("c1", model="gpt-5", endpoint=CHAT, tokens=700),
+        row("r1", model="gpt-5", endpoint=RESPONSES, tokens=700),
+    ]
     plan = plan_batches(rows, limits)
     assert sum(b.est_prompt_tokens for b in plan.batches if b.model == "gpt-5") <= 1000
     assert [r.request_id for r in plan.held_back] == ["r1"]
 
 
 # -- writing ------------------------------------------------------------------------------------
+
 
 def _plan_and_intend(ledger, limits=None):
     plan = plan_batches(ledger.queued_rows(), limits or SplitLimits())
@@ -93,8 +107,11 @@ def _plan_and_intend(ledger, limits=None):
 
 
 def test_written_file_size_equals_planned_bytes(ledger, chat, tmp_path):
-    queued = [chat("plain"), chat("unicode", text="Grüße — 東京 🙂 \"quoted\" \\n"),
-              chat("params", model="gpt-5-mini", max_tokens=50, response_format={"type": "json_object"})]
+    queued = [
+        chat("plain"),
+        chat("unicode", text='Grüße — 東京 🙂 "quoted" \\n'),
+        chat("params", model="gpt-5-mini", max_tokens=50, response_format={"type": "json_object"}),
+    ]
     ledger.enqueue(queued)
     plan = _plan_and_intend(ledger)
     assert len(plan.batches) == 2
@@ -118,8 +135,15 @@ def test_written_lines_are_api_requests_in_line_order(ledger, chat, tmp_path):
 
 def _vision_request(chat, image_store, png, key):
     ref = image_store.put(png)
-    msg = [{"role": "user", "content": [{"type": "text", "text": "Describe the image."},
-                                        {"type": "image_url", "image_url": {"url": ref, "detail": "low"}}]}]
+    msg = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Describe the image."},
+                {"type": "image_url", "image_url": {"url": ref, "detail": "low"}},
+            ],
+        }
+    ]
     return chat(key, model="gpt-4o", messages=msg, image_store=image_store), ref
 
 

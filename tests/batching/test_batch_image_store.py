@@ -1,4 +1,5 @@
 """Content-addressed image store: refs, idempotent writes, data URLs and their exact lengths."""
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,9 @@ def test_put_is_content_addressed_idempotent_and_round_trips_through_a_data_url(
     assert ref == f"{REF_PREFIX}{hashlib.sha256(data).hexdigest()}.png"
     assert image_store.put(data) == ref
     assert image_store.read(ref) == data
-    assert [p.name for p in image_store.root.rglob("*") if p.is_file()] == [ref[len(REF_PREFIX):]]  # no temp files left
+    assert [p.name for p in image_store.root.rglob("*") if p.is_file()] == [
+        ref[len(REF_PREFIX) :]
+    ]  # no temp files left
     assert image_store.put(png_bytes(4)) != ref
     prefix, _, payload = image_store.data_url(ref).partition(",")
     assert prefix == "data:image/png;base64"

@@ -1,4 +1,5 @@
 """SplitLimits: per-model enqueued-token budgets and bounds that mirror the API's limits."""
+
 from __future__ import annotations
 
 import pytest

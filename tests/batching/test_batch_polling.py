@@ -1,4 +1,5 @@
 """Polling policy: capped exponential backoff with deterministic jitter; honest progress."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Request builder: custom ids, validation, per-model normalisation, token and byte estimates."""
+
 from __future__ import annotations
 
 import re
@@ -25,6 +26,7 @@ CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # -- custom ids ---------------------------------------------------------------------------------
 
+
 def test_safe_keys_stay_readable_and_unsafe_keys_never_collide_with_their_safe_spelling():
     assert make_custom_id("expand", "doc-17_para3") == "expand-doc-17_para3"
     assert make_custom_id("", "doc-17") == "doc-17"
@@ -45,6 +47,7 @@ def test_custom_id_over_64_chars_is_hashed_and_stays_unique():
 
 
 # -- validation ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
@@ -93,8 +96,12 @@ def test_image_ref_needs_a_store_and_a_stored_file(image_store):
 
 def test_image_request_checks_prompt_count_size_and_extra(image_request):
     assert image_request("ok", n=10, size="auto", extra={"output_format": "webp"}).body["output_format"] == "webp"
-    for kw, field in [({"prompt": " "}, "prompt"), ({"n": 11}, "n"), ({"size": "big"}, "size"),
-                      ({"extra": {"n": 3}}, "extra.n")]:
+    for kw, field in [
+        ({"prompt": " "}, "prompt"),
+        ({"n": 11}, "n"),
+        ({"size": "big"}, "size"),
+        ({"extra": {"n": 3}}, "extra.n"),
+    ]:
         with pytest.raises(RequestValidationError) as info:
             image_request("bad", **kw)
         assert info.value.field == field
@@ -102,12 +109,15 @@ def test_image_request_checks_prompt_count_size_and_extra(image_request):
 
 # -- normalisation ------------------------------------------------------------------------------
 
+
 def test_gpt5_max_tokens_becomes_max_completion_tokens(chat):
     body = chat("k1", model="gpt-5", max_tokens=300, temperature=0.2, top_p=0.5).body
     assert body["max_completion_tokens"] == 300
     assert "max_tokens" not in body and "temperature" not in body and "top_p" not in body
     # an explicit max_completion_tokens wins over a max_tokens given alongside it
-    params, notes = normalise_chat_params("o3-mini", {"max_tokens": 100, "max_completion_tokens": 900, "temperature": 1})
+    params, notes = normalise_chat_params(
+        "o3-mini", {"max_tokens": 100, "max_completion_tokens": 900, "temperature": 1}
+    )
     assert params == {"max_completion_tokens": 900}
     assert notes
 
@@ -120,8 +130,18 @@ def test_non_reasoning_models_keep_their_sampling_parameters(chat):
 
 @pytest.mark.parametrize(
     ("model", "reasoning"),
-    [("gpt-5", True), ("gpt-5-mini-2025-08-07", True), ("gpt-5.1", True), ("o1", True), ("o3-mini", True),
-     ("gpt-4o", False), ("gpt-4o-mini", False), ("gpt-4.1-mini", False), ("gpt-50", False), ("omni-moderation-latest", False)],
+    [
+        ("gpt-5", True),
+        ("gpt-5-mini-2025-08-07", True),
+        ("gpt-5.1", True),
+        ("o1", True),
+        ("o3-mini", True),
+        ("gpt-4o", False),
+        ("gpt-4o-mini", False),
+        ("gpt-4.1-mini", False),
+        ("gpt-50", False),
+        ("omni-moderation-latest", False),
+    ],
 )
 def test_reasoning_model_family_is_recognised_by_name(model, reasoning):
     assert is_reasoning_model(model) is reasoning
@@ -138,27 +158,41 @@ def test_extra_cannot_override_typed_fields_or_bypass_model_rules(chat, extra):
 
 # -- estimates, lines, cache identity -----------------------------------------------------------
 
+
 def test_token_estimate_is_text_chars_over_four_plus_a_fixed_cost_per_image_detail(chat):
     assert chat("a", text="x" * 401).est_prompt_tokens == 101
-    parts = [{"type": "text", "text": "y" * 40},
-             {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
-             {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}}]
+    parts = [
+        {"type": "text", "text": "y" * 40},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}},
+    ]
     queued = chat("b", model="gpt-4o", messages=[{"role": "user", "content": parts}])
     assert queued.est_prompt_tokens == 10 + IMAGE_TOKENS["low"] + IMAGE_TOKENS["auto"]
 
 
 def test_line_bytes_equal_the_utf8_length_of_the_jsonl_line(chat):
-    queued = chat("k1", text="Zusammenfassung für Ärzte — 長い文章 🙂 \"quoted\" \\ back")
+    queued = chat("k1", text='Zusammenfassung für Ärzte — 長い文章 🙂 "quoted" \\ back')
     line = jsonl_line(queued.request_id, queued.endpoint, queued.body)
     assert queued.line_bytes == len(line) > len(line.decode())
-    assert orjson.loads(line) == {"custom_id": queued.request_id, "method": "POST", "url": "/v1/chat/completions",
-                                  "body": queued.body}
+    assert orjson.loads(line) == {
+        "custom_id": queued.request_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": queued.body,
+    }
 
 
 def test_image_ref_line_bytes_count_the_inlined_data_url(chat, image_store, png_bytes):
     ref = image_store.put(png_bytes(1, size=(40, 30)))
-    msg = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                        {"type": "image_url", "image_url": {"url": ref, "detail": "low"}}]}]
+    msg = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": ref, "detail": "low"}},
+            ],
+        }
+    ]
     queued = chat("k1", model="gpt-4o", messages=msg, image_store=image_store)
     inlined = resolve_image_refs(queued.body, image_store)
     assert queued.line_bytes == len(jsonl_line(queued.request_id, queued.endpoint, inlined))
@@ -177,18 +211,35 @@ def test_cache_identity_ignores_key_order_and_request_key_but_not_endpoint_or_va
 
 # -- the fast path: a built request is not validated twice, and its body is serialised once ------------
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"session_id": "s-1", "tier_reason": "deadline", "round_id": RoundId(2, "vision"), "tier": "flex"},
-    {"tier": "standard"},
-])
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"session_id": "s-1", "tier_reason": "deadline", "round_id": RoundId(2, "vision"), "tier": "flex"},
+        {"tier": "standard"},
+    ],
+)
 def test_a_built_request_equals_the_validated_model_of_the_same_values(kwargs):
     from batch_pipeline.records import QueuedRequest, canonical_body
 
-    for request in (ChatRequest(key="k/1 é", model="gpt-4.1-mini", max_tokens=50, temperature=0.3,
-                                messages=[{"role": "user", "content": "é 🙂 \"q\""}], extra={"user": "u"}),
-                    ChatRequest(key="k2", model="gpt-5-mini", max_tokens=20, reasoning_effort="low",
-                                messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "x"}])):
+    for request in (
+        ChatRequest(
+            key="k/1 é",
+            model="gpt-4.1-mini",
+            max_tokens=50,
+            temperature=0.3,
+            messages=[{"role": "user", "content": 'é 🙂 "q"'}],
+            extra={"user": "u"},
+        ),
+        ChatRequest(
+            key="k2",
+            model="gpt-5-mini",
+            max_tokens=20,
+            reasoning_effort="low",
+            messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
+        ),
+    ):
         queued = build_request(request, namespace="ns", operation="expand", **kwargs)
         validated = QueuedRequest(**queued.model_dump())
         assert queued == validated and validated == queued
@@ -204,15 +255,25 @@ def test_a_built_request_equals_the_validated_model_of_the_same_values(kwargs):
 def test_request_line_is_the_jsonl_line_with_sorted_keys_and_line_bytes_long():
     from batch_pipeline.batching.requests import request_line
 
-    queued = build_request(ChatRequest(key="k", model="gpt-5-mini", max_tokens=9,
-                                       messages=[{"role": "user", "content": "ünï 🙂"}]), namespace="t", operation="o")
+    queued = build_request(
+        ChatRequest(key="k", model="gpt-5-mini", max_tokens=9, messages=[{"role": "user", "content": "ünï 🙂"}]),
+        namespace="t",
+        operation="o",
+    )
     line = request_line(queued)
     assert orjson.loads(line) == orjson.loads(jsonl_line(queued.request_id, queued.endpoint, queued.body))
     assert len(line) == len(jsonl_line(queued.request_id, queued.endpoint, queued.body)) == queued.line_bytes
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"operation": 3}, "operation"), ({"session_id": 5}, "session_id"),
-                                               ({"round_id": ("2", "text")}, "round_id"), ({"tier": "cheap"}, "tier")])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"operation": 3}, "operation"),
+        ({"session_id": 5}, "session_id"),
+        ({"round_id": ("2", "text")}, "round_id"),
+        ({"tier": "cheap"}, "tier"),
+    ],
+)
 def test_values_stored_without_a_second_validation_are_still_refused_when_wrong(kwargs, field):
     request = ChatRequest(key="k", model="gpt-5-mini", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(RequestValidationError) as err:
@@ -224,15 +285,35 @@ def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
     from batch_pipeline.batching.requests import _normalised_params
 
     for model in ("gpt-5-mini", "gpt-4.1-mini", "o3"):
-        for params in ({"temperature": 0.7, "top_p": None, "max_tokens": 300, "max_completion_tokens": None,
-                        "reasoning_effort": None, "seed": None},
-                       {"temperature": 1.0, "top_p": 1, "max_tokens": None, "max_completion_tokens": 9,
-                        "reasoning_effort": "low", "seed": 3}):
+        for params in (
+            {
+                "temperature": 0.7,
+                "top_p": None,
+                "max_tokens": 300,
+                "max_completion_tokens": None,
+                "reasoning_effort": None,
+                "seed": None,
+            },
+            {
+                "temperature": 1.0,
+                "top_p": 1,
+                "max_tokens": None,
+                "max_completion_tokens": 9,
+                "reasoning_effort": "low",
+                "seed": 3,
+            },
+        ):
             for _ in range(2):  # computed, then remembered
                 got = _normalised_params(model, tuple(params.items()), tuple(map(type, params.values())))
                 assert got == normalise_chat_params(model, params)[0]
-    as_int = {"temperature": None, "top_p": None, "max_tokens": None, "max_completion_tokens": None,
-              "reasoning_effort": None, "seed": 1}
+    as_int = {
+        "temperature": None,
+        "top_p": None,
+        "max_tokens": None,
+        "max_completion_tokens": None,
+        "reasoning_effort": None,
+        "seed": 1,
+    }
     as_bool = {**as_int, "seed": True}
     for params in (as_int, as_bool):
         got = _normalised_params("gpt-4.1-mini", tuple(params.items()), tuple(map(type, params.values())))

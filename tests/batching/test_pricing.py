@@ -2,6 +2,7 @@
 
 Expected figures are worked out by hand from the table in openai-batch-api.md.
 """
+
 from __future__ import annotations
 
 import json

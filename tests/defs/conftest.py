@@ -1,4 +1,5 @@
 """Dagster-layer fixtures: the in-thread simulator, a temporary BATCH_PIPELINE_HOME and a test Dagster instance."""
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """The tick run's asset checks pass on a healthy ledger and fail as designed: a corrupt session gets no views,
 broken invariants fail the run, the budget only warns."""
+
 from __future__ import annotations
 
 from batch_pipeline.ledger import Ledger
@@ -20,8 +21,10 @@ def test_a_corrupt_applied_round_fails_its_check_and_skips_that_session_s_views_
     ledger = _answered_text_round(instance, resources, monkeypatch)
     # Corrupt what a step relies on: one answered request of an applied round is "submitted" again.
     with ledger.transaction() as con:
-        con.execute("UPDATE requests SET state = 'submitted' WHERE request_id = (SELECT min(request_id) FROM requests"
-                    " WHERE iteration = 0 AND round = 'text' AND session_id = 's1')")
+        con.execute(
+            "UPDATE requests SET state = 'submitted' WHERE request_id = (SELECT min(request_id) FROM requests"
+            " WHERE iteration = 0 AND round = 'text' AND session_id = 's1')"
+        )
     result = tick(instance, resources)  # ingests the image round, so both sessions step
     assert checks(result)["applied_rounds_terminal"] == (False, "ERROR")
     assert "s2" in moved(result)
@@ -45,8 +48,10 @@ def test_broken_ledger_invariants_fail_the_blocking_check_and_the_run(instance, 
     ledger = _answered_text_round(instance, resources, monkeypatch)
     with ledger.transaction() as con:
         # A second terminal event for one request: it would have been answered (and paid) twice.
-        con.execute("INSERT INTO request_events SELECT request_id, event_at + 1, from_state, to_state, batch_key, 'dup'"
-                    " FROM request_events WHERE to_state = 'succeeded' LIMIT 1")
+        con.execute(
+            "INSERT INTO request_events SELECT request_id, event_at + 1, from_state, to_state, batch_key, 'dup'"
+            " FROM request_events WHERE to_state = 'succeeded' LIMIT 1"
+        )
     result = tick(instance, resources)
     assert not result.success
     assert checks(result)["ledger_invariants"] == (False, "ERROR")

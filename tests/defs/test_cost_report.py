@@ -1,4 +1,5 @@
 """The cost report: spend by day, model, tier and operation, exact in the CSV, to the cent in the table."""
+
 from __future__ import annotations
 
 import csv
@@ -48,10 +49,14 @@ def test_money_reads_with_enough_digits_and_cache_hits_are_their_own_column():
     assert money(Decimal("1.005")) == "$1.00" and money(Decimal("1.015")) == "$1.02"  # banker's rounding
     assert money(Decimal("0.0034")) == "$0.0034" and money(Decimal("0.0000123")) == "$0.000012"
     assert money(Decimal(0)) == "$0" and money(Decimal("1234.5")) == "$1,234.50"
-    report = CostReport([CostRow(date(2026, 11, 1), "gpt-5-mini", "standard", "expand", 1, 10, 10, 0,
-                                 Decimal("0.25"), Decimal("0.25")),
-                         CostRow(date(2026, 11, 1), "gpt-5-mini", "cache", "expand", 1, 10, 10, 0,
-                                 Decimal(0), Decimal("0.25"))])
+    report = CostReport(
+        [
+            CostRow(
+                date(2026, 11, 1), "gpt-5-mini", "standard", "expand", 1, 10, 10, 0, Decimal("0.25"), Decimal("0.25")
+            ),
+            CostRow(date(2026, 11, 1), "gpt-5-mini", "cache", "expand", 1, 10, 10, 0, Decimal(0), Decimal("0.25")),
+        ]
+    )
     table = report.to_markdown()
     assert "| standard | expand | 1 | 10 | 10 | 0 | $0.2500 | $0.2500 | $0 | 0.0% | $0 |" in table
     # A cache hit made no call: nothing at the standard price, no batch saving, the avoided cost apart.

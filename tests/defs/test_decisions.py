@@ -1,4 +1,5 @@
 """The sensors' decisions as plain functions: attempts, due steps, flushes, polls and the cursor."""
+
 from __future__ import annotations
 
 from batch_pipeline.batching.polling import PollPolicy

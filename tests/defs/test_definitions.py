@@ -1,4 +1,5 @@
 """The code location loads, names what the issue asks for, and its instance config is valid."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,10 +21,20 @@ def test_definitions_load_and_validate():
 def test_the_code_location_has_the_assets_checks_jobs_sensors_and_schedule():
     repo = definitions.defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {
-        "queued_requests", "generated_prompts", "image_candidates", "ranked_results", "session_steps",
-        "submitted_batches", "batch_results", "cost_report"}
+        "queued_requests",
+        "generated_prompts",
+        "image_candidates",
+        "ranked_results",
+        "session_steps",
+        "submitted_batches",
+        "batch_results",
+        "cost_report",
+    }
     assert {k.name for k in repo.asset_graph.asset_check_keys} == {
-        "applied_rounds_terminal", "session_budgets", "ledger_invariants"}
+        "applied_rounds_terminal",
+        "session_budgets",
+        "ledger_invariants",
+    }
     assert {j.name for j in repo.get_all_jobs()} >= {"launch_session", "tick_job", "cost_report_job"}
     assert {s.name for s in repo.sensor_defs} == {"pipeline_sensor"}
     assert [s.name for s in repo.schedule_defs] == ["daily_cost_report_schedule"]
@@ -45,8 +56,11 @@ def test_every_asset_has_a_description_group_and_kinds_and_sessions_are_partitio
 def test_ledger_writers_share_the_ledger_pool():
     repo = definitions.defs.get_repository_def()
     for job in ("tick_job", "cost_report_job", "launch_session"):
-        pools = {node.definition.pool for node in repo.get_job(job).graph.node_dict.values()
-                 if hasattr(node.definition, "pool")}
+        pools = {
+            node.definition.pool
+            for node in repo.get_job(job).graph.node_dict.values()
+            if hasattr(node.definition, "pool")
+        }
         assert pools == {"ledger"}, job
 
 
@@ -71,7 +85,9 @@ def test_dagster_yaml_is_a_valid_instance_config_for_two_cores(tmp_path):
 
 def test_workspace_loads_the_definitions_module():
     workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
-    assert workspace["load_from"] == [{"python_module": {"module_name": "batch_pipeline.definitions", "attribute": "defs"}}]
+    assert workspace["load_from"] == [
+        {"python_module": {"module_name": "batch_pipeline.definitions", "attribute": "defs"}}
+    ]
 
 
 def test_sensor_interval_comes_from_the_environment():

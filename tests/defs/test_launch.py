@@ -1,4 +1,5 @@
 """Launching a session from typed config: a ledger row and a partition, or a refusal naming the field."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -28,21 +29,24 @@ def test_launch_records_the_session_and_adds_its_partition(instance, resources):
     assert metadata["estimate_batch"].value.startswith("$0.0") and metadata["budget"].value == "$0.5000"
 
 
-@pytest.mark.parametrize(("config", "field"), [
-    ({"N": 4, "M": 3}, "M"),
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"deadline_hours": 30}, "deadline_hours"),
-    ({"N": 40}, "N"),
-    ({"N": 0}, "N"),
-    ({"K": 0}, "K"),
-    ({"E": 9}, "E"),
-    ({"alpha": 1.5}, "alpha"),
-    ({"seed": -1}, "seed"),
-    ({"budget_usd": -1}, "budget_usd"),
-    ({"text_model": "gpt-9-turbo"}, "text_model"),
-    ({"image_model": "gpt-4o-mini"}, "image_model"),
-])
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"N": 4, "M": 3}, "M"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"deadline_hours": 30}, "deadline_hours"),
+        ({"N": 40}, "N"),
+        ({"N": 0}, "N"),
+        ({"K": 0}, "K"),
+        ({"E": 9}, "E"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"seed": -1}, "seed"),
+        ({"budget_usd": -1}, "budget_usd"),
+        ({"text_model": "gpt-9-turbo"}, "text_model"),
+        ({"image_model": "gpt-4o-mini"}, "image_model"),
+    ],
+)
 def test_invalid_config_is_refused_before_the_run_naming_the_field(instance, resources, config, field):
     with pytest.raises(dg.DagsterInvalidConfigError) as refused:
         launch(instance, resources, "s1", **config)

@@ -1,4 +1,5 @@
 """What the UI shows: escaped table cells, thumbnails as data URLs, progress that never says done too early."""
+
 from __future__ import annotations
 
 import base64
@@ -31,8 +32,19 @@ def test_a_thumbnail_is_a_small_jpeg_found_by_name_in_the_store(tmp_path):
 
 
 def batch(status: str, completed: int) -> BatchOverview:
-    return BatchOverview("bpb_1", "batch_1", "gpt-5-mini", "/v1/chat/completions", "created", status, 10, completed, 0,
-                         ("s1", "s2"), 1_790_000_000.0)
+    return BatchOverview(
+        "bpb_1",
+        "batch_1",
+        "gpt-5-mini",
+        "/v1/chat/completions",
+        "created",
+        status,
+        10,
+        completed,
+        0,
+        ("s1", "s2"),
+        1_790_000_000.0,
+    )
 
 
 def test_finalizing_is_never_shown_as_done():

@@ -1,5 +1,6 @@
 """The pipeline sensor, called with built contexts: at most one tick run per tick, run keys, the cursor, and a
 ledger it never changes."""
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,15 @@ class CountingOpenAIResource(OpenAIResource):
 
     def get_client(self) -> openai.OpenAI:
         hook = lambda request: API_CALLS.append((request.method, request.url.path))  # noqa: E731 - a one-line event hook
-        return openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
-                             http_client=httpx2.Client(event_hooks={"request": [hook]}))
+        return openai.OpenAI(
+            api_key=self.api_key, base_url=self.base_url, http_client=httpx2.Client(event_hooks={"request": [hook]})
+        )
 
 
 def tick(instance, resources, cursor=None):
-    context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor,
-                                      sensor_name=pipeline_sensor.name)
+    context = dg.build_sensor_context(
+        instance=instance, resources=resources, cursor=cursor, sensor_name=pipeline_sensor.name
+    )
     return pipeline_sensor(context)
 
 
@@ -56,6 +59,7 @@ def keys(result) -> list[str]:
 
 
 # -- session steps ---------------------------------------------------------------------------------
+
 
 def test_a_new_session_gets_one_tick_run_requested_idempotently(instance, resources):
     assert launch(instance, resources, "s1").success
@@ -144,7 +148,10 @@ def test_a_retry_step_after_an_expired_batch_is_asked_for_once(instance, resourc
     assert tick_run(instance, resources).success  # sent, expired at once, ingested: the requests are queued again
     monkeypatch.setenv("BATCH_FLUSH_MAX_REQUESTS", "1000")
     first = tick(instance, resources)
-    assert "s1 (requests are back in the queue after 1 attempt(s))" in first.run_requests[0].tags["batch_pipeline/tick_reason"]
+    assert (
+        "s1 (requests are back in the queue after 1 attempt(s))"
+        in first.run_requests[0].tags["batch_pipeline/tick_reason"]
+    )
     assert json.loads(first.cursor)["r"] == ["s1:i0:text:retry1"]
     assert keys(tick(instance, resources, cursor=first.cursor)) == [], "asked for once"
 
@@ -165,6 +172,7 @@ def test_a_tick_is_skipped_while_a_writer_holds_the_ledger(instance, resources):
 
 # -- flushes ----------------------------------------------------------------------------------------
 
+
 def test_half_sent_batches_are_due_in_immediate_mode(instance, resources, monkeypatch):
     assert launch(instance, resources, "s1").success
     queue_round(instance, resources)
@@ -180,7 +188,8 @@ def test_half_sent_batches_are_due_in_immediate_mode(instance, resources, monkey
 
 
 def test_a_batch_whose_create_went_unanswered_is_resumed_only_once_it_could_no_longer_land(
-        instance, resources, monkeypatch):
+    instance, resources, monkeypatch
+):
     assert launch(instance, resources, "s1").success
     queue_round(instance, resources)
     monkeypatch.setenv("BATCH_API_MODE", "immediate")
@@ -207,7 +216,8 @@ SLOW_PHASES = {"validating": 10, "in_progress": 10, "finalizing": 10}
 
 @pytest.mark.parametrize("phase_seconds", [SLOW_PHASES])
 def test_batches_are_polled_with_one_list_call_and_a_tick_is_due_when_they_end(
-        instance, resources, sim_clock, monkeypatch):
+    instance, resources, sim_clock, monkeypatch
+):
     monkeypatch.setenv("BATCH_MAX_REQUESTS_PER_FILE", "1")  # four batches for the four text requests
     resources = resources | {"openai": CountingOpenAIResource(api_key="sk-test", base_url=resources["openai"].base_url)}
     assert launch(instance, resources, "s1").success
@@ -247,8 +257,9 @@ def test_batches_are_polled_with_one_list_call_and_a_tick_is_due_when_they_end(
 
     API_CALLS.clear()
     assert tick_run(instance, resources).success
-    assert API_CALLS.count(("GET", "/v1/batches")) <= 2 and not [c for c in API_CALLS if c[1].startswith("/v1/batches/")], \
-        "the run reads the ended batches from one list walk, not once more each"
+    assert API_CALLS.count(("GET", "/v1/batches")) <= 2 and not [
+        c for c in API_CALLS if c[1].startswith("/v1/batches/")
+    ], "the run reads the ended batches from one list walk, not once more each"
     done = tick(instance, resources, cursor=ended.cursor)
     assert BatchCursor.from_json(done.cursor).batches == {}, "ingested batches leave the cursor"
 

@@ -1,5 +1,6 @@
 """The tick run against the simulator and a DuckDB ledger: one run steps every ready session, flushes, ingests,
 and records each moved session's views on its own partition."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -11,14 +12,20 @@ from tests.defs.support import checks, launch, metadata, moved, run_session_to_e
 
 
 def test_one_tick_run_moves_two_deferred_sessions_which_share_batches_and_end_with_ranked_images(
-        instance, resources, monkeypatch):
+    instance, resources, monkeypatch
+):
     for sid in ("sa", "sb"):
         assert launch(instance, resources, sid).success
 
     first = tick(instance, resources)
     assert first.success and moved(first) == {"sa", "sb"}, "one run steps every ready session"
     queued = session_metadata(first, "queued_requests", "sa")
-    assert (queued["status"], queued["iteration"], queued["round"], queued["pending_requests"]) == ("waiting", 0, "text", 4)
+    assert (queued["status"], queued["iteration"], queued["round"], queued["pending_requests"]) == (
+        "waiting",
+        0,
+        "text",
+        4,
+    )
     assert queued["requests_by_state"] == {"queued": 4}, "deferred mode, queue not due yet: the step only queues"
     assert "session tier: batch" in queued["round_tiers"]
     assert "_Not ranked yet" in session_metadata(first, "ranked_results", "sb")["ranking"]
@@ -33,7 +40,11 @@ def test_one_tick_run_moves_two_deferred_sessions_which_share_batches_and_end_wi
     assert (flushed["batches_planned"], flushed["requests_planned"], flushed["shared_by_sessions"]) == (2, 16, 2)
     assert metadata(second, "batch_results")["batches_ingested"] == 1, "the simulator ends batches at once"
     after = session_metadata(second, "queued_requests", "sa")
-    assert (after["iteration"], after["round"], after["requests_by_state"]) == (0, "image", {"succeeded": 4, "submitted": 4})
+    assert (after["iteration"], after["round"], after["requests_by_state"]) == (
+        0,
+        "image",
+        {"succeeded": 4, "submitted": 4},
+    )
 
     last = run_session_to_end(instance, resources, ["sa", "sb"])
     for sid, result in last.items():
@@ -54,7 +65,8 @@ def test_one_tick_run_moves_two_deferred_sessions_which_share_batches_and_end_wi
     # The instance holds each session's history on its own partition.
     for sid in ("sa", "sb"):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("ranked_results"), asset_partitions=[sid]), limit=100).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("ranked_results"), asset_partitions=[sid]), limit=100
+        ).records
         # The first step, the ranking of iteration 0, the end: a view is recorded when its round changed it.
         assert len(records) == 3 and "winner" in records[0].asset_materialization.metadata
 

@@ -1,4 +1,5 @@
 """The end-to-end fixture: an isolated Dagster instance and ledger, and processes stopped whatever happens."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

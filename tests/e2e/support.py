@@ -1,4 +1,5 @@
 """What the end-to-end tests share: an isolated instance with real processes, waiting, and reading results."""
+
 from __future__ import annotations
 
 import shutil
@@ -36,8 +37,9 @@ class Processes:
 
     def simulator(self, data_dir: Path) -> tuple[subprocess.Popen, str]:
         """A simulator whose batches take 2.5 s (validating 0.5, in progress 1.5, finalizing 0.5)."""
-        proc, base_url = start_simulator(data_dir, free_port(), phase_seconds="0.5,1.5,0.5",
-                                         log=(self.logs / "simulator.log").open("ab"), cwd=REPO)
+        proc, base_url = start_simulator(
+            data_dir, free_port(), phase_seconds="0.5,1.5,0.5", log=(self.logs / "simulator.log").open("ab"), cwd=REPO
+        )
         self.started.append(proc)
         return proc, base_url
 
@@ -68,7 +70,8 @@ def wait_for(what: str, predicate, timeout_s: float, logs: Path, interval_s: flo
 def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
+        limit=1,
+    ).records
     return records[0].asset_materialization if records else None
 
 

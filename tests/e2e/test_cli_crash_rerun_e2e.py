@@ -5,6 +5,7 @@ uninterrupted run, no batch created twice and no request body paid twice: checke
 simulator's own record of what it answered (`billed.jsonl`). On the standard tier, answers in flight at
 the kill are lost and paid again; those (and only those) are recorded as lost, at an estimated cost.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def search(home: Path, tier: str, failpoint: str | None = None) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BATCH_"))}
     if failpoint:
         env["BATCH_PIPELINE_FAILPOINTS"] = failpoint
-    return subprocess.run([sys.executable, "-m", "batch_pipeline.cli.main", "search", *ARGS, "--tier", tier,
-                           "--home", str(home)], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "batch_pipeline.cli.main", "search", *ARGS, "--tier", tier, "--home", str(home)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
 
 
 def summary(home: Path) -> dict:
@@ -39,10 +46,16 @@ def summary(home: Path) -> dict:
         paid = con.execute("SELECT sum(cost_usd) FROM results WHERE outcome = 'succeeded'").fetchone()[0]
         lost = con.execute("SELECT count(*) FROM results WHERE error_code = 'lost_in_flight'").fetchone()[0]
     remote_batches = len(list((home / "simulator" / "batches").glob("*.json")))
-    return {"session": session, "winner": session.winner_id, "paid": paid, "lost": lost,
-            "billed_twice": sum(n - 1 for n in Counter(b["body_sha256"] for b in billed).values()),
-            "batches": remote_batches, "recorded_batches": len(ledger.batches()),
-            "invariants": ledger.check_invariants()}
+    return {
+        "session": session,
+        "winner": session.winner_id,
+        "paid": paid,
+        "lost": lost,
+        "billed_twice": sum(n - 1 for n in Counter(b["body_sha256"] for b in billed).values()),
+        "batches": remote_batches,
+        "recorded_batches": len(ledger.batches()),
+        "invariants": ledger.check_invariants(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +70,15 @@ def uninterrupted(tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("tier", "failpoint"), [
-    ("batch", "round-queued:2"),         # the second round's requests queued, no batch yet
-    ("batch", "batch-created:3"),        # a batch in flight
-    ("batch", "ingest-downloaded:2"),    # results downloaded, not yet recorded
-    ("standard", "sync-outcome-recorded:7"),  # mid-round: some answers recorded, some in flight
-])
+@pytest.mark.parametrize(
+    ("tier", "failpoint"),
+    [
+        ("batch", "round-queued:2"),  # the second round's requests queued, no batch yet
+        ("batch", "batch-created:3"),  # a batch in flight
+        ("batch", "ingest-downloaded:2"),  # results downloaded, not yet recorded
+        ("standard", "sync-outcome-recorded:7"),  # mid-round: some answers recorded, some in flight
+    ],
+)
 def test_a_killed_session_rerun_with_the_same_command_finishes_once(tmp_path, uninterrupted, tier, failpoint):
     killed = search(tmp_path, tier, failpoint)
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])

@@ -3,6 +3,7 @@
 The daemon is SIGKILLed mid-session and started again; the sessions must still finish with nothing lost
 or sent twice, sharing batches, and the cost report must show batched calls at half the standard price.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,13 @@ API_KEY = "sk-e2e-" + secrets.token_hex(12)
 def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_half_price(tmp_path, processes):
     paths, logs = processes.paths, processes.logs
     sim, base_url = processes.simulator(tmp_path / "simulator")
-    env = dagster_env(paths, base_url, mode="deferred", sensor_interval_s=2,
-                      extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4",
-                             "OPENAI_API_KEY": API_KEY})
+    env = dagster_env(
+        paths,
+        base_url,
+        mode="deferred",
+        sensor_interval_s=2,
+        extra={"BATCH_FLUSH_MAX_REQUESTS": "1000", "BATCH_FLUSH_MAX_AGE_SECONDS": "4", "OPENAI_API_KEY": API_KEY},
+    )
     daemon = processes.daemon(env, "daemon-1")
     for sid, prompt in zip(SESSIONS, ("a lighthouse in a storm", "a koi pond in autumn"), strict=True):
         launch_session(paths, env, sid, prompt=prompt, N=4, M=2, K=2, E=2, tier="batch")
@@ -52,29 +57,37 @@ def test_two_deferred_sessions_share_batches_survive_a_daemon_kill_and_report_ha
 
     # One tick run per round: about 100 s for six rounds of 5 s batches on an idle 2-core machine
     # (benchmarks/bench_dagster_throughput.py, S=1 and S=10 alike); 330 s leaves 3x for a loaded one.
-    wait_for("both sessions to complete",
-             lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS), 330, logs)
+    wait_for(
+        "both sessions to complete",
+        lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS),
+        330,
+        logs,
+    )
 
     instance = dg.DagsterInstance.from_config(str(paths.dagster_home))
     try:
+
         def ranked():
             found = {sid: latest_materialization(instance, "ranked_results", sid) for sid in SESSIONS}
             return found if all(m and "winner" in m.metadata for m in found.values()) else None
 
         ranked_results = wait_for("ranked_results of both sessions", ranked, 90, logs)
         report_run = launch_job(paths, env, "cost_report_job")
-        wait_for("the cost report run", lambda: (run := instance.get_run_by_id(report_run)) and run.is_finished,
-                 120, logs)
+        wait_for(
+            "the cost report run", lambda: (run := instance.get_run_by_id(report_run)) and run.is_finished, 120, logs
+        )
         assert instance.get_run_by_id(report_run).status == dg.DagsterRunStatus.SUCCESS
         report = latest_materialization(instance, "cost_report")
-        runs = wait_for("every run to finish",
-                        lambda: (rs := instance.get_run_records()) and all(r.dagster_run.is_finished for r in rs) and rs,
-                        60, logs)
+        runs = wait_for(
+            "every run to finish",
+            lambda: (rs := instance.get_run_records()) and all(r.dagster_run.is_finished for r in rs) and rs,
+            60,
+            logs,
+        )
     finally:
         instance.dispose()
     # The restarted daemon carried the sessions on, and no run was lost or failed on the way.
-    assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "tick_job"
-               for r in runs)
+    assert any(r.create_timestamp.timestamp() > killed_at and r.dagster_run.job_name == "tick_job" for r in runs)
     assert {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
     for daemon in processes.started[1:]:
         stop(daemon)

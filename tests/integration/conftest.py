@@ -1,4 +1,5 @@
 """Integration fixtures: the real `openai` SDK driving the in-thread simulator, a real DuckDB ledger."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -48,5 +49,3 @@ def image_store(tmp_path: Path) -> ImageStore:
 @pytest.fixture
 def manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore) -> BatchLifecycle:
     return make_manager(client, ledger, tmp_path, image_store)
-
-

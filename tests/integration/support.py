@@ -1,4 +1,5 @@
 """Helpers shared by the integration tests (fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,9 @@ from batch_pipeline.batching.requests import ChatRequest, build_request
 from batch_pipeline.ledger import Ledger
 
 
-def make_manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore | None = None,
-                 **kwargs) -> BatchLifecycle:
+def make_manager(
+    client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_store: ImageStore | None = None, **kwargs
+) -> BatchLifecycle:
     kwargs.setdefault("poll_policy", PollPolicy(initial_s=0.01, max_s=0.05))
     return BatchLifecycle(client, ledger, files_dir=tmp_path / "batch_files", image_store=image_store, **kwargs)
 
@@ -22,10 +24,20 @@ def make_manager(client: openai.OpenAI, ledger: Ledger, tmp_path: Path, image_st
 def chat_requests(n: int, *, session: str = "s1", model: str = "gpt-5-mini", prefix: str = "q") -> list:
     return [
         build_request(
-            ChatRequest(key=f"{prefix}{i}", model=model, temperature=0.2, max_tokens=64,
-                        messages=[{"role": "system", "content": "Answer briefly."},
-                                  {"role": "user", "content": f"Describe lighthouse number {i} in a storm"}]),
-            namespace=session, operation="describe", session_id=session)
+            ChatRequest(
+                key=f"{prefix}{i}",
+                model=model,
+                temperature=0.2,
+                max_tokens=64,
+                messages=[
+                    {"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": f"Describe lighthouse number {i} in a storm"},
+                ],
+            ),
+            namespace=session,
+            operation="describe",
+            session_id=session,
+        )
         for i in range(n)
     ]
 
@@ -44,10 +56,22 @@ def runtime_for(base_url: str, home: Path, *, ledger: Ledger | None = None, **en
     from batch_pipeline.runtime import build_runtime
     from batch_pipeline.settings import load_settings
 
-    settings = load_settings({"BATCH_API_ENABLED": "true", "BATCH_API_MODE": "immediate", "OPENAI_API_KEY": "sk-test",
-                              "OPENAI_BASE_URL": base_url, "BATCH_PIPELINE_HOME": str(home), **env})
-    return build_runtime(settings, ledger=ledger, poll_policy=PollPolicy(initial_s=0.01, max_s=0.05),
-                         sleep=lambda s: time.sleep(min(s, 0.05)))
+    settings = load_settings(
+        {
+            "BATCH_API_ENABLED": "true",
+            "BATCH_API_MODE": "immediate",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": base_url,
+            "BATCH_PIPELINE_HOME": str(home),
+            **env,
+        }
+    )
+    return build_runtime(
+        settings,
+        ledger=ledger,
+        poll_policy=PollPolicy(initial_s=0.01, max_s=0.05),
+        sleep=lambda s: time.sleep(min(s, 0.05)),
+    )
 
 
 def drive(runtime, session_id: str, *, timeout_s: float = 120):

@@ -1,4 +1,5 @@
 """The batch core end to end: real SDK -> simulator -> ledger, including the failure paths."""
+
 from __future__ import annotations
 
 import subprocess
@@ -50,7 +51,9 @@ def test_submit_poll_retrieve_maps_shuffled_output_by_custom_id(manager, ledger,
         # The simulator answers deterministically per body: the synchronous answer to the same
         # body is what the batch must have mapped to this custom_id.
         sync = client.chat.completions.create(**request.body)
-        assert results[request.request_id].response["choices"][0]["message"]["content"] == sync.choices[0].message.content
+        assert (
+            results[request.request_id].response["choices"][0]["message"]["content"] == sync.choices[0].message.content
+        )
     (batch,) = ledger.batches()
     remote = client.batches.retrieve(batch.openai_batch_id)
     order = [orjson.loads(line)["custom_id"] for line in client.files.content(remote.output_file_id).text.splitlines()]
@@ -85,7 +88,9 @@ def test_expired_batch_requeues_only_unfinished_requests(manager, ledger, sim):
 
 def test_per_request_errors_permanent_fail_and_retryable_retry(manager, ledger, sim):
     requests = chat_requests(6)
-    sim.add_fault(FaultRule(kind="request_error", custom_id=r".*q1$", params={"status_code": 400, "code": "invalid_value"}))
+    sim.add_fault(
+        FaultRule(kind="request_error", custom_id=r".*q1$", params={"status_code": 400, "code": "invalid_value"})
+    )
     sim.add_fault(FaultRule(kind="request_error", custom_id=r".*q2$", times=1, params={"status_code": 500}))
     sim.add_fault(FaultRule(kind="request_timeout", custom_id=r".*q3$", times=1))
     ledger.enqueue(requests)
@@ -181,8 +186,9 @@ def test_a_create_that_times_out_and_lands_late_is_attached_not_sent_again(sim, 
     assert ledger.state_counts() == {"succeeded": 3}
 
 
-def test_an_unanswered_create_that_never_lands_is_sent_again_only_after_it_could_have(sim, client, tmp_path,
-                                                                                       image_store):
+def test_an_unanswered_create_that_never_lands_is_sent_again_only_after_it_could_have(
+    sim, client, tmp_path, image_store
+):
     clock = ManualClock(time.time())
     ledger = Ledger(tmp_path / "lost.duckdb", clock=clock)
     manager = make_manager(client, ledger, tmp_path, image_store, clock=clock, create_timeout_s=5)
@@ -216,9 +222,15 @@ def test_a_duplicate_that_landed_anyway_is_cancelled_and_a_stranger_left_alone(l
         # a key this ledger does not know.
         with ledger.transaction() as con:
             con.execute("UPDATE batches SET sweep_until = ? WHERE batch_key = ?", [time.time() + 3600, key])
-        duplicate, stranger = (client.batches.create(input_file_id=recorded.input_file_id, endpoint=recorded.endpoint,
-                                                     completion_window="24h", metadata={"bp_batch_key": tag})
-                               for tag in (key, "bpb_not_ours"))
+        duplicate, stranger = (
+            client.batches.create(
+                input_file_id=recorded.input_file_id,
+                endpoint=recorded.endpoint,
+                completion_window="24h",
+                metadata={"bp_batch_key": tag},
+            )
+            for tag in (key, "bpb_not_ours")
+        )
         manager.refresh()
         statuses = {b.id: b.status for b in client.batches.list()}
     assert statuses[duplicate.id] in ("cancelling", "cancelled")
@@ -249,7 +261,7 @@ def test_process_killed_between_create_and_recording_id_reattaches_on_restart(le
 
         Ledger.mark_created = die
         client = openai.OpenAI(api_key="sk-test", base_url={base_url!r}, max_retries=0)
-        files_dir = {str(tmp_path / 'batch_files')!r}
+        files_dir = {str(tmp_path / "batch_files")!r}
         BatchLifecycle(client, Ledger({str(ledger.path)!r}), files_dir=files_dir).submit_queued()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -276,7 +288,9 @@ def test_simulator_restart_mid_batch_loses_nothing(ledger, tmp_path):
         manager.refresh()
         assert ledger.batches()[0].status == "in_progress"
 
-    second = Simulator(config.model_copy(update={"phase_seconds": {"validating": 0, "in_progress": 0, "finalizing": 0}}))
+    second = Simulator(
+        config.model_copy(update={"phase_seconds": {"validating": 0, "in_progress": 0, "finalizing": 0}})
+    )
     with second.serve() as url:
         manager = make_manager(openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0), ledger, tmp_path)
         settle(manager)
@@ -294,8 +308,11 @@ def test_transient_poll_errors_never_end_the_wait(manager, ledger, sim):
 def test_cancelled_batch_keeps_partial_output(ledger, tmp_path):
     import openai
 
-    config = SimulatorConfig(data_dir=tmp_path / "sim-cancel", cancel_keep_fraction=0.5,
-                             phase_seconds={"validating": 0, "in_progress": 3600, "finalizing": 0})
+    config = SimulatorConfig(
+        data_dir=tmp_path / "sim-cancel",
+        cancel_keep_fraction=0.5,
+        phase_seconds={"validating": 0, "in_progress": 3600, "finalizing": 0},
+    )
     sim = Simulator(config)
     with sim.serve() as url:
         manager = make_manager(openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0), ledger, tmp_path)
@@ -310,8 +327,17 @@ def test_cancelled_batch_keeps_partial_output(ledger, tmp_path):
 
 def test_image_generation_and_vision_in_batches_keep_image_bytes_out_of_the_ledger(manager, ledger, image_store):
     prompts = ["a lighthouse in a storm, chiaroscuro", "a lighthouse at dawn"]
-    ledger.enqueue([build_request(ImageRequest(key=f"img{i}", model="gpt-image-1-mini", prompt=p),
-                                  namespace="s1", operation="image", session_id="s1") for i, p in enumerate(prompts)])
+    ledger.enqueue(
+        [
+            build_request(
+                ImageRequest(key=f"img{i}", model="gpt-image-1-mini", prompt=p),
+                namespace="s1",
+                operation="image",
+                session_id="s1",
+            )
+            for i, p in enumerate(prompts)
+        ]
+    )
     settle(manager)
     results = ledger.final_results(["s1-img0", "s1-img1"])
     refs = [r.response["data"][0]["image_ref"] for r in results.values()]
@@ -321,14 +347,38 @@ def test_image_generation_and_vision_in_batches_keep_image_bytes_out_of_the_ledg
         assert con.execute("SELECT count(*) FROM results WHERE response::VARCHAR LIKE '%b64_json%'").fetchone()[0] == 0
 
     vision = build_request(
-        ChatRequest(key="cmp", model="gpt-5-nano", messages=[{"role": "user", "content": [
-            {"type": "text", "text": "Which image is better?\nUser prompt: a lighthouse in a storm"},
-            {"type": "image_url", "image_url": {"url": refs[0], "detail": "low"}},
-            {"type": "image_url", "image_url": {"url": refs[1], "detail": "low"}}]}],
-            response_format={"type": "json_schema", "json_schema": {"name": "cmp", "strict": True, "schema": {
-                "type": "object", "additionalProperties": False, "required": ["winner"],
-                "properties": {"winner": {"type": "string", "enum": ["A", "B"]}}}}}),
-        namespace="s1", operation="compare", session_id="s1", image_store=image_store)
+        ChatRequest(
+            key="cmp",
+            model="gpt-5-nano",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Which image is better?\nUser prompt: a lighthouse in a storm"},
+                        {"type": "image_url", "image_url": {"url": refs[0], "detail": "low"}},
+                        {"type": "image_url", "image_url": {"url": refs[1], "detail": "low"}},
+                    ],
+                }
+            ],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "cmp",
+                    "strict": True,
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["winner"],
+                        "properties": {"winner": {"type": "string", "enum": ["A", "B"]}},
+                    },
+                },
+            },
+        ),
+        namespace="s1",
+        operation="compare",
+        session_id="s1",
+        image_store=image_store,
+    )
     ledger.enqueue([vision])
     assert "base64" not in orjson.dumps(ledger.request_body("s1-cmp")).decode()
     settle(manager)

@@ -1,5 +1,6 @@
 """A unit of work opens the ledger once (issue 11): the schema once per process and file, a driver tick one
 connection in its thread, and a batch's first create no remote list walk."""
+
 from __future__ import annotations
 
 import subprocess
@@ -46,11 +47,15 @@ def test_the_schema_is_migrated_once_per_process_and_file(tmp_path, opened):
 def test_a_driver_tick_opens_the_ledger_once_and_lets_go_of_it_while_waiting_on_the_api(tmp_path, opened):
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
         runtime = runtime_for(url, tmp_path)
-        session_id = runtime.sessions.start(SessionConfig(prompt="a lighthouse", tier="batch", driver="cli",
-                                                          params=SearchParams(N=4, M=2, K=2, E=2)))
+        session_id = runtime.sessions.start(
+            SessionConfig(prompt="a lighthouse", tier="batch", driver="cli", params=SearchParams(N=4, M=2, K=2, E=2))
+        )
         held_during: list[str] = []
-        runtime.client._client.event_hooks["request"].append(lambda request: held_during.append(
-            f"{request.method} {request.url.path}") if getattr(runtime.ledger._local, "con", None) else None)
+        runtime.client._client.event_hooks["request"].append(
+            lambda request: held_during.append(f"{request.method} {request.url.path}")
+            if getattr(runtime.ledger._local, "con", None)
+            else None
+        )
         api_calls: list[str] = []
         runtime.client._client.event_hooks["request"].append(lambda request: api_calls.append(request.url.path))
         driver = Driver(runtime, owner="cli", session_ids=[session_id])
@@ -68,10 +73,12 @@ def test_a_new_batch_is_created_without_walking_the_remote_list(tmp_path):
     requests_seen: list[tuple[str, str]] = []
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
         runtime = runtime_for(url, tmp_path, BATCH_API_MODE="deferred")
-        session_id = runtime.sessions.start(SessionConfig(prompt="a lighthouse", tier="batch", driver="cli",
-                                                          params=SearchParams(N=4, M=2, K=2, E=2)))
+        session_id = runtime.sessions.start(
+            SessionConfig(prompt="a lighthouse", tier="batch", driver="cli", params=SearchParams(N=4, M=2, K=2, E=2))
+        )
         runtime.client._client.event_hooks["request"].append(
-            lambda request: requests_seen.append((request.method, request.url.path)))
+            lambda request: requests_seen.append((request.method, request.url.path))
+        )
         runtime.sessions.advance(session_id)  # queues the first round
         assert runtime.manager.submit_queued(session_ids=[session_id])
     assert ("GET", "/v1/batches") not in requests_seen, "a batch never sent cannot exist remotely: no lookup"
@@ -83,8 +90,9 @@ def test_a_standard_round_lets_go_of_the_ledger_while_its_calls_are_out(tmp_path
     sim = Simulator(SimulatorConfig(data_dir=tmp_path / "sim"))
     with sim.serve() as url:
         runtime = runtime_for(url, tmp_path)
-        session_id = runtime.sessions.start(SessionConfig(prompt="a lighthouse", tier="standard", driver="cli",
-                                                          params=SearchParams(N=4, M=2, K=2, E=2)))
+        session_id = runtime.sessions.start(
+            SessionConfig(prompt="a lighthouse", tier="standard", driver="cli", params=SearchParams(N=4, M=2, K=2, E=2))
+        )
         sim.add_fault(FaultRule(kind="slow", path="/v1/chat/completions", params={"seconds": 12}))
         calls_out = threading.Event()
         runtime.client._client.event_hooks["request"].append(lambda request: calls_out.set())
@@ -92,9 +100,17 @@ def test_a_standard_round_lets_go_of_the_ledger_while_its_calls_are_out(tmp_path
         tick.start()
         assert calls_out.wait(60), "the tick sent its first round"
         reader = subprocess.run(
-            [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True);"
-             " print(con.execute('SELECT count(*) FROM requests').fetchone()[0])", str(runtime.ledger.path)],
-            capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True);"
+                " print(con.execute('SELECT count(*) FROM requests').fetchone()[0])",
+                str(runtime.ledger.path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         still_waiting = tick.is_alive()
         tick.join(180)
     assert reader.returncode == 0, reader.stderr

@@ -3,6 +3,7 @@
 Each test reproduces one failure the old per-path loops had (issue: "One session driver"), with the real
 SDK, the simulator and DuckDB. The SIGKILL-and-rerun tests of the CLI are in tests/e2e.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3)
 
 
 def start(runtime, tier: str, session_id: str = "s1", params: SearchParams = SMALL) -> str:
-    return runtime.sessions.start(SessionConfig(prompt="a lighthouse in a storm", params=params, tier=tier,
-                                                session_id=session_id, driver="cli"))
+    return runtime.sessions.start(
+        SessionConfig(prompt="a lighthouse in a storm", params=params, tier=tier, session_id=session_id, driver="cli")
+    )
 
 
 def test_the_same_launch_resumes_the_unfinished_session_instead_of_paying_again(tmp_path):
@@ -82,8 +84,11 @@ def test_a_batch_cancelled_while_validating_is_never_sent_again(tmp_path):
         (batch,) = runtime.ledger.batches()
         assert batch.phase == BatchPhase.CREATED
         runtime.sessions.cancel(sid)
-        wait_until(lambda: driver.tick() and runtime.ledger.batch(batch.batch_key).phase == BatchPhase.INGESTED,
-                   timeout=60, interval=0.2)
+        wait_until(
+            lambda: driver.tick() and runtime.ledger.batch(batch.batch_key).phase == BatchPhase.INGESTED,
+            timeout=60,
+            interval=0.2,
+        )
         for _ in range(3):
             driver.tick()
         assert sim.batch_count() == 1
@@ -108,8 +113,9 @@ def test_calls_lost_by_a_dead_process_go_back_to_the_queue_with_their_cost_estim
     costs = runtime.ledger.session_costs(sid)
     assert costs["lost"]["calls"] == len(calls) and costs["lost"]["cost_usd"] > 0
     with runtime.ledger.connect() as con:
-        lost = con.execute("SELECT count(*) FROM results WHERE error_code = 'lost_in_flight'"
-                           " AND price_version LIKE 'estimate:%'").fetchone()[0]
+        lost = con.execute(
+            "SELECT count(*) FROM results WHERE error_code = 'lost_in_flight' AND price_version LIKE 'estimate:%'"
+        ).fetchone()[0]
     assert lost == len(calls)
     assert runtime.ledger.check_invariants() == []
 
@@ -119,8 +125,11 @@ def _two_ended_batches(sim, client, ledger, tmp_path):
     ledger.enqueue(chat_requests(4))
     keys = manager.submit_queued()
     assert len(keys) == 2
-    wait_until(lambda: manager.refresh() is not None and all(ledger.batch(k).status == "completed" for k in keys),
-               timeout=30, interval=0.1)
+    wait_until(
+        lambda: manager.refresh() is not None and all(ledger.batch(k).status == "completed" for k in keys),
+        timeout=30,
+        interval=0.1,
+    )
     return manager, keys
 
 
@@ -132,8 +141,11 @@ def test_a_batch_whose_output_file_is_gone_does_not_block_the_others(sim, client
     assert record.phase == BatchPhase.INGESTED and "NotFoundError" in record.errors[0]["message"]
     assert set(ledger.request_states([ledger.batch_members(bad)[i] for i in (1, 2)]).values()) == {RequestState.QUEUED}
     manager.submit_queued()  # the re-queued pair goes out again and succeeds
-    wait_until(lambda: (manager.refresh(), manager.ingest_ended(), ledger.state_counts())[-1] == {"succeeded": 4},
-               timeout=30, interval=0.1)
+    wait_until(
+        lambda: (manager.refresh(), manager.ingest_ended(), ledger.state_counts())[-1] == {"succeeded": 4},
+        timeout=30,
+        interval=0.1,
+    )
     assert ledger.check_invariants() == []
 
 
@@ -189,8 +201,12 @@ def _create_landing_late(tmp_path, *faults: FaultRule):
 def test_a_create_that_lands_after_the_settle_window_is_found_accounted_and_its_answers_used(tmp_path):
     with _create_landing_late(tmp_path) as (_sim, ledger, manager, key):
         # Other batches come and go; the sweep for the late create goes on regardless.
-        wait_until(lambda: (manager.refresh(), manager.ingest_ended(), ledger.state_counts())[-1] == {"succeeded": 3}
-                   and all(b.phase == BatchPhase.INGESTED for b in ledger.batches()), timeout=30, interval=0.1)
+        wait_until(
+            lambda: (manager.refresh(), manager.ingest_ended(), ledger.state_counts())[-1] == {"succeeded": 3}
+            and all(b.phase == BatchPhase.INGESTED for b in ledger.batches()),
+            timeout=30,
+            interval=0.1,
+        )
     (duplicate,) = [b for b in ledger.batches() if b.duplicate_of == key]
     assert duplicate.openai_batch_id != ledger.batch(key).openai_batch_id
     with ledger.connect() as con:

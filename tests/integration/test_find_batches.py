@@ -1,4 +1,5 @@
 """`find_batches`: many remote batches for a few calls (one list walk, stragglers retrieved one by one)."""
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,12 @@ def calls() -> list[tuple[str, str]]:
 @pytest.fixture
 def counting_client(base_url: str, calls: list[tuple[str, str]]) -> openai.OpenAI:
     hook = lambda request: calls.append((request.method, request.url.path))  # noqa: E731 - a one-line event hook
-    return openai.OpenAI(api_key="sk-test-not-a-secret", base_url=base_url, max_retries=0,
-                         http_client=httpx2.Client(event_hooks={"request": [hook]}))
+    return openai.OpenAI(
+        api_key="sk-test-not-a-secret",
+        base_url=base_url,
+        max_retries=0,
+        http_client=httpx2.Client(event_hooks={"request": [hook]}),
+    )
 
 
 @pytest.fixture
@@ -29,10 +34,12 @@ def batch_ids(client: openai.OpenAI) -> list[str]:
     """Five one-line batches, oldest first."""
     ids = []
     for request in chat_requests(5):
-        uploaded = client.files.create(file=("in.jsonl", jsonl_line(request.request_id, request.endpoint, request.body)),
-                                       purpose="batch")
-        ids.append(client.batches.create(input_file_id=uploaded.id, endpoint=request.endpoint,
-                                         completion_window="24h").id)
+        uploaded = client.files.create(
+            file=("in.jsonl", jsonl_line(request.request_id, request.endpoint, request.body)), purpose="batch"
+        )
+        ids.append(
+            client.batches.create(input_file_id=uploaded.id, endpoint=request.endpoint, completion_window="24h").id
+        )
     return ids
 
 

@@ -1,4 +1,5 @@
 """Beam-search sessions end to end on every tier: real SDK -> simulator -> ledger."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -19,7 +20,9 @@ SMALL = SearchParams(N=4, M=2, K=2, E=2, seed=3, **OLD_MODELS)
 
 
 def run_session(runtime, tier: str, session_id: str, params: SearchParams = PARAMS, **config):
-    sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=params, tier=tier, session_id=session_id, **config))
+    sid = runtime.sessions.start(
+        SessionConfig(prompt=PROMPT, params=params, tier=tier, session_id=session_id, **config)
+    )
     progress = drive(runtime, sid, timeout_s=120)
     assert progress.status == "completed", progress
     assert runtime.ledger.check_invariants() == []
@@ -48,7 +51,8 @@ def test_same_seed_gives_the_same_winner_on_every_tier(tier_runs):
 def test_three_rounds_per_iteration_on_every_tier(tier_runs):
     for state, _ in tier_runs.values():
         assert [(r.iteration, r.round) for r in state.rounds] == [
-            (k, name) for k in range(3) for name in ("text", "image", "vision")]
+            (k, name) for k in range(3) for name in ("text", "image", "vision")
+        ]
         assert [r.calls for r in state.rounds] == [9, 9, 108, 9, 9, 189, 9, 9, 189]
 
 
@@ -110,7 +114,8 @@ def test_resuming_in_a_fresh_process_after_every_step_gives_the_same_winner(base
 
     home = tmp_path / "b"
     sid = runtime_for(base_url, home).sessions.start(
-        SessionConfig(prompt=PROMPT, params=SMALL, tier="batch", session_id="parts"))
+        SessionConfig(prompt=PROMPT, params=SMALL, tier="batch", session_id="parts")
+    )
     for _ in range(200):
         runtime = runtime_for(base_url, home)  # nothing survives between steps but files
         progress = runtime.sessions.advance(sid)
@@ -131,7 +136,9 @@ def test_expired_batch_falls_back_to_standard_when_the_deadline_is_near(base_url
     runtime = runtime_for(base_url, tmp_path)
     run_session(runtime, "batch", "fallbk", SMALL, deadline_hours=0.5)
     with runtime.ledger.connect() as con:
-        rows = con.execute("SELECT tier, tier_reason, attempts FROM requests WHERE tier_reason LIKE 'fallback%'").fetchall()
+        rows = con.execute(
+            "SELECT tier, tier_reason, attempts FROM requests WHERE tier_reason LIKE 'fallback%'"
+        ).fetchall()
     assert rows, "the expired rows went to standard"
     assert all(tier == "standard" and attempts == 2 for tier, _reason, attempts in rows)
     assert runtime.ledger.batches()[0].status == "expired"
@@ -162,15 +169,21 @@ def test_flex_429_once_is_retried_on_flex(base_url, sim, tmp_path):
     run_session(runtime, "flex", "flexok", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     assert set(runtime.ledger.session_costs("flexok")) == {"flex", "standard"}  # images have no flex
     with runtime.ledger.connect() as con:
-        assert con.execute("SELECT count(*) FROM requests WHERE tier_reason LIKE 'flex unavailable%'").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM requests WHERE tier_reason LIKE 'flex unavailable%'").fetchone() == (
+            0,
+        )
 
 
 def test_hybrid_mode_picks_a_tier_per_round_and_records_why(base_url, tmp_path):
     runtime = runtime_for(base_url, tmp_path, BATCH_HYBRID_MODE="true")
     run_session(runtime, "hybrid", "hyb", SMALL)
     with runtime.ledger.connect() as con:
-        rows = dict(con.execute("SELECT 'i' || iteration || '-' || round, any_value(tier || ': ' || tier_reason) FROM requests"
-                                " GROUP BY 1").fetchall())
+        rows = dict(
+            con.execute(
+                "SELECT 'i' || iteration || '-' || round, any_value(tier || ': ' || tier_reason) FROM requests"
+                " GROUP BY 1"
+            ).fetchall()
+        )
     # 4 expansions are not worth a batch; the 12 votes of iteration 0 (C(4,2) x 2) are.
     assert rows["i0-text"].startswith("flex: hybrid: a round of 4")
     assert rows["i0-vision"].startswith("batch: hybrid: 12 compare requests")
@@ -213,8 +226,11 @@ def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path):
 def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
     sim.add_fault(FaultRule(kind="http_500", path=r"/v1/images/generations"))
     runtime = runtime_for(base_url, tmp_path)
-    sid = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS),
-                                               tier="standard", session_id="fails"))
+    sid = runtime.sessions.start(
+        SessionConfig(
+            prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS), tier="standard", session_id="fails"
+        )
+    )
     progress = drive(runtime, sid, timeout_s=60)
     assert progress.status == "failed" and "image" in (progress.error or "")
     assert runtime.ledger.session("fails").status == "failed"
@@ -229,10 +245,23 @@ def test_sessions_stepped_together_stand_where_advance_would_leave_them(tmp_path
 
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
         runtime = runtime_for(url, tmp_path, BATCH_API_MODE="deferred", BATCH_FLUSH_MAX_AGE_SECONDS="0")
-        ids = [runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SMALL.model_copy(update={"seed": i}),
-                                                    tier="batch", driver="api", session_id=f"t{i}")) for i in range(3)]
-        budgeted = runtime.sessions.start(SessionConfig(prompt=PROMPT, params=SMALL, tier="batch", driver="api",
-                                                        budget_usd=Decimal("100"), session_id="tb"))
+        ids = [
+            runtime.sessions.start(
+                SessionConfig(
+                    prompt=PROMPT,
+                    params=SMALL.model_copy(update={"seed": i}),
+                    tier="batch",
+                    driver="api",
+                    session_id=f"t{i}",
+                )
+            )
+            for i in range(3)
+        ]
+        budgeted = runtime.sessions.start(
+            SessionConfig(
+                prompt=PROMPT, params=SMALL, tier="batch", driver="api", budget_usd=Decimal("100"), session_id="tb"
+            )
+        )
         together, deadline = 0, time.monotonic() + 120
         while time.monotonic() < deadline:
             with runtime.ledger.unit():

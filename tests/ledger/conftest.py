@@ -1,4 +1,5 @@
 """Ledger fixtures: a real DuckDB file in tmp_path driven by a manual clock, and request factories."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -29,9 +30,12 @@ def ledger(ledger_path: Path, clock: ManualClock) -> Ledger:
 
 @pytest.fixture
 def make_request() -> Callable[..., QueuedRequest]:
-    def make(key: str, *, text: str | None = None, model: str = "gpt-5-mini", session_id: str | None = "s1",
-             **params: Any) -> QueuedRequest:
-        request = ChatRequest(key=key, model=model, messages=[{"role": "user", "content": text or f"Question {key}?"}], **params)
+    def make(
+        key: str, *, text: str | None = None, model: str = "gpt-5-mini", session_id: str | None = "s1", **params: Any
+    ) -> QueuedRequest:
+        request = ChatRequest(
+            key=key, model=model, messages=[{"role": "user", "content": text or f"Question {key}?"}], **params
+        )
         return build_request(request, namespace="t", operation="expand", session_id=session_id)
 
     return make
@@ -67,15 +71,24 @@ def submit(ledger: Ledger) -> Callable[..., list[str]]:
 
 
 def ok(rid: str, cost: str = "0.001", standard: str = "0.002", **kw: Any) -> RequestOutcome:
-    return RequestOutcome(request_id=rid, outcome=Outcome.SUCCEEDED, status_code=200,
-                          response={"choices": [{"message": {"role": "assistant", "content": f"answer to {rid}"}}]},
-                          input_tokens=100, output_tokens=50, cost_usd=Decimal(cost), standard_cost_usd=Decimal(standard),
-                          price_version="2026-11-01", **kw)
+    return RequestOutcome(
+        request_id=rid,
+        outcome=Outcome.SUCCEEDED,
+        status_code=200,
+        response={"choices": [{"message": {"role": "assistant", "content": f"answer to {rid}"}}]},
+        input_tokens=100,
+        output_tokens=50,
+        cost_usd=Decimal(cost),
+        standard_cost_usd=Decimal(standard),
+        price_version="2026-11-01",
+        **kw,
+    )
 
 
 def bad(rid: str, outcome: Outcome, code: str = "x", status: int | None = None) -> RequestOutcome:
-    return RequestOutcome(request_id=rid, outcome=outcome, error_code=code, error_message=f"{code} happened",
-                          status_code=status)
+    return RequestOutcome(
+        request_id=rid, outcome=outcome, error_code=code, error_message=f"{code} happened", status_code=status
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The DuckDB ledger: idempotent enqueue and ingest, two-phase batches, retries, sync tiers, cache, costs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,14 +13,21 @@ from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import RequestOutcome
 from batch_pipeline.vocabulary import Outcome, Tier
 
-EXPIRED, RETRY, PERMANENT, CANCELLED = (Outcome.EXPIRED, Outcome.FAILED_RETRYABLE, Outcome.FAILED_PERMANENT,
-                                        Outcome.CANCELLED)
+EXPIRED, RETRY, PERMANENT, CANCELLED = (
+    Outcome.EXPIRED,
+    Outcome.FAILED_RETRYABLE,
+    Outcome.FAILED_PERMANENT,
+    Outcome.CANCELLED,
+)
 
 
 def events(ledger: Ledger, rid: str) -> list[tuple]:
     with ledger.connect() as con:
-        return con.execute("SELECT from_state, to_state, batch_key, reason FROM request_events WHERE request_id = ?"
-                           " ORDER BY event_at, rowid", [rid]).fetchall()
+        return con.execute(
+            "SELECT from_state, to_state, batch_key, reason FROM request_events WHERE request_id = ?"
+            " ORDER BY event_at, rowid",
+            [rid],
+        ).fetchall()
 
 
 def attempts(ledger: Ledger, rid: str) -> int:
@@ -29,11 +37,14 @@ def attempts(ledger: Ledger, rid: str) -> int:
 
 def table_counts(ledger: Ledger) -> dict[str, int]:
     with ledger.connect() as con:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("requests", "request_events", "batches", "batch_members", "results")}
+        return {
+            t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("requests", "request_events", "batches", "batch_members", "results")
+        }
 
 
 # -- enqueue ------------------------------------------------------------------------------------
+
 
 def test_enqueue_returns_new_ids_and_reenqueueing_identical_requests_is_a_noop(ledger, make_request):
     first = [make_request("a"), make_request("b")]
@@ -71,6 +82,7 @@ def test_queued_rows_are_oldest_first_and_filter_by_tier_and_session(ledger, que
 
 
 # -- batches ------------------------------------------------------------------------------------
+
 
 def test_batch_intent_moves_members_to_submitted_counts_an_attempt_and_numbers_lines(ledger, queue):
     ids = queue("a", "b", "c")
@@ -122,14 +134,26 @@ def test_remote_status_is_recorded_only_for_created_batches_and_ended_at_is_set_
     submit("bpb_1", ["t-a"])
     ledger.create_batch_intent("bpb_2", rows["t-b"].endpoint, "gpt-5-mini", [rows["t-b"]])
     clock.advance(60)
-    ledger.record_remote_status([RemoteStatus(batch_key="bpb_1", status="finalizing", completed_count=1, failed_count=0),
-                                 RemoteStatus(batch_key="bpb_2", status="completed")])
+    ledger.record_remote_status(
+        [
+            RemoteStatus(batch_key="bpb_1", status="finalizing", completed_count=1, failed_count=0),
+            RemoteStatus(batch_key="bpb_2", status="completed"),
+        ]
+    )
     b1, b2 = ledger.batch("bpb_1"), ledger.batch("bpb_2")
     assert (b1.status, b1.polls, b1.completed_count, b1.ended_at) == ("finalizing", 1, 1, None)
     assert (b2.status, b2.polls) == (None, 0)
     clock.advance(60)
-    ledger.record_remote_status([RemoteStatus(batch_key="bpb_1", status="completed", output_file_id="file-out",
-                                              errors=[{"code": "x", "line": 1, "message": "m", "param": None}])])
+    ledger.record_remote_status(
+        [
+            RemoteStatus(
+                batch_key="bpb_1",
+                status="completed",
+                output_file_id="file-out",
+                errors=[{"code": "x", "line": 1, "message": "m", "param": None}],
+            )
+        ]
+    )
     ended = clock.now
     clock.advance(60)
     ledger.record_remote_status([RemoteStatus(batch_key="bpb_1", status="completed", output_file_id="file-out")])
@@ -145,24 +169,32 @@ def test_inflight_tokens_count_batches_until_their_remote_status_ends(ledger, qu
     ledger.create_batch_intent("bpb_3", rows["t-c"].endpoint, "gpt-5-mini", [rows["t-c"]])
     tokens = {rid: r.est_prompt_tokens for rid, r in rows.items()}
     assert ledger.inflight_tokens_by_model() == {"gpt-5-mini": sum(tokens.values())}
-    ledger.record_remote_status([RemoteStatus(batch_key="bpb_1", status="failed"),
-                                 RemoteStatus(batch_key="bpb_2", status="finalizing")])
+    ledger.record_remote_status(
+        [RemoteStatus(batch_key="bpb_1", status="failed"), RemoteStatus(batch_key="bpb_2", status="finalizing")]
+    )
     assert ledger.inflight_tokens_by_model() == {"gpt-5-mini": tokens["t-b"] + tokens["t-c"]}
 
 
 # -- ingesting ----------------------------------------------------------------------------------
 
+
 def test_ingesting_twice_changes_nothing(ledger, queue, submit, outcomes):
     ids = submit("bpb_1", queue("a", "b", "c"))
-    results = [outcomes.ok("t-a"), outcomes.bad("t-b", PERMANENT, "invalid_request_error", 400),
-               outcomes.bad("t-c", EXPIRED, "batch_expired")]
+    results = [
+        outcomes.ok("t-a"),
+        outcomes.bad("t-b", PERMANENT, "invalid_request_error", 400),
+        outcomes.bad("t-c", EXPIRED, "batch_expired"),
+    ]
     assert ledger.record_batch_outcome("bpb_1", results, max_attempts=3) is True
     before, states = table_counts(ledger), ledger.request_states(ids)
     assert ledger.record_batch_outcome("bpb_1", results, max_attempts=3) is False
     assert ledger.record_batch_outcome("bpb_1", [outcomes.ok("t-b"), outcomes.ok("t-c")], max_attempts=3) is False
     assert table_counts(ledger) == before
-    assert ledger.request_states(ids) == states == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.FAILED,
-                                                    "t-c": RequestState.QUEUED}
+    assert (
+        ledger.request_states(ids)
+        == states
+        == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.FAILED, "t-c": RequestState.QUEUED}
+    )
     assert ledger.batch("bpb_1").phase == BatchPhase.INGESTED
 
 
@@ -174,40 +206,78 @@ def test_expired_rows_are_requeued_until_max_attempts_then_end_expired(ledger, q
         ledger.record_batch_outcome(f"bpb_{attempt}", [outcomes.bad(rid, EXPIRED, "batch_expired")], max_attempts=3)
         expected = RequestState.QUEUED if attempt < 3 else RequestState.EXPIRED
         assert ledger.request_states([rid]) == {rid: expected}
-    assert [e[1] for e in events(ledger, rid)] == ["queued", "submitted", "queued", "submitted", "queued", "submitted", "expired"]
+    assert [e[1] for e in events(ledger, rid)] == [
+        "queued",
+        "submitted",
+        "queued",
+        "submitted",
+        "queued",
+        "submitted",
+        "expired",
+    ]
     final = ledger.final_results([rid])[rid]
     assert (final.outcome, final.error_code) == (EXPIRED, "batch_expired")
     assert ledger.check_invariants() == []
 
 
-def test_retryable_failures_are_requeued_while_permanent_failures_and_cancellations_end(ledger, queue, submit, outcomes):
+def test_retryable_failures_are_requeued_while_permanent_failures_and_cancellations_end(
+    ledger, queue, submit, outcomes
+):
     ids = submit("bpb_1", queue("r429", "r500", "perm", "canc"))
-    ledger.record_batch_outcome("bpb_1", [
-        outcomes.bad("t-r429", RETRY, "rate_limit_exceeded", 429), outcomes.bad("t-r500", RETRY, "server_error", 500),
-        outcomes.bad("t-perm", PERMANENT, "unsupported_parameter", 400), outcomes.bad("t-canc", CANCELLED, "batch_cancelled"),
-    ], max_attempts=1 + 1)
-    assert ledger.request_states(ids) == {"t-r429": RequestState.QUEUED, "t-r500": RequestState.QUEUED,
-                                          "t-perm": RequestState.FAILED, "t-canc": RequestState.CANCELLED}
+    ledger.record_batch_outcome(
+        "bpb_1",
+        [
+            outcomes.bad("t-r429", RETRY, "rate_limit_exceeded", 429),
+            outcomes.bad("t-r500", RETRY, "server_error", 500),
+            outcomes.bad("t-perm", PERMANENT, "unsupported_parameter", 400),
+            outcomes.bad("t-canc", CANCELLED, "batch_cancelled"),
+        ],
+        max_attempts=1 + 1,
+    )
+    assert ledger.request_states(ids) == {
+        "t-r429": RequestState.QUEUED,
+        "t-r500": RequestState.QUEUED,
+        "t-perm": RequestState.FAILED,
+        "t-canc": RequestState.CANCELLED,
+    }
     submit("bpb_2", ["t-r429", "t-r500"])
-    ledger.record_batch_outcome("bpb_2", [outcomes.ok("t-r429"), outcomes.bad("t-r500", RETRY, "server_error", 500)],
-                                max_attempts=2)
-    assert ledger.request_states(["t-r429", "t-r500"]) == {"t-r429": RequestState.SUCCEEDED, "t-r500": RequestState.FAILED}
+    ledger.record_batch_outcome(
+        "bpb_2", [outcomes.ok("t-r429"), outcomes.bad("t-r500", RETRY, "server_error", 500)], max_attempts=2
+    )
+    assert ledger.request_states(["t-r429", "t-r500"]) == {
+        "t-r429": RequestState.SUCCEEDED,
+        "t-r500": RequestState.FAILED,
+    }
     final = ledger.final_results(ids)
-    assert {rid: o.outcome for rid, o in final.items()} == {"t-r429": Outcome.SUCCEEDED, "t-r500": RETRY,
-                                                            "t-perm": PERMANENT, "t-canc": CANCELLED}
+    assert {rid: o.outcome for rid, o in final.items()} == {
+        "t-r429": Outcome.SUCCEEDED,
+        "t-r500": RETRY,
+        "t-perm": PERMANENT,
+        "t-canc": CANCELLED,
+    }
     assert final["t-perm"].status_code == 400
 
 
 def test_member_without_a_result_line_is_retried_and_foreign_lines_are_ignored(ledger, queue, submit, outcomes):
     queue("a", "b", "other")
     submit("bpb_1", ["t-a", "t-b"])
-    ledger.record_batch_outcome("bpb_1", [outcomes.ok("t-a"), outcomes.ok("t-other")], max_attempts=3,
-                                missing_reason="batch completed without a result line")
-    assert ledger.request_states() == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.QUEUED,
-                                       "t-other": RequestState.QUEUED}
+    ledger.record_batch_outcome(
+        "bpb_1",
+        [outcomes.ok("t-a"), outcomes.ok("t-other")],
+        max_attempts=3,
+        missing_reason="batch completed without a result line",
+    )
+    assert ledger.request_states() == {
+        "t-a": RequestState.SUCCEEDED,
+        "t-b": RequestState.QUEUED,
+        "t-other": RequestState.QUEUED,
+    }
     with ledger.connect() as con:
         rows = con.execute("SELECT request_id, attempt, outcome, error_message FROM results ORDER BY 1").fetchall()
-    assert rows == [("t-a", 1, "succeeded", None), ("t-b", 1, "failed_retryable", "batch completed without a result line")]
+    assert rows == [
+        ("t-a", 1, "succeeded", None),
+        ("t-b", 1, "failed_retryable", "batch completed without a result line"),
+    ]
 
 
 def test_abandoned_batch_requeues_its_members_and_cannot_be_ingested(ledger, queue, outcomes):
@@ -241,16 +311,20 @@ def test_abandoned_batch_out_of_attempts_fails_members_with_a_final_result(ledge
 
 # -- synchronous tiers, requeue, fail, cache, costs ---------------------------------------------
 
+
 def test_sync_call_runs_on_its_tier_and_records_its_result_without_a_batch(ledger, queue, outcomes):
     ids = queue("a", "b")
     ledger.start_sync(ids, Tier.FLEX, reason="small job: flex is faster")
     assert set(ledger.request_states(ids).values()) == {RequestState.RUNNING}
-    ledger.record_sync_outcomes([outcomes.ok("t-a"), outcomes.bad("t-b", RETRY, "resource_unavailable", 429)],
-                                Tier.FLEX, max_attempts=3)
+    ledger.record_sync_outcomes(
+        [outcomes.ok("t-a"), outcomes.bad("t-b", RETRY, "resource_unavailable", 429)], Tier.FLEX, max_attempts=3
+    )
     assert ledger.request_states(ids) == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.QUEUED}
     with ledger.connect() as con:
         assert con.execute("SELECT request_id, attempt, batch_key, tier FROM results ORDER BY 1").fetchall() == [
-            ("t-a", 1, None, "flex"), ("t-b", 1, None, "flex")]
+            ("t-a", 1, None, "flex"),
+            ("t-b", 1, None, "flex"),
+        ]
     assert [r.request_id for r in ledger.queued_rows(tier=Tier.FLEX)] == ["t-b"]
     with pytest.raises(StateTransitionError, match="not running"):
         ledger.record_sync_outcomes([outcomes.ok("t-b")], Tier.FLEX, max_attempts=3)
@@ -287,8 +361,9 @@ def test_cached_response_is_found_only_for_a_succeeded_identical_body(ledger, ma
     assert first.body_hash == twin.body_hash != other.body_hash
     assert ledger.find_cached_results([first.body_hash]) == {}  # queued is not an answer
     submit("bpb_1", ["t-a", "t-c"])
-    ledger.record_batch_outcome("bpb_1", [outcomes.ok("t-a"), outcomes.bad("t-c", PERMANENT, "invalid", 400)],
-                                max_attempts=3)
+    ledger.record_batch_outcome(
+        "bpb_1", [outcomes.ok("t-a"), outcomes.bad("t-c", PERMANENT, "invalid", 400)], max_attempts=3
+    )
     hit = ledger.find_cached_results([twin.body_hash])[twin.body_hash]
     assert hit.request_id == "t-a" and hit.response["choices"][0]["message"]["content"] == "answer to t-a"
     assert ledger.find_cached_results([other.body_hash]) == {}  # failures are never served from cache
@@ -299,13 +374,22 @@ def test_cost_figures_sum_paid_and_standard_costs_per_session(ledger, queue, sub
     queue("a", "b", session_id="s1")
     queue("c", session_id="s2")
     submit("bpb_1", ["t-a", "t-b", "t-c"])
-    ledger.record_batch_outcome("bpb_1", [
-        outcomes.ok("t-a", cost="0.00060250", standard="0.00120500"),
-        outcomes.ok("t-b", cost="0.10000000", standard="0.20000000"),
-        outcomes.ok("t-c", cost="1.25", standard="2.50")], max_attempts=3)
+    ledger.record_batch_outcome(
+        "bpb_1",
+        [
+            outcomes.ok("t-a", cost="0.00060250", standard="0.00120500"),
+            outcomes.ok("t-b", cost="0.10000000", standard="0.20000000"),
+            outcomes.ok("t-c", cost="1.25", standard="2.50"),
+        ],
+        max_attempts=3,
+    )
     s1 = ledger.cost_figures(session_id="s1")
     assert (s1.paid, s1.standard_for_calls, s1.tier_saved, s1.calls) == (
-        Decimal("0.1006025"), Decimal("0.201205"), Decimal("0.1006025"), 2)
+        Decimal("0.1006025"),
+        Decimal("0.201205"),
+        Decimal("0.1006025"),
+        2,
+    )
     assert ledger.cost_figures().paid == Decimal("1.3506025")
     nobody = ledger.cost_figures(session_id="nobody")
     assert (nobody.paid, nobody.standard_for_calls, nobody.cache_avoided, nobody.calls) == (0, 0, 0, 0)
@@ -313,13 +397,19 @@ def test_cost_figures_sum_paid_and_standard_costs_per_session(ledger, queue, sub
 
 # -- invariants and durability ------------------------------------------------------------------
 
+
 def test_every_request_reaches_exactly_one_terminal_state(ledger, queue, outcomes, clock):
     """Rounds of batches and sync calls with mixed outcomes, every batch ingested twice, until the queue drains."""
     ids = queue(*[f"k{i:02d}" for i in range(14)])
-    pattern = [lambda r: outcomes.ok(r), lambda r: outcomes.bad(r, RETRY, "server_error", 500),
-               lambda r: outcomes.bad(r, EXPIRED, "batch_expired"), lambda r: None,  # no line at all
-               lambda r: outcomes.bad(r, PERMANENT, "invalid_request_error", 400), lambda r: outcomes.ok(r),
-               lambda r: outcomes.bad(r, CANCELLED, "batch_cancelled")]
+    pattern = [
+        lambda r: outcomes.ok(r),
+        lambda r: outcomes.bad(r, RETRY, "server_error", 500),
+        lambda r: outcomes.bad(r, EXPIRED, "batch_expired"),
+        lambda r: None,  # no line at all
+        lambda r: outcomes.bad(r, PERMANENT, "invalid_request_error", 400),
+        lambda r: outcomes.ok(r),
+        lambda r: outcomes.bad(r, CANCELLED, "batch_cancelled"),
+    ]
     for round_no in range(10):
         queued = ledger.queued_rows(tier=Tier.BATCH)
         if not queued:
@@ -330,7 +420,7 @@ def test_every_request_reaches_exactly_one_terminal_state(ledger, queue, outcome
         ledger.record_sync_outcomes([outcomes.ok(rid) for rid in sync_ids], Tier.STANDARD, max_attempts=3)
         members = queued[:-1]
         for n in range(0, len(members), 4):
-            key, chunk = f"bpb_{round_no}_{n}", members[n:n + 4]
+            key, chunk = f"bpb_{round_no}_{n}", members[n : n + 4]
             ledger.create_batch_intent(key, chunk[0].endpoint, chunk[0].model, chunk)
             ledger.mark_created(key, f"batch_{key}")
             results = [o for m in chunk if (o := pattern[int(m.request_id[-2:]) % 7](m.request_id)) is not None]
@@ -346,7 +436,8 @@ def test_every_request_reaches_exactly_one_terminal_state(ledger, queue, outcome
     assert set(ledger.final_results(ids)) == set(ids)
     with ledger.connect() as con:  # one result row per attempt, none lost, none doubled by the re-ingest
         assert dict(con.execute("SELECT request_id, count(*) FROM results GROUP BY 1").fetchall()) == {
-            rid: attempts(ledger, rid) for rid in ids}
+            rid: attempts(ledger, rid) for rid in ids
+        }
     assert set(states.values()) == TERMINAL_REQUEST_STATES  # every ending was exercised
 
 
@@ -354,8 +445,13 @@ def test_a_ledger_that_kept_rounds_as_one_key_is_split_into_columns_once(ledger,
     from batch_pipeline.batching.requests import ChatRequest, build_request
     from batch_pipeline.vocabulary import RoundId
 
-    request = build_request(ChatRequest(key="k1", model="gpt-5-mini", messages=[{"role": "user", "content": "Hi?"}]),
-                            namespace="t", operation="expand", session_id="s1", round_id=RoundId(12, "vision"))
+    request = build_request(
+        ChatRequest(key="k1", model="gpt-5-mini", messages=[{"role": "user", "content": "Hi?"}]),
+        namespace="t",
+        operation="expand",
+        session_id="s1",
+        round_id=RoundId(12, "vision"),
+    )
     ledger.enqueue([request])
     with ledger.transaction() as con:  # what a ledger written before the columns looked like
         con.execute("ALTER TABLE requests ADD COLUMN round_key VARCHAR")
@@ -366,8 +462,12 @@ def test_a_ledger_that_kept_rounds_as_one_key_is_split_into_columns_once(ledger,
     migrated = Ledger(old, clock=clock)
     with migrated.connect() as con:
         assert con.execute("SELECT iteration, round FROM requests").fetchall() == [(12, "vision")]
-        columns = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns"
-                                             " WHERE table_name = 'requests'").fetchall()}
+        columns = {
+            c
+            for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
+            ).fetchall()
+        }
     assert "round_key" not in columns
 
 
@@ -378,17 +478,29 @@ def test_bulk_ingest_stores_the_response_and_exact_costs(ledger, queue, submit, 
     from batch_pipeline.batching.results import price_results, read_result_table
 
     submit("bpb_1", queue("a", "b"))
-    body = {"id": "c-1", "choices": [{"message": {"content": "ünï 🙂"}}], "x": 0.1,
-            "usage": {"prompt_tokens": 1001, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}}}
+    body = {
+        "id": "c-1",
+        "choices": [{"message": {"content": "ünï 🙂"}}],
+        "x": 0.1,
+        "usage": {"prompt_tokens": 1001, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}},
+    }
     path = tmp_path / "out.jsonl"
     path.write_bytes(orjson.dumps({"custom_id": "t-a", "response": {"status_code": 200, "body": body}}) + b"\n")
-    table = price_results(read_result_table([path], None), endpoint="/v1/chat/completions", model="gpt-5-mini",
-                          tier=Tier.BATCH, catalog=PriceCatalog.load(), request_bodies=lambda ids: {})
+    table = price_results(
+        read_result_table([path], None),
+        endpoint="/v1/chat/completions",
+        model="gpt-5-mini",
+        tier=Tier.BATCH,
+        catalog=PriceCatalog.load(),
+        request_bodies=lambda ids: {},
+    )
     assert ledger.record_batch_results("bpb_1", table, max_attempts=3)
     results = ledger.final_results(["t-a"])
     assert results["t-a"].response == body
     # batch gpt-5-mini: (998 x 0.125 + 3 x 0.0125 + 7 x 1.00) / 1M, exact to the 12th place
-    assert results["t-a"].cost_usd == Decimal("0.0001317875") and results["t-a"].standard_cost_usd == Decimal("0.000263575")
+    assert results["t-a"].cost_usd == Decimal("0.0001317875") and results["t-a"].standard_cost_usd == Decimal(
+        "0.000263575"
+    )
     assert ledger.request_states(["t-a", "t-b"]) == {"t-a": RequestState.SUCCEEDED, "t-b": RequestState.QUEUED}
 
 
@@ -396,20 +508,47 @@ def test_bulk_result_rows_are_stored_exactly_as_the_per_outcome_insert_stores_th
     from batch_pipeline.records import ResultTable
 
     outcomes = [
-        RequestOutcome(request_id="a", outcome=Outcome.SUCCEEDED, status_code=200, input_tokens=1001, cached_tokens=3,
-                       output_tokens=7, cost_usd=Decimal("0.0001317875"), standard_cost_usd=Decimal("0.000263575"),
-                       price_version="2026-11-01", response={"x": 0.1, "t": "ünï 🙂 \"q\"", "n": [1, None, 1e-7]}),
-        RequestOutcome(request_id="b", outcome=Outcome.FAILED_RETRYABLE, status_code=429, error_code="rate_limit",
-                       error_message="slow down", response={"error": {"code": "rate_limit"}}),
+        RequestOutcome(
+            request_id="a",
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            input_tokens=1001,
+            cached_tokens=3,
+            output_tokens=7,
+            cost_usd=Decimal("0.0001317875"),
+            standard_cost_usd=Decimal("0.000263575"),
+            price_version="2026-11-01",
+            response={"x": 0.1, "t": 'ünï 🙂 "q"', "n": [1, None, 1e-7]},
+        ),
+        RequestOutcome(
+            request_id="b",
+            outcome=Outcome.FAILED_RETRYABLE,
+            status_code=429,
+            error_code="rate_limit",
+            error_message="slow down",
+            response={"error": {"code": "rate_limit"}},
+        ),
         RequestOutcome(request_id="c", outcome=Outcome.EXPIRED, error_code="batch_expired"),
-        RequestOutcome(request_id="d", outcome=Outcome.SUCCEEDED, status_code=200, images=2, response={},
-                       cost_usd=Decimal("0.015"), standard_cost_usd=Decimal("0.03"), price_version="unpriced:m"),
+        RequestOutcome(
+            request_id="d",
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            images=2,
+            response={},
+            cost_usd=Decimal("0.015"),
+            standard_cost_usd=Decimal("0.03"),
+            price_version="unpriced:m",
+        ),
     ]
     with ledger.transaction() as con:
         Ledger._insert_results(con, [(o, 2, "plain", Tier.BATCH) for o in outcomes], 5.0)
         rows = ResultTable.from_outcomes(outcomes).rows
         Ledger._insert_result_rows(con, rows, dict.fromkeys("abcd", 3), "bulk", Tier.BATCH, 5.0)
         assert rows == []  # consumed as inserted
-        stored = {key: con.execute("SELECT * EXCLUDE (batch_key, attempt) FROM results WHERE batch_key = ? ORDER BY 1",
-                                   [key]).fetchall() for key in ("plain", "bulk")}
+        stored = {
+            key: con.execute(
+                "SELECT * EXCLUDE (batch_key, attempt) FROM results WHERE batch_key = ? ORDER BY 1", [key]
+            ).fetchall()
+            for key in ("plain", "bulk")
+        }
     assert stored["bulk"] == stored["plain"] and len(stored["plain"]) == 4

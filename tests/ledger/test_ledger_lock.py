@@ -1,4 +1,5 @@
 """DuckDB allows one writer process: the ledger waits (bounded) for another process's lock."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The request and batch state machines, as data: what may follow what."""
+
 from __future__ import annotations
 
 from batch_pipeline.ledger.states import (
@@ -25,4 +26,6 @@ def test_requests_go_back_to_the_queue_only_from_a_batch_or_a_sync_call():
     assert RequestState.EXPIRED not in REQUEST_TRANSITIONS[RequestState.QUEUED]
     # a created batch can only be ingested: it can no longer be abandoned or re-uploaded
     assert BATCH_TRANSITIONS[BatchPhase.CREATED] == {BatchPhase.INGESTED}
-    assert BatchPhase.CREATED in BATCH_TRANSITIONS[BatchPhase.INTENT]  # re-attach after a crash before upload was recorded
+    assert (
+        BatchPhase.CREATED in BATCH_TRANSITIONS[BatchPhase.INTENT]
+    )  # re-attach after a crash before upload was recorded

@@ -1,4 +1,5 @@
 """Tier choice and fallback rules, decided without any network."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,9 @@ HOUR = 3600.0
 
 
 def choose(policy: TierPolicy, mode: str, *, operation="compare", model="gpt-5-nano", size=50, left=20 * HOUR):
-    return policy.choose(mode=mode, operation=operation, model=model, round_size=size, seconds_left=left, catalog=CATALOG)
+    return policy.choose(
+        mode=mode, operation=operation, model=model, round_size=size, seconds_left=left, catalog=CATALOG
+    )
 
 
 @pytest.mark.parametrize("mode, tier", [("standard", Tier.STANDARD), ("flex", Tier.FLEX), ("batch", Tier.BATCH)])
@@ -30,7 +33,9 @@ def test_batch_with_the_api_disabled_runs_standard():
     assert choice.tier == Tier.STANDARD and "BATCH_API_ENABLED" in choice.reason
 
 
-@pytest.mark.parametrize("operation, switch", [("compare", "vision"), ("expand", "llm"), ("refine", "llm"), ("image", "images")])
+@pytest.mark.parametrize(
+    "operation, switch", [("compare", "vision"), ("expand", "llm"), ("refine", "llm"), ("image", "images")]
+)
 def test_per_operation_switch_keeps_that_operation_off_batch(operation, switch):
     policy = TierPolicy(enabled_for={"llm": True, "vision": True, "images": True} | {switch: False})
     assert choose(policy, "batch", operation=operation).tier == Tier.STANDARD
@@ -75,21 +80,44 @@ def test_no_fallback_when_switched_off():
 
 
 def test_batch_tier_skips_the_batch_when_the_rounds_time_is_shorter_than_observed_turnaround():
-    observed = TierPolicy().choose(mode="batch", operation="compare", model="gpt-5-nano", round_size=50,
-                                   seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=2 * HOUR)
+    observed = TierPolicy().choose(
+        mode="batch",
+        operation="compare",
+        model="gpt-5-nano",
+        round_size=50,
+        seconds_left=0.5 * HOUR,
+        catalog=CATALOG,
+        observed_s=2 * HOUR,
+    )
     assert observed.tier == Tier.STANDARD and observed.reason.startswith("deadline: 30 min left")
-    unknown = TierPolicy().choose(mode="batch", operation="compare", model="gpt-5-nano", round_size=50,
-                                  seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=None)
+    unknown = TierPolicy().choose(
+        mode="batch",
+        operation="compare",
+        model="gpt-5-nano",
+        round_size=50,
+        seconds_left=0.5 * HOUR,
+        catalog=CATALOG,
+        observed_s=None,
+    )
     assert unknown.tier == Tier.BATCH, "no history: the batch is tried; the round deadline cancels it if late"
 
 
 def test_hybrid_compares_the_observed_turnaround_when_there_is_one():
-    quick = TierPolicy(hybrid=True).choose(mode="hybrid", operation="compare", model="gpt-5-nano", round_size=50,
-                                           seconds_left=0.5 * HOUR, catalog=CATALOG, observed_s=60)
+    quick = TierPolicy(hybrid=True).choose(
+        mode="hybrid",
+        operation="compare",
+        model="gpt-5-nano",
+        round_size=50,
+        seconds_left=0.5 * HOUR,
+        catalog=CATALOG,
+        observed_s=60,
+    )
     assert quick.tier == Tier.BATCH
 
 
-@pytest.mark.parametrize("to_standard, model, tier", [(True, "gpt-5", Tier.STANDARD), (False, "gpt-5", Tier.FLEX),
-                                                      (False, "gpt-4o-mini", Tier.STANDARD)])
+@pytest.mark.parametrize(
+    "to_standard, model, tier",
+    [(True, "gpt-5", Tier.STANDARD), (False, "gpt-5", Tier.FLEX), (False, "gpt-4o-mini", Tier.STANDARD)],
+)
 def test_deadline_fallback_tier_follows_batch_fallback_to_standard(to_standard, model, tier):
     assert TierPolicy(fallback_to_standard=to_standard).deadline_tier(model, CATALOG) == tier

@@ -3,6 +3,7 @@
 Text answers are built from the request's material; an "image" is a file holding its prompt; the judge
 counts words in the two prompts. The real simulator is exercised by its own tests, not here.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,8 +70,12 @@ def make_executor(
             refined = "plain"
         what, how = (refined, how) if refines_what else (what, refined)
         combined = f"{what}; {how}"
-        return {"critique": "needs more", "recommendation": "add detail", ("what" if refines_what else "how"): refined,
-                "combined": combined}
+        return {
+            "critique": "needs more",
+            "recommendation": "add detail",
+            ("what" if refines_what else "how"): refined,
+            "combined": combined,
+        }
 
     def answer_vision(call: VisionCall) -> dict:
         first, second = (Path(p).read_text() for p in call.image_paths)

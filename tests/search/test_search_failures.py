@@ -1,4 +1,5 @@
 """Failed calls: dropped candidates, missing votes, and the more-than-half rule that stops a search."""
+
 import pickle
 
 import pytest

@@ -1,4 +1,5 @@
 """SearchParams validation and the call-count plan."""
+
 import pytest
 from pydantic import ValidationError
 
@@ -42,8 +43,19 @@ def test_m_above_half_of_n_is_rejected():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("K", 0), ("K", 11), ("E", 0), ("E", 6), ("alpha", 1.5), ("temperature", -0.1), ("temperature", 2.5),
-     ("descriptiveness", "verbose"), ("prompt_style", "haiku"), ("image_quality", "ultra"), ("vision_detail", "max")],
+    [
+        ("K", 0),
+        ("K", 11),
+        ("E", 0),
+        ("E", 6),
+        ("alpha", 1.5),
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("descriptiveness", "verbose"),
+        ("prompt_style", "haiku"),
+        ("image_quality", "ultra"),
+        ("vision_detail", "max"),
+    ],
 )
 def test_out_of_range_values_are_rejected_naming_their_field(field, value):
     loc, _ = error_of(**{"N": 4, "M": 2, "K": 2, field: value})

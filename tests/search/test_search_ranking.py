@@ -1,4 +1,5 @@
 """Bradley-Terry aggregation of pairwise votes, on its own: plain vote records in, scores and ranks out."""
+
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ def same(a, b, winner, times=1):
 
 def test_consistent_votes_recover_the_true_order():
     order = ["p", "q", "r", "s", "t"]  # p beats everyone after it, 3 votes out of 3
-    votes = [v for i, x in enumerate(order) for y in order[i + 1:] for v in same(x, y, x, 3)]
+    votes = [v for i, x in enumerate(order) for y in order[i + 1 :] for v in same(x, y, x, 3)]
     scores = score_candidates(order, votes, alpha=0.7)
     assert rank_candidates(order[::-1], scores) == order
 
@@ -104,7 +105,7 @@ def test_the_accelerated_fit_reaches_the_same_maximum_as_plain_mm():
     items = [f"c{i}" for i in range(6)]
     true = {x: i for i, x in enumerate(items)}  # consistent but noisy: stronger items usually win
     outcomes = []
-    for a, b in [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]:
+    for a, b in [(a, b) for i, a in enumerate(items) for b in items[i + 1 :]]:
         for _ in range(3):
             a_wins = rng.random() < 1 / (1 + math.exp(true[b] - true[a]))
             outcomes.append((a, b) if a_wins else (b, a))

@@ -1,4 +1,5 @@
 """Resumability and determinism: the state, calls and results survive JSON between every step."""
+
 from batch_pipeline.search import (
     CallResult,
     SearchParams,
@@ -61,7 +62,10 @@ def test_the_same_seed_gives_the_same_search(executor_factory):
 def test_a_different_seed_changes_the_presentation_order_and_may_change_the_outcome(executor_factory):
     # The fake judge, like real ones, favours the image shown first when it cannot tell them apart,
     # so the seed (which orders the images) is the only thing that separates these two runs.
-    seeded = [run_search(PROMPT, SearchParams(rounds_per_iteration=3, N=6, M=2, K=3, E=2, seed=s), "t1", executor_factory()) for s in (0, 1)]
+    seeded = [
+        run_search(PROMPT, SearchParams(rounds_per_iteration=3, N=6, M=2, K=3, E=2, seed=s), "t1", executor_factory())
+        for s in (0, 1)
+    ]
     orders = [[(v.a, v.b, v.vote_index, v.first_shown) for v in state.votes] for state in seeded]
     assert orders[0] != orders[1]
     winners = [[v.winner for v in s.votes] for s in seeded]

@@ -1,4 +1,5 @@
 """Structured-output models and the strict JSON schemas sent with every text and vision call."""
+
 import pytest
 from pydantic import ValidationError
 

@@ -1,4 +1,5 @@
 """The beam search driven round by round with the fake models: rounds, calls, refinement, elitism, lineage."""
+
 import re
 from itertools import combinations, pairwise
 
@@ -23,9 +24,11 @@ NINE = SearchParams(rounds_per_iteration=3, N=9, M=3, K=3, E=3)
 
 def recording(execute, log):
     """Wrap an executor so every call it receives is appended to `log`."""
+
     def run(calls):
         log.extend(calls)
         return execute(calls)
+
     return run
 
 
@@ -42,9 +45,15 @@ def last_user_message(call: TextCall) -> str:
 def test_each_iteration_takes_exactly_three_rounds_with_the_planned_call_counts(execute):
     state = run_search(PROMPT, NINE, "t1", execute)
     assert [(r.iteration, r.round, r.calls) for r in state.rounds] == [
-        (0, "text", 9), (0, "image", 9), (0, "vision", 108),
-        (1, "text", 9), (1, "image", 9), (1, "vision", 189),
-        (2, "text", 9), (2, "image", 9), (2, "vision", 189),
+        (0, "text", 9),
+        (0, "image", 9),
+        (0, "vision", 108),
+        (1, "text", 9),
+        (1, "image", 9),
+        (1, "vision", 189),
+        (2, "text", 9),
+        (2, "image", 9),
+        (2, "vision", 189),
     ]
     assert all(r.failed == 0 and r.succeeded == r.calls for r in state.rounds)
     assert state.done and len(state.iterations) == 3

@@ -2,6 +2,7 @@
 
 Every test talks HTTP through `openai.OpenAI`, exactly as the pipeline will; helpers live in support.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

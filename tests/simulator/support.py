@@ -2,6 +2,7 @@
 
 Builders for request lines and an `Api` wrapper around the SDK client for the steps every batch test repeats.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ class Api:
         return self.client.files.create(file=(name, data), purpose="batch").id
 
     def submit(self, lines: list[dict] | bytes, endpoint: str = CHAT, **kwargs: Any) -> openai.types.Batch:
-        return self.client.batches.create(input_file_id=self.upload(lines), endpoint=endpoint,
-                                          completion_window="24h", **kwargs)
+        return self.client.batches.create(
+            input_file_id=self.upload(lines), endpoint=endpoint, completion_window="24h", **kwargs
+        )
 
     def read(self, file_id: str | None) -> list[dict]:
         if file_id is None:
@@ -69,5 +71,9 @@ def configured(**config: Any) -> pytest.MarkDecorator:
 
 
 def image_line(custom_id: str, prompt: str, model: str = "gpt-image-1-mini", **extra: Any) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": IMAGES,
-            "body": {"model": model, "prompt": prompt, "quality": "low", **extra}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": IMAGES,
+        "body": {"model": model, "prompt": prompt, "quality": "low", **extra},
+    }

@@ -2,6 +2,7 @@
 
 Every Batch the server sends is validated with `openai.types.Batch`.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,11 @@ def retrieve(api: Api, batch_id: str) -> Batch:
 
 def test_with_zero_durations_a_batch_is_validating_at_create_and_completed_at_first_read(api: Api) -> None:
     raw = api.client.batches.with_raw_response.create(
-        input_file_id=api.upload([chat_line(f"r{i}") for i in range(3)]), endpoint="/v1/chat/completions",
-        completion_window="24h", metadata={"run": "42"})
+        input_file_id=api.upload([chat_line(f"r{i}") for i in range(3)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": "42"},
+    )
     created = Batch.model_validate(api.raw_json(raw))
     assert re.fullmatch(r"batch_[0-9a-f]{32}", created.id)
     assert created.status == "validating" and created.expires_at == created.created_at + 86400
@@ -54,11 +58,15 @@ def test_phases_follow_the_clock_and_stamp_each_transition(api: Api) -> None:
 
     in_progress, finalizing, completed = seen[1:]
     assert in_progress.request_counts.model_dump() == {"total": 4, "completed": 0, "failed": 0}
-    assert finalizing.request_counts.completed == 4 and finalizing.output_file_id is None, \
+    assert finalizing.request_counts.completed == 4 and finalizing.output_file_id is None, (
         "counts reach 100% while finalizing; files appear at completion"
+    )
     assert completed.output_file_id is not None
     assert (completed.in_progress_at, completed.finalizing_at, completed.completed_at) == (
-        START + 10, START + 110, START + 115)
+        START + 10,
+        START + 110,
+        START + 115,
+    )
 
 
 @configured(**PHASED)
@@ -142,8 +150,9 @@ def test_a_new_simulator_on_the_same_dir_resumes_a_batch_mid_flight(tmp_path, cl
     phased = {"validating": 0, "in_progress": 100, "finalizing": 0}
     with serving(make_simulator(tmp_path / "sim", clock, phase_seconds=phased), clock) as api:
         file_id = api.upload([chat_line("r1"), chat_line("r2")])
-        batch_id = api.client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                             completion_window="24h").id
+        batch_id = api.client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
         assert api.client.batches.retrieve(batch_id).status == "in_progress"
 
     clock.advance(100)
@@ -156,16 +165,24 @@ def test_a_new_simulator_on_the_same_dir_resumes_a_batch_mid_flight(tmp_path, cl
         assert len(api.read(batch.output_file_id)) == 2
 
 
-@pytest.mark.parametrize("kwargs, param", [
-    ({"completion_window": "48h"}, "completion_window"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-    ({"metadata": {"k" * 65: "v"}}, "metadata"),
-    ({"metadata": {"k": "v" * 513}}, "metadata.k"),
-    ({"endpoint": "/v1/embeddings"}, "endpoint"),
-], ids=["window", "17-pairs", "long-key", "long-value", "unimplemented-endpoint"])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"completion_window": "48h"}, "completion_window"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+    ],
+    ids=["window", "17-pairs", "long-key", "long-value", "unimplemented-endpoint"],
+)
 def test_create_rejects_bad_parameters_with_400(api: Api, kwargs: dict, param: str) -> None:
-    arguments = {"input_file_id": api.upload([chat_line("r")]), "endpoint": "/v1/chat/completions",
-                 "completion_window": "24h", **kwargs}
+    arguments = {
+        "input_file_id": api.upload([chat_line("r")]),
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        **kwargs,
+    }
     with pytest.raises(openai.BadRequestError) as refused:
         api.client.batches.create(**arguments)
     assert refused.value.param == param
@@ -174,5 +191,6 @@ def test_create_rejects_bad_parameters_with_400(api: Api, kwargs: dict, param: s
 
 def test_create_with_an_unknown_input_file_is_404(api: Api) -> None:
     with pytest.raises(openai.NotFoundError):
-        api.client.batches.create(input_file_id="file-" + "x" * 22, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+        api.client.batches.create(
+            input_file_id="file-" + "x" * 22, endpoint="/v1/chat/completions", completion_window="24h"
+        )

@@ -2,6 +2,7 @@
 
 Also the per-model enqueued-token queue (`token_limit_exceeded`).
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Structured answers are parsed by the SDK into the very pydantic models that produced their schemas.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,7 +41,8 @@ USER_TEXT = "Improve this prompt: a lighthouse on a cliff during a thunderstorm"
 
 def test_json_schema_answers_parse_into_the_pydantic_model_that_made_the_schema(api: Api) -> None:
     completion = api.client.chat.completions.parse(
-        model="gpt-5-mini", messages=[{"role": "user", "content": USER_TEXT}], response_format=Plan)
+        model="gpt-5-mini", messages=[{"role": "user", "content": USER_TEXT}], response_format=Plan
+    )
     plan = completion.choices[0].message.parsed
     assert isinstance(plan, Plan) and plan.alternative is not None, "optional branches get a real value"
     assert Plan.model_validate_json(completion.choices[0].message.content) == plan
@@ -49,9 +51,15 @@ def test_json_schema_answers_parse_into_the_pydantic_model_that_made_the_schema(
 def test_style_fields_take_style_words_and_other_strings_keep_the_user_words(api: Api) -> None:
     user_words = {"lighthouse", "cliff", "thunderstorm"}
     for nonce in range(5):
-        plan = api.client.chat.completions.parse(
-            model="gpt-5-mini", messages=[{"role": "user", "content": f"{USER_TEXT} #{nonce}"}],
-            response_format=Plan).choices[0].message.parsed
+        plan = (
+            api.client.chat.completions.parse(
+                model="gpt-5-mini",
+                messages=[{"role": "user", "content": f"{USER_TEXT} #{nonce}"}],
+                response_format=Plan,
+            )
+            .choices[0]
+            .message.parsed
+        )
         assert set(plan.shot.how.split()) & set(STYLE_VOCABULARY)
         assert all(set(note.split()) & set(STYLE_VOCABULARY) for note in plan.style_notes)
         prompt_words = set(plan.prompt.split())
@@ -61,9 +69,17 @@ def test_style_fields_take_style_words_and_other_strings_keep_the_user_words(api
 
 def test_schema_filler_follows_refs_anyof_enums_and_bounds() -> None:
     schema = {
-        "$defs": {"Node": {"type": "object", "additionalProperties": False, "required": ["label", "child"],
-                           "properties": {"label": {"type": "string", "maxLength": 12},
-                                          "child": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}},
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["label", "child"],
+                "properties": {
+                    "label": {"type": "string", "maxLength": 12},
+                    "child": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]},
+                },
+            }
+        },
         "type": "object",
         "properties": {
             "tree": {"$ref": "#/$defs/Node"},
@@ -87,7 +103,8 @@ def test_schema_filler_follows_refs_anyof_enums_and_bounds() -> None:
 # --- the simulated vision judge -------------------------------------------------------------
 
 VERDICT_SCHEMA = {
-    "type": "object", "additionalProperties": False,
+    "type": "object",
+    "additionalProperties": False,
     "required": ["winner", "alignment_winner", "aesthetics_winner", "reason"],
     "properties": {
         "winner": {"type": "string", "enum": ["A", "B"]},
@@ -107,12 +124,26 @@ def verdicts(api: Api, image_a: str, image_b: str, user_prompt: str, rounds: int
     """Ask the judge `rounds` times, each with a different nonce in the text."""
     answers = []
     for nonce in range(rounds):
-        completion = api.client.chat.completions.create(model="gpt-5-nano", messages=[{"role": "user", "content": [
-            {"type": "text", "text": f"Compare the two images (nonce {nonce}).\nUser prompt: {user_prompt}"},
-            {"type": "image_url", "image_url": {"url": image_a, "detail": "low"}},
-            {"type": "image_url", "image_url": {"url": image_b, "detail": "low"}},
-        ]}], response_format={"type": "json_schema",
-                              "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}})
+        completion = api.client.chat.completions.create(
+            model="gpt-5-nano",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": f"Compare the two images (nonce {nonce}).\nUser prompt: {user_prompt}",
+                        },
+                        {"type": "image_url", "image_url": {"url": image_a, "detail": "low"}},
+                        {"type": "image_url", "image_url": {"url": image_b, "detail": "low"}},
+                    ],
+                }
+            ],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA, "strict": True},
+            },
+        )
         answers.append(json.loads(completion.choices[0].message.content))
     return answers
 
@@ -142,8 +173,9 @@ def test_judge_answers_are_stable_for_an_identical_request(api: Api) -> None:
 
 def test_images_made_in_a_batch_carry_their_prompt_in_the_png(api: Api) -> None:
     prompts = {"img0": "a harbor at dawn, watercolor", "img1": "a comet over a desert"}
-    batch_id = api.submit([image_line(key, prompt) for key, prompt in prompts.items()],
-                          endpoint="/v1/images/generations").id
+    batch_id = api.submit(
+        [image_line(key, prompt) for key, prompt in prompts.items()], endpoint="/v1/images/generations"
+    ).id
     batch = Batch.model_validate(api.raw_json(api.client.batches.with_raw_response.retrieve(batch_id)))
     assert batch.model == "gpt-image-1-mini" and batch.usage.output_tokens == 2 * 272
     for line in api.read(batch.output_file_id):
@@ -153,7 +185,8 @@ def test_images_made_in_a_batch_carry_their_prompt_in_the_png(api: Api) -> None:
 
 
 def test_chat_honours_n_with_distinct_choices(api: Api) -> None:
-    completion = api.client.chat.completions.create(model="gpt-5-mini", n=3,
-                                                    messages=[{"role": "user", "content": USER_TEXT}])
+    completion = api.client.chat.completions.create(
+        model="gpt-5-mini", n=3, messages=[{"role": "user", "content": USER_TEXT}]
+    )
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     assert len({choice.message.content for choice in completion.choices}) > 1

@@ -2,6 +2,7 @@
 
 Files, models, chat completions, image generation, auth and unknown routes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,10 +25,16 @@ from .support import START, Api
 
 def test_file_round_trip_upload_retrieve_list_content_delete(api: Api) -> None:
     data = b'{"hello": "world"}\n'
-    created = FileObject.model_validate(api.raw_json(
-        api.client.files.with_raw_response.create(file=("in.jsonl", data), purpose="batch")))
+    created = FileObject.model_validate(
+        api.raw_json(api.client.files.with_raw_response.create(file=("in.jsonl", data), purpose="batch"))
+    )
     assert re.fullmatch(r"file-[0-9A-Za-z]{22}", created.id)
-    assert (created.bytes, created.filename, created.purpose, created.status) == (len(data), "in.jsonl", "batch", "processed")
+    assert (created.bytes, created.filename, created.purpose, created.status) == (
+        len(data),
+        "in.jsonl",
+        "batch",
+        "processed",
+    )
     assert created.expires_at == START + 30 * 24 * 3600, "batch files expire after 30 days by default"
 
     assert FileObject.model_validate(api.raw_json(api.client.files.with_raw_response.retrieve(created.id))) == created
@@ -42,8 +49,9 @@ def test_file_round_trip_upload_retrieve_list_content_delete(api: Api) -> None:
 
 
 def test_file_upload_honours_expires_after_and_list_filters_by_purpose(api: Api) -> None:
-    kept = api.client.files.create(file=("a.jsonl", b"{}\n"), purpose="batch",
-                                   expires_after={"anchor": "created_at", "seconds": 7200})
+    kept = api.client.files.create(
+        file=("a.jsonl", b"{}\n"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 7200}
+    )
     api.client.files.create(file=("b.txt", b"notes"), purpose="user_data")
     assert kept.expires_at == START + 7200
     assert [f.id for f in api.client.files.list(purpose="batch")] == [kept.id]
@@ -59,11 +67,17 @@ def test_models_list_and_any_model_id_retrieves(api: Api) -> None:
     listed = api.raw_json(api.client.models.with_raw_response.list())
     models = [Model.model_validate(m) for m in listed["data"]]
     assert {"gpt-5-mini", "gpt-image-1-mini"} <= {m.id for m in models}
-    assert Model.model_validate(api.raw_json(api.client.models.with_raw_response.retrieve("my-custom-model"))).id == "my-custom-model"
+    assert (
+        Model.model_validate(api.raw_json(api.client.models.with_raw_response.retrieve("my-custom-model"))).id
+        == "my-custom-model"
+    )
 
 
 def test_chat_answer_is_deterministic_validates_and_echoes_the_user_words(api: Api) -> None:
-    kwargs = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "Paint a lighthouse during a thunderstorm"}]}
+    kwargs = {
+        "model": "gpt-5-mini",
+        "messages": [{"role": "user", "content": "Paint a lighthouse during a thunderstorm"}],
+    }
     raw = api.client.chat.completions.with_raw_response.create(**kwargs)
     completion = ChatCompletion.model_validate(api.raw_json(raw))
     again = api.client.chat.completions.create(**kwargs)
@@ -72,18 +86,28 @@ def test_chat_answer_is_deterministic_validates_and_echoes_the_user_words(api: A
     assert {"lighthouse", "thunderstorm"} & set(re.findall(r"[a-z]+", text.lower()))
     assert completion.service_tier == "default" and completion.choices[0].finish_reason == "stop"
     assert raw.headers["x-request-id"].startswith("req_")
-    other = api.client.chat.completions.create(**{**kwargs, "messages": [{"role": "user", "content": "Describe a quiet harbor"}]})
+    other = api.client.chat.completions.create(
+        **{**kwargs, "messages": [{"role": "user", "content": "Describe a quiet harbor"}]}
+    )
     assert other.choices[0].message.content != text
 
 
 def test_chat_usage_counts_four_chars_a_token_plus_a_fixed_cost_per_image(api: Api) -> None:
     png = "data:image/png;base64," + base64.b64encode(b"not really a png").decode()
     text = "x" * 40
-    completion = api.client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": [
-        {"type": "text", "text": text},
-        {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
-        {"type": "image_url", "image_url": {"url": png, "detail": "high"}},
-    ]}])
+    completion = api.client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": png, "detail": "high"}},
+                ],
+            }
+        ],
+    )
     assert completion.usage.prompt_tokens == 10 + 85 + 765
     content = completion.choices[0].message.content
     assert completion.usage.completion_tokens == -(-len(content) // 4)
@@ -91,15 +115,17 @@ def test_chat_usage_counts_four_chars_a_token_plus_a_fixed_cost_per_image(api: A
 
 
 def test_flex_service_tier_is_echoed(api: Api) -> None:
-    completion = api.client.chat.completions.create(model="gpt-5-nano", service_tier="flex",
-                                                    messages=[{"role": "user", "content": "hi"}])
+    completion = api.client.chat.completions.create(
+        model="gpt-5-nano", service_tier="flex", messages=[{"role": "user", "content": "hi"}]
+    )
     assert completion.service_tier == "flex"
 
 
 def test_image_generation_returns_n_pngs_that_carry_their_prompt(api: Api) -> None:
     prompt = "a lighthouse in a storm, chiaroscuro"
-    raw = api.client.images.with_raw_response.generate(model="gpt-image-1-mini", prompt=prompt, n=2,
-                                                      size="1024x1536", quality="low")
+    raw = api.client.images.with_raw_response.generate(
+        model="gpt-image-1-mini", prompt=prompt, n=2, size="1024x1536", quality="low"
+    )
     response = ImagesResponse.model_validate(api.raw_json(raw))
     assert len(response.data) == 2 and response.size == "1024x1536", "the requested size is echoed"
     assert response.usage.output_tokens == 2 * 408 and response.usage.input_tokens == -(-len(prompt) // 4)

@@ -2,6 +2,7 @@
 
 HTTP faults are seen as SDK exceptions; batch and line faults in the Batch object and its files.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ def finished(api: Api, batch_id: str) -> Batch:
 
 
 def test_http_429_sends_retry_after_ms_and_the_flex_resource_message(api: Api) -> None:
-    api.sim.add_fault(FaultRule(kind="http_429", service_tier="flex",
-                                params={"message": "Resource Unavailable", "retry_after_ms": 25}))
+    api.sim.add_fault(
+        FaultRule(
+            kind="http_429", service_tier="flex", params={"message": "Resource Unavailable", "retry_after_ms": 25}
+        )
+    )
     api.client.chat.completions.create(**HELLO)  # not flex: untouched
     with pytest.raises(openai.RateLimitError) as limited:
         api.client.chat.completions.create(**HELLO, service_tier="flex")
@@ -58,8 +62,9 @@ def test_slow_delays_the_answer_past_a_client_timeout(api: Api) -> None:
     api.client.chat.completions.create(**HELLO)
     assert time.monotonic() - started < 0.3
     with pytest.raises(openai.APITimeoutError):
-        api.client.chat.completions.create(model="gpt-5-mini", messages=[{"role": "user", "content": "sleepy"}],
-                                           timeout=0.1)
+        api.client.chat.completions.create(
+            model="gpt-5-mini", messages=[{"role": "user", "content": "sleepy"}], timeout=0.1
+        )
 
 
 def test_error_after_create_makes_the_batch_yet_answers_500_so_a_retry_duplicates_it(api: Api) -> None:
@@ -81,8 +86,12 @@ def test_content_policy_refuses_images_synchronously_and_per_line_in_a_batch(api
         api.client.images.generate(model="gpt-image-1-mini", prompt="a forbidden picture")
     assert (refused.value.code, refused.value.type) == ("content_policy_violation", "image_generation_user_error")
 
-    batch = finished(api, api.submit([image_line("ok", "a harbor"), image_line("bad", "forbidden harbor")],
-                                     endpoint="/v1/images/generations").id)
+    batch = finished(
+        api,
+        api.submit(
+            [image_line("ok", "a harbor"), image_line("bad", "forbidden harbor")], endpoint="/v1/images/generations"
+        ).id,
+    )
     assert batch.status == "completed" and batch.request_counts.failed == 1
     (error_line,) = api.read(batch.error_file_id)
     assert error_line["custom_id"] == "bad" and error_line["response"]["status_code"] == 400
@@ -100,16 +109,29 @@ def test_expire_completes_and_bills_a_fraction_and_marks_the_rest_batch_expired(
 
 
 def test_request_error_and_request_timeout_hit_only_matching_lines(api: Api) -> None:
-    api.sim.add_fault(FaultRule(kind="request_error", custom_id=r"^bad$",
-                                params={"status_code": 400, "code": "invalid_value", "message": "nope"}))
+    api.sim.add_fault(
+        FaultRule(
+            kind="request_error",
+            custom_id=r"^bad$",
+            params={"status_code": 400, "code": "invalid_value", "message": "nope"},
+        )
+    )
     api.sim.add_fault(FaultRule(kind="request_timeout", custom_id=r"^slow$"))
     batch = finished(api, api.submit([chat_line("good"), chat_line("bad"), chat_line("slow")]).id)
-    assert batch.status == "completed" and batch.request_counts.model_dump() == {"total": 3, "completed": 1, "failed": 2}
+    assert batch.status == "completed" and batch.request_counts.model_dump() == {
+        "total": 3,
+        "completed": 1,
+        "failed": 2,
+    }
     errors = {line["custom_id"]: line for line in api.read(batch.error_file_id)}
     assert errors["bad"]["error"] is None
     assert errors["bad"]["response"]["status_code"] == 400
     assert errors["bad"]["response"]["body"]["error"] == {
-        "message": "nope", "type": "invalid_request_error", "param": None, "code": "invalid_value"}
+        "message": "nope",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_value",
+    }
     assert errors["slow"]["response"] is None and errors["slow"]["error"]["code"] == "request_timeout"
 
 
@@ -126,7 +148,9 @@ def test_all_fail_ends_completed_without_an_output_file(api: Api) -> None:
 def admin(api: Api, method: str, path: str, payload: dict | None = None) -> dict:
     root = api.base_url.removesuffix("/v1")
     data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(root + path, data=data, method=method, headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        root + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 

@@ -2,6 +2,7 @@
 
 These are the simulator's own rules, independent of the client's normaliser.
 """
+
 from __future__ import annotations
 
 import openai
@@ -12,7 +13,7 @@ from .support import Api, chat_line
 HELLO = [{"role": "user", "content": "hello"}]
 MAX_TOKENS_REFUSAL = {
     "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
-               "Use 'max_completion_tokens' instead.",
+    "Use 'max_completion_tokens' instead.",
     "type": "invalid_request_error",
     "param": "max_tokens",
     "code": "unsupported_parameter",
@@ -59,7 +60,11 @@ def test_bad_parameters_inside_a_batch_run_and_fail_as_400_lines_not_validation(
         chat_line("temperature", temperature=0.3),
     ]
     batch = api.client.batches.retrieve(api.submit(lines).id)
-    assert batch.status == "completed" and batch.request_counts.model_dump() == {"total": 3, "completed": 1, "failed": 2}
+    assert batch.status == "completed" and batch.request_counts.model_dump() == {
+        "total": 3,
+        "completed": 1,
+        "failed": 2,
+    }
     errors = {line["custom_id"]: line["response"] for line in api.read(batch.error_file_id)}
     assert errors["max_tokens"]["status_code"] == 400 and errors["max_tokens"]["body"] == {"error": MAX_TOKENS_REFUSAL}
     assert errors["temperature"]["body"]["error"]["code"] == "unsupported_value"
@@ -69,6 +74,9 @@ def test_bad_parameters_inside_a_batch_run_and_fail_as_400_lines_not_validation(
 def test_a_strict_schema_that_leaves_objects_open_is_refused(api: Api) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     with pytest.raises(openai.BadRequestError) as refused:
-        api.client.chat.completions.create(model="gpt-5-mini", messages=HELLO, response_format={
-            "type": "json_schema", "json_schema": {"name": "open", "schema": schema, "strict": True}})
+        api.client.chat.completions.create(
+            model="gpt-5-mini",
+            messages=HELLO,
+            response_format={"type": "json_schema", "json_schema": {"name": "open", "schema": schema, "strict": True}},
+        )
     assert refused.value.param == "response_format" and "additionalProperties" in refused.value.body["message"]
