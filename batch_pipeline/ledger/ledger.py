@@ -684,28 +684,31 @@ class Ledger(SessionRecords, SpendingRecords):
         """A batch that was never created: its members go back to the queue (or fail, out of attempts)."""
         with self.transaction() as con:
             self._move_batch(con, batch_key, BatchPhase.ABANDONED, errors=orjson.dumps([{"message": reason}]).decode())
-            attempts = dict(
-                con.execute(
-                    "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]
-                ).fetchall()
-            )
-            outcomes = [
-                RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=reason)
-                for rid in attempts
-            ]
-            self._insert_results(
-                con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock()
-            )
-            self._requeue_or_end(
-                con,
-                list(attempts),
-                RequestState.FAILED,
-                batch_key,
-                reason,
-                max_attempts,
-                {rid: reason for rid in attempts},
-                attempts,
-            )
+            self._fail_members(con, batch_key, reason, max_attempts)
+
+    def _fail_members(self, con: duckdb.DuckDBPyConnection, batch_key: str, reason: str, max_attempts: int) -> None:
+        """A batch ended without results for its members (never created, or its files unreadable): each
+        member's attempt is recorded as failed and retryable, and it goes back to the queue or, out of
+        attempts, ends failed."""
+        attempts = dict(
+            con.execute(
+                "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]
+            ).fetchall()
+        )
+        outcomes = [
+            RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=reason) for rid in attempts
+        ]
+        self._insert_results(con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock())
+        self._requeue_or_end(
+            con,
+            list(attempts),
+            RequestState.FAILED,
+            batch_key,
+            reason,
+            max_attempts,
+            {rid: reason for rid in attempts},
+            attempts,
+        )
 
     def record_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """Record what polling saw. Only created batches have a remote status to record."""
@@ -835,28 +838,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 return False
             message = f"results unreadable after {row[0]} attempt(s): {reason}"
             self._move_batch(con, batch_key, BatchPhase.INGESTED, errors=orjson.dumps([{"message": message}]).decode())
-            attempts = dict(
-                con.execute(
-                    "SELECT request_id, attempts FROM requests WHERE batch_key = ? AND state = 'submitted'", [batch_key]
-                ).fetchall()
-            )
-            outcomes = [
-                RequestOutcome(request_id=rid, outcome=Outcome.FAILED_RETRYABLE, error_message=message)
-                for rid in attempts
-            ]
-            self._insert_results(
-                con, [(o, attempts[o.request_id], batch_key, Tier.BATCH) for o in outcomes], self.clock()
-            )
-            self._requeue_or_end(
-                con,
-                list(attempts),
-                RequestState.FAILED,
-                batch_key,
-                message,
-                max_attempts,
-                {rid: message for rid in attempts},
-                attempts,
-            )
+            self._fail_members(con, batch_key, message, max_attempts)
         return True
 
     def sweep_keys(self) -> dict[str, tuple[str | None, float]]:
