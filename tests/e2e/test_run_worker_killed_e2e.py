@@ -65,8 +65,8 @@ def test_a_run_worker_killed_during_batch_create_leads_to_one_batch_and_a_finish
     try:
 
         def creating():
-            """The tick run id once its batch create is on the wire: the simulator is holding it. (The ledger
-            cannot say so: the run holds the file for its whole tick, so no reader opens it meanwhile.)"""
+            """The tick run id once its batch create is on the wire: the simulator, holding it, says so directly
+            (the ledger's `uploaded` phase is written before the create goes out, not when it arrives)."""
             held = httpx2.get(admin).raise_for_status().json()["faults"][0]["fired"]
             runs = instance.get_runs(dg.RunsFilter(job_name="tick_job", statuses=[dg.DagsterRunStatus.STARTED]))
             return held and runs and runs[0].run_id
