@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
+from bench_side_by_side import output_line  # a script beside this one (benchmarks/ is on sys.path)
 
 from batch_pipeline.batching.assembly import plan_batches, write_batch_file
 from batch_pipeline.batching.limits import SplitLimits
@@ -73,34 +73,7 @@ def main() -> None:
         output = home / "output.jsonl"
         with output.open("wb") as fh:
             for i in range(n):
-                fh.write(
-                    orjson.dumps(
-                        {
-                            "id": f"batch_req_{i}",
-                            "custom_id": f"bench-r{i}",
-                            "error": None,
-                            "response": {
-                                "status_code": 200,
-                                "request_id": f"req_{i}",
-                                "body": {
-                                    "id": f"chatcmpl-{i}",
-                                    "object": "chat.completion",
-                                    "created": 0,
-                                    "model": "gpt-5-mini",
-                                    "choices": [
-                                        {
-                                            "index": 0,
-                                            "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": "x" * 400},
-                                        }
-                                    ],
-                                    "usage": {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140},
-                                },
-                            },
-                        }
-                    )
-                    + b"\n"
-                )
+                fh.write(output_line(i))  # the same lines the side-by-side benchmark parses
         outcomes = timed("parse + classify the output file", n, lambda: read_result_files([output], None))
         ledger.mark_uploaded("bench", "file-bench")
         ledger.mark_created("bench", "batch_bench")

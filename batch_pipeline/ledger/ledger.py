@@ -1372,25 +1372,12 @@ class Ledger(SessionRecords, SpendingRecords):
             pa.int64(),
             pa.string(),
         )
-        names = (
-            "request_id",
-            "outcome",
-            "status_code",
-            "_response",
-            "error_code",
-            "error_message",
-            "input_tokens",
-            "cached_tokens",
-            "output_tokens",
-            "images",
-            "cost_usd",
-            "standard_cost_usd",
-            "price_version",
-        )
+        # The table's own stored columns; the two in 1e-12 USD units become the DECIMAL costs in SQL.
+        names = tuple(f"_{name}" if name.endswith("_units") else name for name in ResultTable.STORED)
         while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
             chunk = rows[-RESULT_CHUNK:]
             del rows[-RESULT_CHUNK:]
-            values = list(zip(*(row[:13] for row in chunk), strict=True))
+            values = list(zip(*(row[: len(names)] for row in chunk), strict=True))
             n = len(chunk)
             del chunk
             columns = {
@@ -1408,9 +1395,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 "results",
                 columns,
                 select={
-                    "response": "_response",
-                    "cost_usd": f"cost_usd::DECIMAL(18, 0) * {_UNIT}",
-                    "standard_cost_usd": f"standard_cost_usd::DECIMAL(18, 0) * {_UNIT}",
+                    "cost_usd": f"_cost_units::DECIMAL(18, 0) * {_UNIT}",
+                    "standard_cost_usd": f"_standard_cost_units::DECIMAL(18, 0) * {_UNIT}",
                 },
             )
 
