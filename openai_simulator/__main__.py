@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 from .config import PHASES, SimulatorConfig
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Access lines name method and path only; request headers (the API key) are never logged.
-    with simulator.serve(log_level="info", access_log=True) as base_url:
+    with ExitStack() as stack:
+        try:
+            base_url = stack.enter_context(simulator.serve(log_level="info", access_log=True))
+        except RuntimeError as exc:  # uvicorn could not bind: said in one line, not a traceback
+            raise SystemExit(f"error: {exc}; is the port taken? Pass --port N (0 picks a free one)") from None
         print(base_url, flush=True)
         try:
             while not stop.wait(0.5):

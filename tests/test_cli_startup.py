@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import pathlib
 import re
+import socket
 
 import pytest
 from starlette.applications import Starlette
@@ -139,3 +140,25 @@ def test_api_refuses_a_public_bind_without_a_token(capsys, monkeypatch):
     assert main(["api", "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to serve on 0.0.0.0") and "BATCH_API_TOKEN" in err
+
+
+def test_api_on_a_taken_port_says_so_before_starting_anything(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["api", "--port", str(port), "--with-simulator"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: port {port} is already in use on 127.0.0.1") and "--port" in err
+    assert "API on" not in out, "no URL is announced for a server that cannot start"
+
+
+def test_simulator_on_a_taken_port_is_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["simulator", "--port", str(port)])
+    assert str(exited.value).startswith(f"error: openai-simulator failed to start on 127.0.0.1:{port}")
+    assert "--port N" in str(exited.value)

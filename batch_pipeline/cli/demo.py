@@ -24,7 +24,7 @@ from typing import IO
 import dagster as dg
 
 from batch_pipeline.batching.pricing import cost_lines
-from batch_pipeline.cli.main import HelpWithDefaults
+from batch_pipeline.cli.main import HelpWithDefaults, port_in_use
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger.reader import LedgerReader
@@ -58,21 +58,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something already listens on (or holds) host:port."""
-    with socket.socket() as s:
-        s.settimeout(1)
-        if s.connect_ex((host, port)) == 0:
-            return True
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def choose_ports(wanted: Mapping[str, tuple[int, str]]) -> dict[str, int]:

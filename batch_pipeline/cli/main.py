@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import socket
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -277,6 +278,21 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on (or holds) host:port."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def run_api(args: argparse.Namespace) -> int:
     import os
 
@@ -287,6 +303,12 @@ def run_api(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         # Before anything starts: a public bind without a token is refused.
         check_bind(args.host, bool(env.get("BATCH_API_TOKEN")))
+        if args.port and port_in_use(args.port, args.host):
+            print(
+                f"error: port {args.port} is already in use on {args.host}; stop what listens there or pass --port N",
+                file=sys.stderr,
+            )
+            return 2
         if args.with_simulator:
             from openai_simulator import Simulator, SimulatorConfig
 
