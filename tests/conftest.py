@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# postgres_server (one PostgreSQL 18 for the run), postgres_url and postgres_database (fresh databases)
+pytest_plugins = ["tests.postgres"]
+
 
 class ManualClock:
     """A clock the test moves by hand (epoch seconds); pass it wherever code takes `clock=`."""
