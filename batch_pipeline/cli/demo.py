@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,11 +79,26 @@ def choose_ports(wanted: Mapping[str, tuple[int, str]]) -> dict[str, int]:
     return chosen
 
 
+# The repository's instance files (dagster_home/), by where the instance stores runs and events.
+INSTANCE_FILES = {"sqlite": "dagster.yaml", "postgres": "dagster.postgres.yaml"}
+
+
+def install_instance(dagster_home: Path, storage: str = "sqlite") -> None:
+    """Make `dagster_home` a DAGSTER_HOME whose dagster.yaml is the repository's instance file for `storage`.
+
+    Every Dagster process (daemon, webserver, `dagster job launch`, code servers, run workers) reads
+    $DAGSTER_HOME/dagster.yaml and no other name, so a variant is a directory of its own. "postgres"
+    reads its database URL from DAGSTER_PG_URL, in each process that opens the instance.
+    """
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster_home" / INSTANCE_FILES[storage], dagster_home / "dagster.yaml")
+
+
 def prepare_instance(paths: DemoPaths) -> None:
-    """Create the instance's SQLite storage once, before any Dagster process starts.
+    """Create the instance's storage (SQLite files or PostgreSQL tables) once, before any Dagster process starts.
 
     On a fresh DAGSTER_HOME the daemon, the webserver and `dagster job launch` would each create (and
-    migrate) the same SQLite files at the same moment, and one of them fails.
+    migrate) the same SQLite files or tables at the same moment, and one of them fails.
     """
     dg.DagsterInstance.from_config(str(paths.dagster_home)).dispose()
 

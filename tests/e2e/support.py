@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -10,19 +9,27 @@ from pathlib import Path
 import dagster as dg
 import openai
 
-from batch_pipeline.cli.demo import DemoPaths, free_port, prepare_instance, start_daemon, start_simulator, stop
+from batch_pipeline.cli.demo import (
+    DemoPaths,
+    free_port,
+    install_instance,
+    prepare_instance,
+    start_daemon,
+    start_simulator,
+    stop,
+)
 from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def isolated_paths(tmp_path: Path) -> DemoPaths:
-    """DAGSTER_HOME and BATCH_PIPELINE_HOME under `tmp_path`, with the repository's real dagster.yaml."""
+def isolated_paths(tmp_path: Path, storage: str = "sqlite") -> DemoPaths:
+    """DAGSTER_HOME and BATCH_PIPELINE_HOME under `tmp_path`, with the repository's real instance file for
+    `storage` ("postgres": DAGSTER_PG_URL must be set, here and in the processes' environment)."""
     paths = DemoPaths.under(REPO, dagster_home=tmp_path / "dagster_home", pipeline_home=tmp_path / "home")
-    paths.dagster_home.mkdir()
+    install_instance(paths.dagster_home, storage)
     paths.pipeline_home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", paths.dagster_home / "dagster.yaml")
     (tmp_path / "logs").mkdir()
     prepare_instance(paths)
     return paths
