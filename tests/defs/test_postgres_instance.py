@@ -106,3 +106,22 @@ def test_runs_events_and_partitions_of_the_project_jobs_are_stored_in_postgres(p
 
     captured = capsys.readouterr()
     assert PASSWORD not in caplog.text + captured.out + captured.err
+
+
+def test_the_deployment_examples_carry_the_tested_instance_settings():
+    """docs/deploy/ (not run here) repeats what dagster.postgres.yaml sets: the limits and the driver."""
+    tested = instance_config("postgres")
+    helm = yaml.safe_load((REPO / "docs" / "deploy" / "helm-values.yaml").read_text())
+    queued = helm["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queued["maxConcurrentRuns"] == tested["concurrency"]["runs"]["max_concurrent_runs"]
+    assert queued["dequeueIntervalSeconds"] == tested["run_queue"]["dequeue_interval_seconds"]
+    assert helm["concurrency"]["pools"] == {
+        "defaultLimit": tested["concurrency"]["pools"]["default_limit"],
+        "granularity": tested["concurrency"]["pools"]["granularity"],
+    }
+    assert helm["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+    assert helm["runLauncher"]["type"] == "K8sRunLauncher"
+    compose = yaml.safe_load((REPO / "docs" / "deploy" / "docker-compose.yaml").read_text())
+    for service in ("user_code", "webserver", "daemon"):
+        assert compose["services"][service]["environment"]["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
+    assert "COPY dagster_home/dagster.postgres.yaml" in (REPO / "docs" / "deploy" / "Dockerfile").read_text()
