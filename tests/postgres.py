@@ -10,7 +10,9 @@ started by the first test that asks for it; it is stopped and its directory dele
     def test_y(postgres_url, postgres_database):
         dagster_url = postgres_database("dagster")   # one more fresh database, dropped after the test
 
-    def test_z(postgres_server):              # the server itself: .url(name), .admin_url, .version
+    def test_z(postgres_server):              # the server itself: .url(name), .admin_url, .version()
+
+    dagster_pg_url(url, password) turns a database's URL into DAGSTER_PG_URL for dagster.postgres.yaml.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -40,7 +43,7 @@ class PostgresServer:
         self.data_dir = Path(handle.pgdata)
 
     def url(self, database: str) -> str:
-        """The libpq URL of `database` on this server (a unix socket; usable by psycopg and SQLAlchemy)."""
+        """The libpq URL of `database` on this server (its unix socket), for psycopg.connect."""
         return self._handle.get_uri(database)
 
     def version(self) -> int:
@@ -69,6 +72,15 @@ class PostgresServer:
 def _identifier(prefix: str) -> str:
     cleaned = re.sub(r"[^a-z0-9_]", "_", prefix.lower())[:40]
     return cleaned if cleaned[:1].isalpha() else f"db_{cleaned}"
+
+
+def dagster_pg_url(url: str, password: str | None = None) -> str:
+    """DAGSTER_PG_URL for the libpq `url`: the psycopg2 driver named (dagster_home/dagster.postgres.yaml says
+    why), and `password` in it if given (the test server trusts local connections, so any password works)."""
+    parts = urlsplit(url)
+    user, host = parts.netloc.split("@", 1)
+    user = user.split(":", 1)[0] + (f":{password}" if password else "")
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg2", netloc=f"{user}@{host}"))
 
 
 def start_server() -> tuple[PostgresServer, Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import psycopg
@@ -15,6 +14,7 @@ from dagster._serdes import serialize_value
 
 from batch_pipeline.cli.demo import INSTANCE_FILES, install_instance
 from tests.defs.support import launch, tick
+from tests.postgres import dagster_pg_url
 
 REPO = Path(__file__).resolve().parents[2]
 # The embedded server trusts local connections, so any password connects: this one stands for a real
@@ -24,14 +24,6 @@ PASSWORD = "pg-secret-never-logged-7f3a"
 
 def instance_config(storage: str) -> dict:
     return yaml.safe_load((REPO / "dagster_home" / INSTANCE_FILES[storage]).read_text())
-
-
-def dagster_pg_url(url: str, password: str) -> str:
-    """DAGSTER_PG_URL for the libpq `url`: the psycopg2 driver named (see dagster.postgres.yaml), a password."""
-    parts = urlsplit(url)
-    user, host = parts.netloc.split("@", 1)
-    user = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg2", netloc=f"{user}:{password}@{host}"))
 
 
 @pytest.fixture
