@@ -11,8 +11,15 @@ from tests.e2e.support import Processes, isolated_paths
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(isolated_paths(tmp_path), tmp_path / "logs")
+def instance_storage() -> str:
+    """Where the isolated instance stores runs and events: "sqlite" (dagster.yaml) or "postgres"
+    (dagster.postgres.yaml; a module overriding this fixture sets DAGSTER_PG_URL before returning it)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def processes(tmp_path: Path, instance_storage: str) -> Iterator[Processes]:
+    started = Processes(isolated_paths(tmp_path, instance_storage), tmp_path / "logs")
     try:
         yield started
     finally:
