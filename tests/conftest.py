@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.postgres"]
+
 
 class ManualClock:
     """A clock the test moves by hand (epoch seconds); pass it wherever code takes `clock=`."""
@@ -21,3 +23,23 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path) -> str:
+    """Where a test's ledger lives: a DuckDB file, then (the same test again) a fresh PostgreSQL database."""
+    if request.param == "duckdb":
+        return str(tmp_path / "state" / "ledger.duckdb")
+    return request.getfixturevalue("postgres_url")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that names the DuckDB file (`ledger_path`: its lock, its bytes) is about that file: DuckDB only."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        duckdb_file = "ledger_path" in getattr(item, "fixturenames", ())
+        (drop if duckdb_file and params.get("ledger_location") == "postgres" else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

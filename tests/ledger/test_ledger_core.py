@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
-from batch_pipeline.ledger.ledger import RemoteStatus
+from batch_pipeline.ledger.ledger import _RESULT_COLUMNS, RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import RequestOutcome
 from batch_pipeline.vocabulary import Outcome, Tier
@@ -22,10 +22,12 @@ EXPIRED, RETRY, PERMANENT, CANCELLED = (
 
 
 def events(ledger: Ledger, rid: str) -> list[tuple]:
+    # Events of one transaction share a time; the row's place in the table (never updated) is the order.
+    physical = "rowid" if ledger.store.dialect == "duckdb" else "ctid"
     with ledger.connect() as con:
         return con.execute(
             "SELECT from_state, to_state, batch_key, reason FROM request_events WHERE request_id = ?"
-            " ORDER BY event_at, rowid",
+            f" ORDER BY event_at, {physical}",
             [rid],
         ).fetchall()
 
@@ -545,10 +547,9 @@ def test_bulk_result_rows_are_stored_exactly_as_the_per_outcome_insert_stores_th
         rows = ResultTable.from_outcomes(outcomes).rows
         Ledger._insert_result_rows(con, rows, dict.fromkeys("abcd", 3), "bulk", Tier.BATCH, 5.0)
         assert rows == []  # consumed as inserted
+        compared = ", ".join(c for c in _RESULT_COLUMNS if c not in ("batch_key", "attempt"))
         stored = {
-            key: con.execute(
-                "SELECT * EXCLUDE (batch_key, attempt) FROM results WHERE batch_key = ? ORDER BY 1", [key]
-            ).fetchall()
+            key: con.execute(f"SELECT {compared} FROM results WHERE batch_key = ? ORDER BY 1", [key]).fetchall()
             for key in ("plain", "bulk")
         }
     assert stored["bulk"] == stored["plain"] and len(stored["plain"]) == 4
