@@ -33,6 +33,12 @@ def ledger_location(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture
+def ledger_env(ledger_location: str) -> dict[str, str]:
+    """The settings that put a runtime's ledger where `ledger_location` says (DuckDB: the home's file)."""
+    return {"BATCH_LEDGER_URL": ledger_location} if ledger_location.startswith("postgresql://") else {}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that names the DuckDB file (`ledger_path`: its lock, its bytes) is about that file: DuckDB only."""
     keep, drop = [], []

@@ -136,7 +136,7 @@ class PostgresStore:
 def redact_url(url: str) -> str:
     """A database URL without its password, for logs and messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if not parts.password:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))

@@ -115,7 +115,7 @@ class SessionRecords(LedgerCore):
                 for (sid,) in con.execute(
                     "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
                     " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
-                    " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
+                    " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::JSON[]) AS state,"
                     "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration,"
                     "  unnest(?::VARCHAR[]) AS next_round,"
                     "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
