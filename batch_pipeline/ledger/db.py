@@ -160,8 +160,8 @@ class PostgresConnection:
     def execute(self, query: str, parameters: Any = None) -> Any:
         return self._con.execute(_positional(query), parameters)
 
-    def begin(self) -> None:
-        self._con.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+    def begin(self, isolation: Literal["SERIALIZABLE", "READ COMMITTED"] = "SERIALIZABLE") -> None:
+        self._con.execute(f"BEGIN ISOLATION LEVEL {isolation}")
 
     def commit(self) -> None:
         self._con.execute("COMMIT")

@@ -26,6 +26,7 @@ from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_err
 from batch_pipeline.ledger.db import (
     Connection,
     DuckDBStore,
+    PostgresConnection,
     arrow_view,
     insert_columns,
     insert_rows,
@@ -217,15 +218,20 @@ class Ledger(SessionRecords, SpendingRecords):
             con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, locks_its_rows: bool = False) -> Iterator[Connection]:
         """A write transaction. On DuckDB the writers of one process take turns (`Store.writer_lock`): two
         threads updating the same row at once would otherwise fail with "Conflict on update"; other
-        processes are kept out by DuckDB's own file lock. On PostgreSQL it is SERIALIZABLE (`PostgresStore`)."""
+        processes are kept out by DuckDB's own file lock. On PostgreSQL it is SERIALIZABLE (`PostgresStore`),
+        unless it `locks_its_rows`: it changes only rows it has locked first (`SELECT ... FOR UPDATE`) and rows
+        it inserts, so READ COMMITTED keeps it correct and concurrent claims of other rows do not conflict."""
         with self.store.writer_lock(), self.unit(), self.connect() as con:
             if getattr(self._local, "in_transaction", False):
                 yield con  # joins the caller's transaction: all of it commits or none
                 return
-            con.begin()
+            if isinstance(con, PostgresConnection):
+                con.begin("READ COMMITTED" if locks_its_rows else "SERIALIZABLE")
+            else:
+                con.begin()
             self._local.in_transaction = True
             try:
                 yield con
@@ -549,15 +555,22 @@ class Ledger(SessionRecords, SpendingRecords):
         """Persist a batch before anything is sent: its members move queued -> submitted.
 
         This is the first half of the two-phase submit; a crash after it is recovered by
-        reconciling with the remote batch list (see `jobs.BatchLifecycle.resume`).
+        reconciling with the remote batch list (see `jobs.BatchLifecycle.resume`). The batch holds the
+        members it can claim (`_claim_queued`); None if it can claim none.
         """
         if not members:
             raise LedgerError("a batch needs at least one request")
         now = self.clock()
-        with self.transaction() as con:
-            # A cancel between planning and here took some members: the batch holds only the others.
-            cancelled = set(self.request_states_in(con, [m.request_id for m in members], RequestState.CANCELLED))
-            members = [m for m in members if m.request_id not in cancelled]
+        with self.transaction(locks_its_rows=True) as con:
+            claimed = self._claim_queued(con, [m.request_id for m in members])
+            if len(claimed) < len(members):
+                log.info(
+                    "batch %s: %d of %d planned requests were taken meanwhile",
+                    batch_key,
+                    len(members) - len(claimed),
+                    len(members),
+                )
+            members = [m for m in members if m.request_id in claimed]
             if not members:
                 return None
             ids = [m.request_id for m in members]
@@ -590,6 +603,18 @@ class Ledger(SessionRecords, SpendingRecords):
                 count_attempt=True,
             )
             return self.batch(batch_key)
+
+    def _claim_queued(self, con: Connection, request_ids: Sequence[str]) -> set[str]:
+        """Of these requests, those this transaction may send: still queued (a cancel, or another flush that
+        committed first, took the others) and, on PostgreSQL, locked until it commits; rows a concurrent
+        flush has locked are skipped. So two flushes never send one request."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.store.dialect == "postgres" else ""
+        rows = con.execute(
+            "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = 'queued'"
+            + lock,
+            [list(request_ids)],
+        ).fetchall()
+        return {rid for (rid,) in rows}
 
     @staticmethod
     def request_states_in(con: Connection, request_ids: Sequence[str], state: RequestState) -> list[str]:

@@ -100,15 +100,25 @@ def test_batch_intent_moves_members_to_submitted_counts_an_attempt_and_numbers_l
     assert ledger.queued_rows() == []
 
 
-def test_batch_intent_with_a_member_already_submitted_raises_and_persists_nothing(ledger, queue, submit):
+def test_batch_intent_leaves_out_a_member_another_batch_took_since_planning(ledger, queue, submit):
     queue("a", "b")
+    rows = ledger.queued_rows()
+    submit("bpb_1", ["t-a"])  # another flush sent t-a after this one read the queue
+    record = ledger.create_batch_intent("bpb_2", rows[0].endpoint, "gpt-5-mini", rows)
+    assert record is not None and record.request_count == 1
+    assert ledger.batch_members("bpb_2") == {1: "t-b"}
+    assert ledger.batch_members("bpb_1") == {1: "t-a"}
+    assert attempts(ledger, "t-a") == 1  # its attempt is counted once, by the batch that sent it
+    assert ledger.check_invariants() == []
+
+
+def test_batch_intent_of_members_all_taken_persists_nothing(ledger, queue, submit):
+    queue("a")
     rows = ledger.queued_rows()
     submit("bpb_1", ["t-a"])
     before = table_counts(ledger)
-    with pytest.raises(StateTransitionError, match="submitted -> submitted"):
-        ledger.create_batch_intent("bpb_2", rows[0].endpoint, "gpt-5-mini", rows)
+    assert ledger.create_batch_intent("bpb_2", rows[0].endpoint, "gpt-5-mini", rows) is None
     assert table_counts(ledger) == before
-    assert ledger.request_states(["t-b"]) == {"t-b": RequestState.QUEUED}
     with pytest.raises(LedgerError):
         ledger.batch("bpb_2")
 
