@@ -206,6 +206,28 @@ class Ledger(SessionRecords, SpendingRecords):
             self._local.con = self._open(False)
 
     @contextmanager
+    def turn(self, name: str) -> Iterator[None]:
+        """Wait for this process's turn at `name` (one driver's tick), across every process on the ledger.
+
+        On DuckDB the file admits one writing process and Dagster's `ledger` pool one run: nothing to do. On
+        PostgreSQL many run at once, and two ticks stepping the same sessions would compute the same step
+        twice and could save a stale state over a newer one: they take turns on an advisory lock, held by
+        the unit's connection (PostgreSQL frees it if the process dies). Needs `unit()`."""
+        con = getattr(self._local, "con", None)
+        if self.store.dialect != "postgres" or getattr(self._local, "turn", None) == name:
+            yield
+            return
+        if con is None:
+            raise LedgerError("Ledger.turn needs a unit of work (Ledger.unit)")
+        con.execute("SELECT pg_advisory_lock(hashtext(?))", [name]).fetchall()
+        self._local.turn = name
+        try:
+            yield
+        finally:
+            self._local.turn = None
+            con.execute("SELECT pg_advisory_unlock(hashtext(?))", [name]).fetchall()
+
+    @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[Connection]:
         pinned = getattr(self._local, "con", None)
         if pinned is not None:

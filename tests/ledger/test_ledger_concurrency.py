@@ -76,3 +76,27 @@ def test_a_writer_that_loses_a_conflict_is_rolled_back_and_told_to_try_again(led
     worker.join(30)
     assert len(errors) == 1 and is_write_conflict(errors[0]) and is_transient(errors[0])
     assert first.request_rows(["t-a"])["t-a"].tier_reason == "first"  # the loser changed nothing
+
+
+def test_ticks_of_one_driver_take_turns_and_others_do_not_wait(ledgers):
+    first, second = ledgers
+    inside, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first_tick() -> None:
+        with first.unit(), first.turn("tick:dagster:*"):
+            order.append("first in")
+            inside.set()
+            assert release.wait(30)
+            order.append("first out")
+
+    worker = threading.Thread(target=first_tick)
+    worker.start()
+    assert inside.wait(30)
+    with second.unit(), second.turn("tick:cli:s1"):  # another driver's tick goes ahead at once
+        order.append("other driver")
+    threading.Timer(0.5, release.set).start()
+    with second.unit(), second.turn("tick:dagster:*"):  # the same driver's waits for the first to end
+        order.append("second in")
+    worker.join(30)
+    assert order == ["first in", "other driver", "first out", "second in"]
