@@ -172,6 +172,10 @@ class PostgresConnection:
     def close(self) -> None:
         self._con.close()
 
+    def stream(self, query: str, parameters: Any, size: int) -> Iterator[Any]:
+        """The rows of a query as the server sends them, `size` at a time (memory flat in the result's size)."""
+        yield from self._con.cursor().stream(_positional(query), parameters, size=size)
+
     def column_types(self, table: str) -> dict[str, str]:
         """Column name -> SQL type of one of the ledger's tables (fixed by schema.sql: read once per process)."""
         if table not in _COLUMN_TYPES:

@@ -650,12 +650,15 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def iter_batch_bodies(self, batch_key: str, chunk: int = 2_000) -> Iterator[tuple[int, str, str, str]]:
         """(line_no, custom_id, endpoint, body JSON) of a batch in line order, fetched in chunks."""
+        sql = (
+            "SELECT m.line_no, r.request_id, r.endpoint, r.body FROM batch_members m"
+            " JOIN requests r USING (request_id) WHERE m.batch_key = ? ORDER BY m.line_no"
+        )
         with self.connect() as con:
-            cursor = con.execute(
-                "SELECT m.line_no, r.request_id, r.endpoint, r.body FROM batch_members m"
-                " JOIN requests r USING (request_id) WHERE m.batch_key = ? ORDER BY m.line_no",
-                [batch_key],
-            )
+            if isinstance(con, PostgresConnection):
+                yield from con.stream(sql, [batch_key], chunk)  # psycopg would fetch every row at once
+                return
+            cursor = con.execute(sql, [batch_key])
             while rows := cursor.fetchmany(chunk):
                 yield from rows
 
