@@ -75,11 +75,12 @@ class Tick:
 
 def _one_ledger_connection(tick: Callable[[Driver], Tick]) -> Callable[[Driver], Tick]:
     """A tick is one unit of work on the ledger (`Ledger.unit`): one connection for all of its reads and
-    writes in this thread, and the file lock held only for as long as the tick takes."""
+    writes in this thread, and the file lock held only for as long as the tick takes. Two ticks of the same
+    sessions take turns (`Ledger.turn`: on PostgreSQL, where several processes write at once)."""
 
     @functools.wraps(tick)
     def in_one_unit(self: Driver) -> Tick:
-        with self.runtime.ledger.unit():
+        with self.runtime.ledger.unit(), self.runtime.ledger.turn(self.turn_name()):
             return tick(self)
 
     return in_one_unit
@@ -103,6 +104,12 @@ class Driver:
         self.clock = clock
 
     # -- scope -----------------------------------------------------------------------------------
+
+    def turn_name(self) -> str:
+        """What this driver's ticks take turns on: its owner, or the fixed sessions it drives (two CLIs of
+        different sessions share no session, so need not wait for each other)."""
+        fixed = ",".join(sorted(self.session_ids)) if self.session_ids is not None else "*"
+        return f"tick:{self.owner}:{fixed}"
 
     def owned(self) -> list[str] | None:
         """Every session this driver is responsible for, running or not (an ended session's batches still

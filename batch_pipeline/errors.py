@@ -20,7 +20,8 @@ Every error the project raises descends from one root; a `Transient` one is wait
 How the libraries' errors are read, by every driver, the batch core and the API:
 
     transient   (is_transient)   the API unreachable, timing out, 429/5xx, a 409 race; the ledger held by
-                                 another process; a download cut short -> back off and try again
+                                 another process or its server unreachable; a write that lost a conflict
+                                 (is_write_conflict); a download cut short -> back off and try again
     permanent   (is_permanent_ingest_error)  a batch's result file gone (404) -> end that batch, not the others
     fatal       (is_auth_error)  the API refuses the key (401/403) -> the sessions end `failed` with the reason
     anything else is a bug: it propagates with its traceback.
@@ -56,15 +57,18 @@ class DownloadIncomplete(Transient, IOError):
 
 
 def is_lock_error(exc: BaseException) -> bool:
-    """Another process holds the DuckDB file (its single-writer lock): worth a short, bounded retry."""
+    """The ledger cannot be opened now: another process holds the DuckDB file (its single-writer lock), or the
+    PostgreSQL server does not answer (restarting, or out of connections). Worth a short, bounded retry."""
     import duckdb
+    import psycopg
 
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.TransactionRollback):
+        return True
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def is_transient(exc: BaseException) -> bool:
     """Waiting and trying again may succeed; nothing is lost by doing so."""
-    import duckdb
     import openai
 
     if isinstance(
@@ -81,8 +85,19 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if is_lock_error(exc):
         return True
-    # Two connections of one process updating one row: the loser is told to try again.
-    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
+    return is_write_conflict(exc)
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Two writers changed the same rows at once and this one lost: its transaction was rolled back whole, as
+    if it had never started (DuckDB: two connections of one process updating one row; PostgreSQL: a
+    SERIALIZABLE transaction that could not be ordered, or a deadlock). Trying again is safe."""
+    import duckdb
+    import psycopg
+
+    if isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower():
+        return True
+    return isinstance(exc, (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected))
 
 
 def is_ledger_busy(exc: BaseException) -> bool:

@@ -66,7 +66,7 @@ def build_runtime(
     """Everything the pipeline needs, from settings; pass `client`, `ledger` or `image_store` to
     supply your own (tests, Dagster resources)."""
     client = client or openai.OpenAI(**settings.openai_client_kwargs())
-    ledger = ledger or Ledger(settings.home.ledger, clock=clock)
+    ledger = ledger or Ledger(settings.ledger_location, clock=clock)
     image_store = image_store or ImageStore(settings.home.images)
     catalog = PriceCatalog.load(extra=settings.batch_prices_file)
     manager = BatchLifecycle(

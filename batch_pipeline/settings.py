@@ -199,6 +199,11 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
 
     batch_pipeline_home: Path = Field(default=Path("var"), description="where the ledger, images and batch files live")
+    # The ledger on PostgreSQL (postgresql://user:password@host/db); unset: the DuckDB file under the home.
+    # Secret: the URL may carry a password.
+    batch_ledger_url: SecretStr | None = Field(
+        default=None, description="a postgresql:// URL: the ledger on PostgreSQL instead of the DuckDB file"
+    )
 
     # The HTTP API (`batch-pipeline api`). A bearer token is required whenever it binds to anything
     # but loopback; Host names and browser origins are allow-lists (comma-separated).
@@ -257,6 +262,13 @@ class Settings(BaseSettings):
     @property
     def home(self) -> PipelineHome:
         return PipelineHome(self.batch_pipeline_home)
+
+    @property
+    def ledger_location(self) -> str:
+        """Where the ledger lives (`ledger.db.open_store`): BATCH_LEDGER_URL, else the DuckDB file under the home."""
+        if self.batch_ledger_url is not None:
+            return self.batch_ledger_url.get_secret_value()
+        return str(self.home.ledger)
 
     def openai_client_kwargs(self) -> OpenAIClientKwargs:
         """Keyword arguments for `openai.OpenAI(...)`; the only place the API key is revealed."""

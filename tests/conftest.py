@@ -24,3 +24,29 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path) -> str:
+    """Where a test's ledger lives: a DuckDB file, then (the same test again) a fresh PostgreSQL database."""
+    if request.param == "duckdb":
+        return str(tmp_path / "state" / "ledger.duckdb")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def ledger_env(ledger_location: str) -> dict[str, str]:
+    """The settings that put a runtime's ledger where `ledger_location` says (DuckDB: the home's file)."""
+    return {"BATCH_LEDGER_URL": ledger_location} if ledger_location.startswith("postgresql://") else {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that names the DuckDB file (`ledger_path`: its lock, its bytes) is about that file: DuckDB only."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        duckdb_file = "ledger_path" in getattr(item, "fixturenames", ())
+        (drop if duckdb_file and params.get("ledger_location") == "postgres" else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import duckdb
+import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -375,7 +376,7 @@ def create_app(
                 try:
                     latest = await run_in_threadpool(_progress_snapshot, runtime, session_id)
                     snapshot = latest or snapshot
-                except (LedgerBusy, duckdb.IOException) as exc:  # another process writes: try again next time
+                except (LedgerBusy, duckdb.IOException, psycopg.OperationalError) as exc:  # busy: try again next time
                     if not is_ledger_busy(exc):
                         raise
 
@@ -434,6 +435,7 @@ def create_app(
             HTTPException: _http_error,
             LedgerBusy: _ledger_busy,
             duckdb.IOException: _ledger_io_error,
+            psycopg.OperationalError: _ledger_io_error,
             ValidationError: _internal_error,
             Exception: _internal_error,
         },

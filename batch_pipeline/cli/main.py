@@ -199,6 +199,7 @@ def startup_failure(exc: BaseException) -> str | None:
     """One line for the failures a user can fix (permissions, a locked or corrupt ledger, a refused key);
     None for anything else (a bug: keep its traceback)."""
     import duckdb
+    import psycopg
 
     from batch_pipeline.api.app import ApiConfigError
     from batch_pipeline.errors import is_ledger_busy
@@ -210,6 +211,9 @@ def startup_failure(exc: BaseException) -> str | None:
         return (
             f"cannot write {where} ({exc.strerror or exc}); set BATCH_PIPELINE_HOME or --home to a writable directory"
         )
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot reach the PostgreSQL ledger ({first[:200]}); check BATCH_LEDGER_URL and the server"
     if is_ledger_busy(exc):
         return (
             "the ledger is locked by another process (a Dagster run, another CLI or API); stop it or use "

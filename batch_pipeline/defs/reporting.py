@@ -4,7 +4,6 @@ The report itself is built by `batch_pipeline.cost_report`; this module only put
 """
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
@@ -13,7 +12,6 @@ from batch_pipeline.cost_report import build_cost_report, percent, saved_share
 from batch_pipeline.defs.batch_assets import batch_results
 from batch_pipeline.defs.resources import LEDGER_POOL, LedgerResource
 from batch_pipeline.defs.session_assets import queued_requests
-from batch_pipeline.settings import PipelineHome
 
 
 @dg.asset(
@@ -33,7 +31,7 @@ def cost_report(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg
     reader = ledger.reader(lock_timeout_s=10.0)
     report = build_cost_report(reader)
     # Reports live beside the ledger (BATCH_PIPELINE_HOME), one dated pair per materialisation day.
-    directory = PipelineHome(Path(ledger.database).parent).reports
+    directory = ledger.reports()
     files = report.write(directory, stem=f"cost_report-{datetime.now(UTC).date().isoformat()}")
     batch = report.by_tier().get("batch")
     context.log.info(

@@ -17,7 +17,7 @@ from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.settings import LOCAL_PLACEHOLDER_KEY, PipelineHome, Settings, load_settings
 
 # Every asset that writes the ledger runs in this pool; dagster_home/dagster.yaml limits it to one
-# run at a time, because DuckDB admits one writing process.
+# run at a time, because DuckDB admits one writing process (dagster.postgres.yaml admits more: PostgreSQL).
 LEDGER_POOL = "ledger"
 
 
@@ -33,7 +33,8 @@ class OpenAIResource(dg.ConfigurableResource):
 
 
 class LedgerResource(DuckDBResource):
-    """The DuckDB ledger file (`database`), handed out as the core `Ledger` or a read-only `LedgerReader`.
+    """The ledger (`database`: the DuckDB file, or a `postgresql://` URL given as `dg.EnvVar("BATCH_LEDGER_URL")`
+    so the UI never shows its password), handed out as the core `Ledger` or a read-only `LedgerReader`.
 
     Deliberately not `get_connection()`: DuckDBResource's connection is opened read-write only and is
     not closed when an exception escapes the `with` block, so a failing step would keep DuckDB's
@@ -42,6 +43,10 @@ class LedgerResource(DuckDBResource):
     """
 
     lock_timeout_s: float = Field(default=10.0, description="how long a writer waits for another process's lock")
+    reports_dir: str | None = Field(default=None, description="where the cost report writes (default: by the file)")
+
+    def reports(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else PipelineHome(Path(self.database).parent).reports
 
     def ledger(self) -> Ledger:
         return Ledger(self.database, lock_timeout_s=self.lock_timeout_s)
@@ -89,6 +94,9 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             # A URL is not a secret; left unset, the SDK uses its own default endpoint.
             base_url=settings.openai_base_url,
         ),
-        "ledger": LedgerResource(database=str(home.ledger)),
+        "ledger": LedgerResource(
+            database=dg.EnvVar("BATCH_LEDGER_URL") if settings.batch_ledger_url is not None else str(home.ledger),
+            reports_dir=str(home.reports),
+        ),
         "image_store": ImageStoreResource(root=str(home.images)),
     }

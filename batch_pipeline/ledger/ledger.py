@@ -17,14 +17,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerError, StateTransitionError, is_lock_error
-from batch_pipeline.ledger.db import arrow_view, insert_columns, insert_rows, one_row
+from batch_pipeline.ledger.db import (
+    Connection,
+    DuckDBStore,
+    PostgresConnection,
+    arrow_view,
+    insert_columns,
+    insert_rows,
+    one_row,
+    open_store,
+)
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
 from batch_pipeline.ledger.states import (
@@ -114,36 +122,46 @@ _OUTCOME_COLUMNS = (
 
 
 class Ledger(SessionRecords, SpendingRecords):
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
-        self.path = Path(path)
+    def __init__(self, location: Path | str, *, clock: Callable[[], float] = time.time, lock_timeout_s: float = 10.0):
+        """`location`: a DuckDB file path, or a `postgresql://` URL (`db.open_store`)."""
+        self.store = open_store(location)
         self.clock = clock
         self.lock_timeout_s = lock_timeout_s
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
+    @property
+    def path(self) -> Path:
+        """The DuckDB file (the default store); a PostgreSQL ledger has none."""
+        if not isinstance(self.store, DuckDBStore):
+            raise LedgerError(f"the ledger at {self.store} is not a file")
+        return self.store.path
+
     def _migrate(self) -> None:
-        """Create or migrate the schema once per process and file, not once per `Ledger` (each migration
+        """Create or migrate the schema once per process and store, not once per `Ledger` (each migration
         opens a connection: ~30 ms when no other is open, the cost of a small step)."""
-        with _writer_lock(self.path):
-            if self.path.exists() and _file_identity(self.path) in _MIGRATED:
+        with self.store.writer_lock():
+            if self.store.exists() and self.store.identity() in _MIGRATED:
                 return
             with self.transaction() as con:
+                if self.store.dialect == "postgres":
+                    # Two processes creating the same tables at once collide in PostgreSQL's catalog: take turns.
+                    con.execute("SELECT pg_advisory_xact_lock(hashtext('batch_pipeline.ledger.schema'))")
                 con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
                 _split_round_keys(con)
-            _MIGRATED.add(_file_identity(self.path))
+            _MIGRATED.add(self.store.identity())
 
     # -- connections -------------------------------------------------------------------------
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _open(self, read_only: bool) -> Connection:
         @retry(
             retry=retry_if_exception(is_lock_error),
             stop=stop_after_delay(self.lock_timeout_s),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         )
-        def open_() -> duckdb.DuckDBPyConnection:
-            return duckdb.connect(str(self.path), read_only=read_only)
+        def open_() -> Connection:
+            return self.store.open(read_only)
 
         return open_()
 
@@ -177,8 +195,8 @@ class Ledger(SessionRecords, SpendingRecords):
         transaction, or outside a unit, nothing is released.
         """
         con = getattr(self._local, "con", None)
-        if con is None or getattr(self._local, "in_transaction", False):
-            yield
+        if con is None or getattr(self._local, "in_transaction", False) or self.store.dialect == "postgres":
+            yield  # (PostgreSQL locks rows, not the database: there is nothing to let go of)
             return
         self._local.con = None
         con.close()
@@ -188,7 +206,29 @@ class Ledger(SessionRecords, SpendingRecords):
             self._local.con = self._open(False)
 
     @contextmanager
-    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def turn(self, name: str) -> Iterator[None]:
+        """Wait for this process's turn at `name` (one driver's tick), across every process on the ledger.
+
+        On DuckDB the file admits one writing process and Dagster's `ledger` pool one run: nothing to do. On
+        PostgreSQL many run at once, and two ticks stepping the same sessions would compute the same step
+        twice and could save a stale state over a newer one: they take turns on an advisory lock, held by
+        the unit's connection (PostgreSQL frees it if the process dies). Needs `unit()`."""
+        con = getattr(self._local, "con", None)
+        if self.store.dialect != "postgres" or getattr(self._local, "turn", None) == name:
+            yield
+            return
+        if con is None:
+            raise LedgerError("Ledger.turn needs a unit of work (Ledger.unit)")
+        con.execute("SELECT pg_advisory_lock(hashtext(?))", [name]).fetchall()
+        self._local.turn = name
+        try:
+            yield
+        finally:
+            self._local.turn = None
+            con.execute("SELECT pg_advisory_unlock(hashtext(?))", [name]).fetchall()
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[Connection]:
         pinned = getattr(self._local, "con", None)
         if pinned is not None:
             yield pinned
@@ -200,15 +240,20 @@ class Ledger(SessionRecords, SpendingRecords):
             con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A write transaction. Writers of one process take turns (`_writer_lock`): two threads updating
-        the same row at once would otherwise fail with DuckDB's "Conflict on update"; other processes
-        are kept out by DuckDB's own file lock."""
-        with _writer_lock(self.path), self.unit(), self.connect() as con:
+    def transaction(self, *, locks_its_rows: bool = False) -> Iterator[Connection]:
+        """A write transaction. On DuckDB the writers of one process take turns (`Store.writer_lock`): two
+        threads updating the same row at once would otherwise fail with "Conflict on update"; other
+        processes are kept out by DuckDB's own file lock. On PostgreSQL it is SERIALIZABLE (`PostgresStore`),
+        unless it `locks_its_rows`: it changes only rows it has locked first (`SELECT ... FOR UPDATE`) and rows
+        it inserts, so READ COMMITTED keeps it correct and concurrent claims of other rows do not conflict."""
+        with self.store.writer_lock(), self.unit(), self.connect() as con:
             if getattr(self._local, "in_transaction", False):
                 yield con  # joins the caller's transaction: all of it commits or none
                 return
-            con.begin()
+            if isinstance(con, PostgresConnection):
+                con.begin("READ COMMITTED" if locks_its_rows else "SERIALIZABLE")
+            else:
+                con.begin()
             self._local.in_transaction = True
             try:
                 yield con
@@ -237,7 +282,8 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.transaction() as con:
             known = dict(
                 con.execute(
-                    "SELECT request_id, body_hash FROM requests WHERE request_id IN (SELECT unnest(?))", [ids]
+                    "SELECT request_id, body_hash FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [ids],
                 ).fetchall()
             )
             for r in requests:
@@ -299,7 +345,7 @@ class Ledger(SessionRecords, SpendingRecords):
         tiers = [str(tier)] if isinstance(tier, str) else [str(t) for t in tier]
         sql = (
             "SELECT request_id, endpoint, model, line_bytes, est_prompt_tokens, tier, attempts FROM requests"
-            " WHERE state = 'queued' AND tier IN (SELECT unnest(?))"
+            " WHERE state = 'queued' AND tier IN (SELECT unnest(?::VARCHAR[]))"
             f" AND {_NOT_OF_AN_ENDED_SESSION}"
         )
         params: list[Any] = [tiers]
@@ -309,7 +355,7 @@ class Ledger(SessionRecords, SpendingRecords):
             sql += " AND session_id = ?"
             params.append(session_id)
         if session_ids is not None:
-            sql += " AND session_id IN (SELECT unnest(?))"
+            sql += " AND session_id IN (SELECT unnest(?::VARCHAR[]))"
             params.append(list(session_ids))
         with self.connect() as con:
             rows = con.execute(sql + " ORDER BY created_at, request_id", params).fetchall()
@@ -332,7 +378,7 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.connect() as con:
             rows = con.execute(
                 "SELECT DISTINCT session_id FROM requests WHERE state = 'queued'"
-                " AND session_id IN (SELECT unnest(?))"
+                " AND session_id IN (SELECT unnest(?::VARCHAR[]))"
                 " AND (tier IN ('standard', 'flex') OR (tier = 'batch' AND attempts > 0))",
                 [list(session_ids)],
             ).fetchall()
@@ -348,7 +394,7 @@ class Ledger(SessionRecords, SpendingRecords):
         )
         params: list[Any] = [str(tier)]
         if session_ids is not None:
-            sql += " AND session_id IN (SELECT unnest(?))"
+            sql += " AND session_id IN (SELECT unnest(?::VARCHAR[]))"
             params.append(list(session_ids))
         with self.connect() as con:
             count, oldest = one_row(con.execute(sql, params))
@@ -360,7 +406,7 @@ class Ledger(SessionRecords, SpendingRecords):
         sql = "SELECT request_id, state FROM requests"
         params: list[Any] = []
         if request_ids is not None:
-            sql += " WHERE request_id IN (SELECT unnest(?))"
+            sql += " WHERE request_id IN (SELECT unnest(?::VARCHAR[]))"
             params.append(list(request_ids))
         elif session_id is not None:
             sql += " WHERE session_id = ?"
@@ -372,8 +418,8 @@ class Ledger(SessionRecords, SpendingRecords):
         """`state_counts` of several sessions in one query."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT session_id, state, count(*) FROM requests WHERE session_id IN (SELECT unnest(?))"
-                " GROUP BY ALL ORDER BY 1, 2",
+                "SELECT session_id, state, count(*) FROM requests WHERE session_id IN (SELECT unnest(?::VARCHAR[]))"
+                " GROUP BY 1, 2 ORDER BY 1, 2",
                 [list(session_ids)],
             ).fetchall()
         found: dict[str, dict[str, int]] = {}
@@ -414,7 +460,7 @@ class Ledger(SessionRecords, SpendingRecords):
             if exclusive and b.status not in ENDED_STATUSES
         ]
 
-    def _cancel_queued(self, con: duckdb.DuckDBPyConnection, session_id: str, reason: str) -> list[str]:
+    def _cancel_queued(self, con: Connection, session_id: str, reason: str) -> list[str]:
         """End a session's queued requests as cancelled (they were never sent, so nothing is billed)."""
         rows = con.execute(
             "SELECT request_id, attempts, tier FROM requests WHERE session_id = ? AND state = 'queued'", [session_id]
@@ -451,11 +497,11 @@ class Ledger(SessionRecords, SpendingRecords):
         only_in_flight = "WHERE b.phase IN ('intent', 'uploaded', 'created')" if in_flight else ""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)},"
-                " bool_and(q.session_id = ?) AS exclusive"
-                " FROM batches b JOIN batch_members m USING (batch_key) JOIN requests q USING (request_id)"
-                f" {only_in_flight}"
-                " GROUP BY ALL HAVING bool_or(q.session_id = ?) ORDER BY b.created_at, b.batch_key",
+                f"SELECT {', '.join('b.' + c for c in BatchRecord.model_fields)}, x.exclusive FROM batches b JOIN ("
+                "  SELECT m.batch_key, bool_and(q.session_id = ?) AS exclusive"
+                "  FROM batch_members m JOIN requests q USING (request_id)"
+                "  GROUP BY m.batch_key HAVING bool_or(q.session_id = ?)) x USING (batch_key)"
+                f" {only_in_flight} ORDER BY b.created_at, b.batch_key",
                 [session_id, session_id],
             ).fetchall()
         return [(_batch_from_row(row[:-1]), bool(row[-1])) for row in rows]
@@ -469,7 +515,8 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.transaction() as con:
             tiers = dict(
                 con.execute(
-                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]
+                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(request_ids)],
                 ).fetchall()
             )
             # Counted as an attempt, so its result row is the request's final one (attempt = attempts).
@@ -484,7 +531,7 @@ class Ledger(SessionRecords, SpendingRecords):
             )
             attempts = dict(
                 con.execute(
-                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                     [list(request_ids)],
                 ).fetchall()
             )
@@ -505,7 +552,8 @@ class Ledger(SessionRecords, SpendingRecords):
         """Several requests in one query (opening a connection costs ~10 ms: never one per request)."""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {', '.join(RequestRow.model_fields)} FROM requests WHERE request_id IN (SELECT unnest(?))",
+                f"SELECT {', '.join(RequestRow.model_fields)} FROM requests"
+                f" WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                 [list(request_ids)],
             ).fetchall()
         return {row[0]: _request_from_row(row) for row in rows}
@@ -515,7 +563,7 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.connect() as con:
             rows = con.execute(
                 f"SELECT {_OUTCOME_COLUMNS} FROM results r JOIN requests q USING (request_id)"
-                " WHERE r.request_id IN (SELECT unnest(?)) AND r.attempt = q.attempts"
+                " WHERE r.request_id IN (SELECT unnest(?::VARCHAR[])) AND r.attempt = q.attempts"
                 " AND q.state IN ('succeeded', 'failed', 'expired', 'cancelled')",
                 [list(request_ids)],
             ).fetchall()
@@ -529,15 +577,22 @@ class Ledger(SessionRecords, SpendingRecords):
         """Persist a batch before anything is sent: its members move queued -> submitted.
 
         This is the first half of the two-phase submit; a crash after it is recovered by
-        reconciling with the remote batch list (see `jobs.BatchLifecycle.resume`).
+        reconciling with the remote batch list (see `jobs.BatchLifecycle.resume`). The batch holds the
+        members it can claim (`_claim_queued`); None if it can claim none.
         """
         if not members:
             raise LedgerError("a batch needs at least one request")
         now = self.clock()
-        with self.transaction() as con:
-            # A cancel between planning and here took some members: the batch holds only the others.
-            cancelled = set(self.request_states_in(con, [m.request_id for m in members], RequestState.CANCELLED))
-            members = [m for m in members if m.request_id not in cancelled]
+        with self.transaction(locks_its_rows=True) as con:
+            claimed = self._claim_queued(con, [m.request_id for m in members])
+            if len(claimed) < len(members):
+                log.info(
+                    "batch %s: %d of %d planned requests were taken meanwhile",
+                    batch_key,
+                    len(members) - len(claimed),
+                    len(members),
+                )
+            members = [m for m in members if m.request_id in claimed]
             if not members:
                 return None
             ids = [m.request_id for m in members]
@@ -571,24 +626,39 @@ class Ledger(SessionRecords, SpendingRecords):
             )
             return self.batch(batch_key)
 
+    def _claim_queued(self, con: Connection, request_ids: Sequence[str]) -> set[str]:
+        """Of these requests, those this transaction may send: still queued (a cancel, or another flush that
+        committed first, took the others) and, on PostgreSQL, locked until it commits; rows a concurrent
+        flush has locked are skipped. So two flushes never send one request."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.store.dialect == "postgres" else ""
+        rows = con.execute(
+            "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = 'queued'"
+            + lock,
+            [list(request_ids)],
+        ).fetchall()
+        return {rid for (rid,) in rows}
+
     @staticmethod
-    def request_states_in(con: duckdb.DuckDBPyConnection, request_ids: Sequence[str], state: RequestState) -> list[str]:
+    def request_states_in(con: Connection, request_ids: Sequence[str], state: RequestState) -> list[str]:
         return [
             rid
             for (rid,) in con.execute(
-                "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?)) AND state = ?",
+                "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = ?",
                 [list(request_ids), str(state)],
             ).fetchall()
         ]
 
     def iter_batch_bodies(self, batch_key: str, chunk: int = 2_000) -> Iterator[tuple[int, str, str, str]]:
         """(line_no, custom_id, endpoint, body JSON) of a batch in line order, fetched in chunks."""
+        sql = (
+            "SELECT m.line_no, r.request_id, r.endpoint, r.body FROM batch_members m"
+            " JOIN requests r USING (request_id) WHERE m.batch_key = ? ORDER BY m.line_no"
+        )
         with self.connect() as con:
-            cursor = con.execute(
-                "SELECT m.line_no, r.request_id, r.endpoint, r.body FROM batch_members m"
-                " JOIN requests r USING (request_id) WHERE m.batch_key = ? ORDER BY m.line_no",
-                [batch_key],
-            )
+            if isinstance(con, PostgresConnection):
+                yield from con.stream(sql, [batch_key], chunk)  # psycopg would fetch every row at once
+                return
+            cursor = con.execute(sql, [batch_key])
             while rows := cursor.fetchmany(chunk):
                 yield from rows
 
@@ -611,12 +681,12 @@ class Ledger(SessionRecords, SpendingRecords):
         """Batches (in these phases), oldest first; with `session_ids`, those holding any of their requests."""
         sql, params = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE true", []
         if phases is not None:
-            sql += " AND phase IN (SELECT unnest(?))"
+            sql += " AND phase IN (SELECT unnest(?::VARCHAR[]))"
             params.append([str(p) for p in phases])
         if session_ids is not None:
             sql += (
                 " AND batch_key IN (SELECT m.batch_key FROM batch_members m JOIN requests q USING (request_id)"
-                " WHERE q.session_id IN (SELECT unnest(?)))"
+                " WHERE q.session_id IN (SELECT unnest(?::VARCHAR[])))"
             )
             params.append(list(session_ids))
         with self.connect() as con:
@@ -686,7 +756,7 @@ class Ledger(SessionRecords, SpendingRecords):
             self._move_batch(con, batch_key, BatchPhase.ABANDONED, errors=orjson.dumps([{"message": reason}]).decode())
             self._fail_members(con, batch_key, reason, max_attempts)
 
-    def _fail_members(self, con: duckdb.DuckDBPyConnection, batch_key: str, reason: str, max_attempts: int) -> None:
+    def _fail_members(self, con: Connection, batch_key: str, reason: str, max_attempts: int) -> None:
         """A batch ended without results for its members (never created, or its files unreadable): each
         member's attempt is recorded as failed and retryable, and it goes back to the queue or, out of
         attempts, ends failed."""
@@ -816,7 +886,7 @@ class Ledger(SessionRecords, SpendingRecords):
                     attempts=members,
                 )
                 con.execute(
-                    "UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?))"
+                    "UPDATE requests SET tier = ?, tier_reason = ? WHERE request_id IN (SELECT unnest(?::VARCHAR[]))"
                     " AND state = 'queued'",
                     [deadline_tier, deadline_reason, unrun],
                 )
@@ -863,12 +933,16 @@ class Ledger(SessionRecords, SpendingRecords):
             con.execute(
                 "INSERT INTO batches (batch_key, endpoint, model, phase, status, request_count, input_bytes,"
                 " est_prompt_tokens, input_file_id, openai_batch_id, created_at, updated_at, duplicate_of)"
-                " SELECT ?, endpoint, model, 'created', ?, request_count, input_bytes, est_prompt_tokens,"
-                " input_file_id, ?, ?, ?, batch_key FROM batches WHERE batch_key = ?",
+                " SELECT CAST(? AS VARCHAR), endpoint, model, 'created', CAST(? AS VARCHAR), request_count"
+                ", input_bytes, est_prompt_tokens,"
+                " input_file_id, CAST(? AS VARCHAR), CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION)"
+                ", batch_key"
+                " FROM batches WHERE batch_key = ?",
                 [key, status, openai_batch_id, now, now, original_key],
             )
             con.execute(
-                "INSERT INTO batch_members SELECT ?, request_id, line_no FROM batch_members WHERE batch_key = ?",
+                "INSERT INTO batch_members SELECT CAST(? AS VARCHAR), request_id, line_no FROM batch_members"
+                " WHERE batch_key = ?",
                 [key, original_key],
             )
             return self.batch(key)
@@ -911,7 +985,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 )
                 attempts = dict(
                     con.execute(
-                        "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))",
+                        "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                         [sorted(queued)],
                     ).fetchall()
                 )
@@ -976,7 +1050,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 return []
             con.execute(
                 "UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason), lease_owner = ?,"
-                " lease_until = ? WHERE request_id IN (SELECT unnest(?))",
+                " lease_until = ? WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                 [str(tier), reason, lease_owner, self.clock() + lease_s, ids],
             )
             self._move_requests(
@@ -993,7 +1067,8 @@ class Ledger(SessionRecords, SpendingRecords):
         """Still working on them: push the leases of these running requests forward."""
         with self.transaction() as con:
             con.execute(
-                "UPDATE requests SET lease_until = ? WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                "UPDATE requests SET lease_until = ?"
+                " WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = 'running'",
                 [self.clock() + lease_s, list(request_ids)],
             )
 
@@ -1007,7 +1082,7 @@ class Ledger(SessionRecords, SpendingRecords):
         )
         params: list[Any] = []
         if session_ids is not None:
-            sql += " AND session_id IN (SELECT unnest(?))"
+            sql += " AND session_id IN (SELECT unnest(?::VARCHAR[]))"
             params.append(list(session_ids))
         with self.connect() as con:
             rows = con.execute(sql, params).fetchall()
@@ -1022,14 +1097,15 @@ class Ledger(SessionRecords, SpendingRecords):
             running = dict(
                 con.execute(
                     "SELECT request_id, attempts FROM requests"
-                    " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                    " WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = 'running'",
                     [[o.request_id for o in outcomes]],
                 ).fetchall()
             )
             lost = [o for o in outcomes if o.request_id in running]
             tiers = dict(
                 con.execute(
-                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?))", [list(running)]
+                    "SELECT request_id, tier FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(running)],
                 ).fetchall()
             )
             self._insert_results(
@@ -1046,7 +1122,8 @@ class Ledger(SessionRecords, SpendingRecords):
                 running,
             )
             con.execute(
-                "UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                "UPDATE requests SET lease_owner = NULL, lease_until = NULL"
+                " WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                 [[o.request_id for o in lost]],
             )
         return [o.request_id for o in lost]
@@ -1059,13 +1136,13 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.transaction() as con:
             con.execute(
                 "UPDATE requests SET tier = ?, tier_reason = coalesce(?, tier_reason) WHERE request_id IN"
-                " (SELECT unnest(?))",
+                " (SELECT unnest(?::VARCHAR[]))",
                 [str(tier), reason, [o.request_id for o in outcomes]],
             )
             attempts = dict(
                 con.execute(
                     "SELECT request_id, attempts FROM requests"
-                    " WHERE request_id IN (SELECT unnest(?)) AND state = 'running'",
+                    " WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND state = 'running'",
                     [[o.request_id for o in outcomes]],
                 ).fetchall()
             )
@@ -1075,7 +1152,7 @@ class Ledger(SessionRecords, SpendingRecords):
                     rid
                     for (rid,) in con.execute(
                         "SELECT r.request_id FROM results r"
-                        " WHERE r.request_id IN (SELECT unnest(?)) AND r.error_code = 'lost_in_flight'",
+                        " WHERE r.request_id IN (SELECT unnest(?::VARCHAR[])) AND r.error_code = 'lost_in_flight'",
                         [missing],
                     ).fetchall()
                 }
@@ -1093,7 +1170,8 @@ class Ledger(SessionRecords, SpendingRecords):
             self._insert_results(con, [(o, attempts[o.request_id], None, tier) for o in outcomes], now)
             self._apply_outcomes(con, list(outcomes), attempts, None, max_attempts)
             con.execute(
-                "UPDATE requests SET lease_owner = NULL, lease_until = NULL WHERE request_id IN (SELECT unnest(?))",
+                "UPDATE requests SET lease_owner = NULL, lease_until = NULL"
+                " WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                 [[o.request_id for o in outcomes]],
             )
 
@@ -1102,14 +1180,16 @@ class Ledger(SessionRecords, SpendingRecords):
         with self.transaction() as con:
             states = dict(
                 con.execute(
-                    "SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?))", [list(request_ids)]
+                    "SELECT request_id, state FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(request_ids)],
                 ).fetchall()
             )
             bad = [rid for rid in request_ids if states.get(rid) != RequestState.QUEUED]
             if bad:
                 raise StateTransitionError(f"only queued requests can change tier: {bad[:5]}")
             con.execute(
-                "UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?))",
+                "UPDATE requests SET tier = ?, tier_reason = ?, updated_at = ?"
+                " WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                 [str(tier), reason, self.clock(), list(request_ids)],
             )
 
@@ -1117,13 +1197,14 @@ class Ledger(SessionRecords, SpendingRecords):
         """For each body hash, the first succeeded, paid-for answer to an identical body, if any."""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT q.body_hash, {_OUTCOME_COLUMNS} FROM requests q"
-                " JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
-                " WHERE q.body_hash IN (SELECT unnest(?)) AND q.state = 'succeeded' AND r.tier != ?"
-                " QUALIFY row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) = 1",
+                f"SELECT * FROM (SELECT q.body_hash, {_OUTCOME_COLUMNS},"
+                "  row_number() OVER (PARTITION BY q.body_hash ORDER BY r.recorded_at, r.request_id) AS nth"
+                "  FROM requests q JOIN results r ON r.request_id = q.request_id AND r.attempt = q.attempts"
+                "  WHERE q.body_hash IN (SELECT unnest(?::VARCHAR[])) AND q.state = 'succeeded' AND r.tier != ?) f"
+                " WHERE nth = 1",
                 [list(body_hashes), str(Tier.CACHE)],
             ).fetchall()
-        return {row[0]: _outcome_from_row(row[1:]) for row in rows}
+        return {row[0]: _outcome_from_row(row[1:-1]) for row in rows}
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -1153,7 +1234,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def _move_requests(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: Connection,
         moves: dict[RequestState, list[str]],
         *,
         batch_key: str | None,
@@ -1216,7 +1297,7 @@ class Ledger(SessionRecords, SpendingRecords):
             with arrow_view(con, {"id": list(errors), "error": list(errors.values())}) as view:
                 con.execute(f"UPDATE requests SET last_error = e.error FROM {view} e WHERE requests.request_id = e.id")
 
-    def _move_batch(self, con: duckdb.DuckDBPyConnection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
+    def _move_batch(self, con: Connection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
         row = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
         if row is None:
             raise LedgerError(f"unknown batch {batch_key!r}")
@@ -1230,7 +1311,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def _apply_outcomes(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: Connection,
         outcomes: list[RequestOutcome],
         attempts: dict[str, int],
         batch_key: str | None,
@@ -1248,7 +1329,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def _apply_outcome_rows(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: Connection,
         ids: list[str],
         outcomes: list[str],
         messages: list[str | None],
@@ -1280,7 +1361,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     def _requeue_or_end(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: Connection,
         ids: list[str],
         end_state: RequestState,
         batch_key: str | None,
@@ -1295,7 +1376,7 @@ class Ledger(SessionRecords, SpendingRecords):
         if attempts is None:
             attempts = dict(
                 con.execute(
-                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?))", [ids]
+                    "SELECT request_id, attempts FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
                 ).fetchall()
             )
         # A request of a session that was cancelled (or ended) is never sent again: it ends cancelled.
@@ -1313,9 +1394,7 @@ class Ledger(SessionRecords, SpendingRecords):
         )
 
     @staticmethod
-    def _insert_results(
-        con: duckdb.DuckDBPyConnection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float
-    ) -> None:
+    def _insert_results(con: Connection, rows: list[tuple[RequestOutcome, int, str | None, Tier]], now: float) -> None:
         insert_rows(
             con,
             "results",
@@ -1346,7 +1425,7 @@ class Ledger(SessionRecords, SpendingRecords):
 
     @staticmethod
     def _insert_result_rows(
-        con: duckdb.DuckDBPyConnection,
+        con: Connection,
         rows: list[tuple],
         attempts: dict[str, int],
         batch_key: str | None,
@@ -1446,7 +1525,7 @@ _RESULT_COLUMNS = (
 )
 
 
-def _split_round_keys(con: duckdb.DuckDBPyConnection) -> None:
+def _split_round_keys(con: Connection) -> None:
     """Ledgers written before rounds were columns kept them as one `i{iteration}-{round}` key: split it, once."""
     if con.execute(
         "SELECT 1 FROM information_schema.columns WHERE table_name = 'requests' AND column_name = 'round_key'"
@@ -1458,23 +1537,9 @@ def _split_round_keys(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE requests DROP COLUMN round_key")
 
 
-_WRITER_LOCKS: dict[str, threading.RLock] = {}
-# Files whose schema this process has created or migrated, by identity: a file deleted and created again
+# Stores whose schema this process has created or migrated, by identity: a file deleted and created again
 # at the same path (tests, a user starting over) is migrated again.
 _MIGRATED: set[tuple[str, int, int]] = set()
-_WRITER_LOCKS_GUARD = threading.Lock()
-
-
-def _writer_lock(path: Path) -> threading.RLock:
-    """The one write lock of this process for a ledger file, shared by every `Ledger` on that file."""
-    key = str(Path(path).resolve())
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(key, threading.RLock())
-
-
-def _file_identity(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return str(path.resolve()), st.st_dev, st.st_ino
 
 
 def _request_from_row(row: tuple) -> RequestRow:
@@ -1482,23 +1547,23 @@ def _request_from_row(row: tuple) -> RequestRow:
     return RequestRow(**data | {"body": orjson.loads(data["body"])})
 
 
-def _ended_sessions(con: duckdb.DuckDBPyConnection, session_ids: Iterable[str]) -> set[str]:
+def _ended_sessions(con: Connection, session_ids: Iterable[str]) -> set[str]:
     """Which of these sessions exist and are no longer running."""
     return {
         sid
         for (sid,) in con.execute(
-            "SELECT session_id FROM sessions WHERE session_id IN (SELECT unnest(?)) AND status != 'running'",
+            "SELECT session_id FROM sessions WHERE session_id IN (SELECT unnest(?::VARCHAR[])) AND status != 'running'",
             [list(session_ids)],
         ).fetchall()
     }
 
 
-def _ended_sessions_of(con: duckdb.DuckDBPyConnection, request_ids: Iterable[str]) -> dict[str, str]:
+def _ended_sessions_of(con: Connection, request_ids: Iterable[str]) -> dict[str, str]:
     """Request id -> its session's status, for the requests whose session is no longer running."""
     return dict(
         con.execute(
             "SELECT q.request_id, s.status FROM requests q JOIN sessions s USING (session_id)"
-            " WHERE q.request_id IN (SELECT unnest(?)) AND s.status != 'running'",
+            " WHERE q.request_id IN (SELECT unnest(?::VARCHAR[])) AND s.status != 'running'",
             [list(request_ids)],
         ).fetchall()
     )

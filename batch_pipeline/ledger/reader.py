@@ -15,11 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batch_pipeline.errors import LedgerBusy, is_lock_error
-from batch_pipeline.ledger.db import one_row
+from batch_pipeline.ledger.db import Connection, one_row, open_store
 from batch_pipeline.ledger.spending import cost_figures_on
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import CostFigures
@@ -99,12 +98,13 @@ class BatchOverview:
 class LedgerReader:
     def __init__(
         self,
-        path: Path | str,
+        location: Path | str,
         *,
         lock_timeout_s: float = 2.0,
-        connection: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]] | None = None,
+        connection: Callable[[], AbstractContextManager[Connection]] | None = None,
     ):
-        self.path = Path(path)
+        """`location`: a DuckDB file path, or a `postgresql://` URL (`db.open_store`)."""
+        self.store = open_store(location)
         self.lock_timeout_s = lock_timeout_s
         self._connection = connection
 
@@ -113,13 +113,13 @@ class LedgerReader:
         """The same queries on a writer's connection (`Ledger.connect`, pinned inside `Ledger.unit`): a run
         that writes reads its views there, since DuckDB refuses a read-only connection beside a writing one
         in the same process."""
-        return cls(ledger.path, lock_timeout_s=ledger.lock_timeout_s, connection=ledger.connect)
+        return cls(ledger.store.location, lock_timeout_s=ledger.lock_timeout_s, connection=ledger.connect)
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self.store.exists()
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self) -> Iterator[Connection]:
         if self._connection is not None:
             with self._connection() as con:
                 yield con
@@ -131,14 +131,16 @@ class LedgerReader:
             wait=wait_random_exponential(multiplier=0.02, max=0.25),
             reraise=True,
         )
-        def open_() -> duckdb.DuckDBPyConnection:
-            return duckdb.connect(str(self.path), read_only=True)
+        def open_() -> Connection:
+            return self.store.open(read_only=True)
 
         try:
             con = open_()
-        except duckdb.IOException as exc:
+        except Exception as exc:
             if is_lock_error(exc):
-                raise LedgerBusy(f"ledger {self.path} stayed locked by a writer for {self.lock_timeout_s:g} s") from exc
+                raise LedgerBusy(
+                    f"ledger {self.store} stayed locked by a writer for {self.lock_timeout_s:g} s"
+                ) from exc
             raise
         try:
             yield con
@@ -154,12 +156,13 @@ class LedgerReader:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT s.session_id, s.iteration, s.next_round, count(q.request_id),"
-                " count(q.request_id) FILTER (WHERE q.state NOT IN (SELECT unnest(?))),"
+                " count(q.request_id) FILTER (WHERE q.state NOT IN (SELECT unnest(?::VARCHAR[]))),"
                 " coalesce(max(q.attempts) FILTER (WHERE q.state = 'queued' AND q.attempts > 0), 0), s.round_due_at"
                 " FROM sessions s LEFT JOIN requests q ON q.session_id = s.session_id"
                 "  AND q.iteration = s.iteration AND q.round = s.next_round"
                 " WHERE s.status = 'running' AND coalesce(s.config->>'driver', 'dagster') = 'dagster'"
-                " GROUP BY ALL ORDER BY min(s.created_at), s.session_id",
+                " GROUP BY s.session_id, s.iteration, s.next_round, s.round_due_at"
+                " ORDER BY min(s.created_at), s.session_id",
                 [list(_TERMINAL)],
             ).fetchall()
         return [SessionRound(*row) for row in rows]
@@ -169,7 +172,7 @@ class LedgerReader:
     ) -> tuple[list[SessionRound], QueueState, list[WatchedBatch]]:
         """What the pipeline sensor reads, on one connection: running sessions' rounds, the queue, watched batches."""
         with self.connect() as con:
-            one = LedgerReader(self.path, connection=lambda: nullcontext(con))
+            one = LedgerReader(self.store.location, connection=lambda: nullcontext(con))
             return one.running_session_rounds(), one.queue_state(settled_before=settled_before), one.watched_batches()
 
     def watched_batches(self) -> list[WatchedBatch]:
@@ -228,8 +231,8 @@ class LedgerReader:
             rows = con.execute(
                 "SELECT q.session_id, q.iteration, q.round, q.state, count(*) FROM requests q"
                 " JOIN rounds r USING (session_id, iteration, round)"
-                " WHERE q.session_id IN (SELECT unnest(?)) AND q.state NOT IN (SELECT unnest(?))"
-                " GROUP BY ALL ORDER BY 1, 2, 3, 4",
+                " WHERE q.session_id IN (SELECT unnest(?::VARCHAR[])) AND q.state NOT IN (SELECT unnest(?::VARCHAR[]))"
+                " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
                 [list(session_ids), list(_TERMINAL)],
             ).fetchall()
         out: dict[str, dict[RoundId, dict[str, int]]] = {}
@@ -248,9 +251,10 @@ class LedgerReader:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT q.session_id, tier, tier_reason, state, count(*) FROM requests q"
-                " JOIN (SELECT unnest(?) AS session_id, unnest(?) AS iteration, unnest(?) AS round) w"
+                " JOIN (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::INTEGER[]) AS iteration,"
+                "  unnest(?::VARCHAR[]) AS round) w"
                 "  ON q.session_id = w.session_id AND q.iteration = w.iteration AND q.round = w.round"
-                " GROUP BY ALL ORDER BY 1, 5 DESC, 2, 4",
+                " GROUP BY 1, 2, 3, 4 ORDER BY 1, 5 DESC, 2, 4",
                 [list(rounds), [r.iteration for r in rounds.values()], [r.round for r in rounds.values()]],
             ).fetchall()
         found: dict[str, list[tuple[str, str | None, str, int]]] = {}
@@ -280,7 +284,7 @@ class LedgerReader:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT session_id, config->>'budget_usd' FROM sessions"
-                " WHERE session_id IN (SELECT unnest(?)) AND config->>'budget_usd' IS NOT NULL",
+                " WHERE session_id IN (SELECT unnest(?::VARCHAR[])) AND config->>'budget_usd' IS NOT NULL",
                 [list(session_ids)],
             ).fetchall()
         return {session_id: Decimal(budget) for session_id, budget in rows}
@@ -290,10 +294,12 @@ class LedgerReader:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT b.batch_key, b.openai_batch_id, b.model, b.endpoint, b.phase, b.status, b.request_count,"
-                " b.completed_count, b.failed_count, list(DISTINCT q.session_id ORDER BY q.session_id)"
+                " b.completed_count, b.failed_count, array_agg(DISTINCT q.session_id ORDER BY q.session_id)"
                 "  FILTER (WHERE q.session_id IS NOT NULL), b.created_at"
                 " FROM batches b LEFT JOIN batch_members m USING (batch_key) LEFT JOIN requests q USING (request_id)"
-                " GROUP BY ALL ORDER BY b.created_at DESC, b.batch_key LIMIT ?",
+                " GROUP BY b.batch_key, b.openai_batch_id, b.model, b.endpoint, b.phase, b.status, b.request_count,"
+                "  b.completed_count, b.failed_count, b.created_at"
+                " ORDER BY b.created_at DESC, b.batch_key LIMIT ?",
                 [limit],
             ).fetchall()
         return [BatchOverview(*(*row[:9], tuple(row[9] or ()), row[10])) for row in rows]
@@ -304,9 +310,9 @@ class LedgerReader:
         """Spend by UTC day, model, tier and operation over every paid line (every attempt, duplicate lines too)."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT CAST(epoch_ms(CAST(floor(recorded_at * 1000) AS BIGINT)) AS DATE) AS day, model, tier,"
+                "SELECT CAST(to_timestamp(recorded_at) AT TIME ZONE 'UTC' AS DATE) AS day, model, tier,"
                 " operation, count(*), sum(input_tokens), sum(output_tokens), sum(images),"
-                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY ALL ORDER BY 1, 2, 3, 4"
+                " sum(cost_usd), sum(standard_cost_usd) FROM spend GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
             ).fetchall()
         return [
             CostRow(day, model, tier, op, n, int(i), int(o), int(im), Decimal(c), Decimal(s))

@@ -1,5 +1,5 @@
--- The ledger's tables. Times are epoch seconds (DOUBLE) from the caller's clock, so tests can
--- drive them; money is DECIMAL (12 places: a token costs fractions of a micro-dollar), never float.
+-- The ledger's tables, in the SQL DuckDB and PostgreSQL share. Times are epoch seconds (DOUBLE PRECISION) from
+-- the caller's clock, so tests can drive them; money is DECIMAL (12 places: a token costs fractions of a micro-dollar), never float.
 
 CREATE TABLE IF NOT EXISTS requests (
     request_id        VARCHAR PRIMARY KEY,   -- = the batch line's custom_id
@@ -18,14 +18,14 @@ CREATE TABLE IF NOT EXISTS requests (
     batch_key         VARCHAR,               -- the batch it is (or was last) a member of
     iteration         INTEGER,               -- with `round`, the session step that asked for it (RoundId)
     round             VARCHAR,               -- the search's round name (text | image | vision)
-    created_at        DOUBLE NOT NULL,
-    updated_at        DOUBLE NOT NULL,
+    created_at        DOUBLE PRECISION NOT NULL,
+    updated_at        DOUBLE PRECISION NOT NULL,
     last_error        VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS request_events (
     request_id VARCHAR NOT NULL,
-    event_at   DOUBLE NOT NULL,
+    event_at   DOUBLE PRECISION NOT NULL,
     from_state VARCHAR,
     to_state   VARCHAR NOT NULL,
     batch_key  VARCHAR,
@@ -43,29 +43,29 @@ CREATE TABLE IF NOT EXISTS batches (
     est_prompt_tokens BIGINT NOT NULL,
     input_file_id     VARCHAR,
     openai_batch_id   VARCHAR UNIQUE,
-    create_sent_at    DOUBLE,                -- when a create request last went out (it may land late)
+    create_sent_at    DOUBLE PRECISION,                -- when a create request last went out (it may land late)
     output_file_id    VARCHAR,
     error_file_id     VARCHAR,
     completed_count   INTEGER,
     failed_count      INTEGER,
     errors            JSON,
     polls             INTEGER NOT NULL DEFAULT 0,
-    created_at        DOUBLE NOT NULL,
-    updated_at        DOUBLE NOT NULL,
-    ended_at          DOUBLE
+    created_at        DOUBLE PRECISION NOT NULL,
+    updated_at        DOUBLE PRECISION NOT NULL,
+    ended_at          DOUBLE PRECISION
 );
 
 -- Ledgers made before these columns existed.
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS create_sent_at DOUBLE;
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS create_sent_at DOUBLE PRECISION;
 -- A create that may have landed without an answer: the remote list is swept for its key until then
 -- (the API's 24 h window), whatever else is in flight, so a late duplicate is found and accounted.
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS sweep_until DOUBLE;
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS sweep_until DOUBLE PRECISION;
 -- Ingestion attempts that failed on a permanent-looking error (unreadable file); bounded, never forever.
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS ingest_errors INTEGER DEFAULT 0;
 -- Set on a remote batch that carries another batch's key (a create that landed late): a duplicate.
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_owner VARCHAR;   -- the process running it (sync tiers)
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_until DOUBLE;    -- after this, a `running` row is lost
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION;    -- after this, a `running` row is lost
 -- Ledgers that kept the round as one 'i1-vision' key get the two columns (filled by Ledger._migrate).
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS iteration INTEGER;
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS round VARCHAR;
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS duplicate_results (
     images            INTEGER NOT NULL DEFAULT 0,
     cost_usd          DECIMAL(24, 12) NOT NULL DEFAULT 0,
     standard_cost_usd DECIMAL(24, 12) NOT NULL DEFAULT 0,
-    recorded_at       DOUBLE NOT NULL,
+    recorded_at       DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (batch_key, request_id)
 );
 
@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS results (
     cost_usd          DECIMAL(24, 12) NOT NULL DEFAULT 0,
     standard_cost_usd DECIMAL(24, 12) NOT NULL DEFAULT 0,
     price_version     VARCHAR,
-    recorded_at       DOUBLE NOT NULL,
+    recorded_at       DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (request_id, attempt)
 );
 
@@ -125,9 +125,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     next_round  VARCHAR,
     winner_id   VARCHAR,
     error       VARCHAR,
-    deadline_at DOUBLE NOT NULL,
-    created_at  DOUBLE NOT NULL,
-    updated_at  DOUBLE NOT NULL
+    deadline_at DOUBLE PRECISION NOT NULL,
+    created_at  DOUBLE PRECISION NOT NULL,
+    updated_at  DOUBLE PRECISION NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS candidates (
@@ -141,7 +141,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     critique     VARCHAR,
     image_path   VARCHAR,
     failed       BOOLEAN NOT NULL,
-    score        DOUBLE,                       -- combined Bradley-Terry score in the iteration it was ranked last
+    score        DOUBLE PRECISION,                       -- combined Bradley-Terry score in the iteration it was ranked last
     rank         INTEGER,
     survived     BOOLEAN,
     votes_won    INTEGER,
@@ -171,12 +171,11 @@ ALTER TABLE rounds ADD COLUMN IF NOT EXISTS seq INTEGER;  -- ledgers made before
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS deadline_tier VARCHAR;
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS deadline_reason VARCHAR;
 -- When the session's current round is due (deadlines.py plans it); the Dagster sensor ticks once it passes.
-ALTER TABLE sessions ADD COLUMN IF NOT EXISTS round_due_at DOUBLE;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS round_due_at DOUBLE PRECISION;
 
 -- Observed batch turnaround (create sent -> seen completed), by model, endpoint and size: the basis of
 -- completion estimates and of the tier policy's expected wait. Duplicates and batches we cancelled are no sample.
--- (IF NOT EXISTS: opening a ledger must not write it; a changed definition needs a new view name.)
-CREATE VIEW IF NOT EXISTS batch_turnaround AS
+CREATE OR REPLACE VIEW batch_turnaround AS
     SELECT model, endpoint, request_count, ended_at - coalesce(create_sent_at, created_at) AS seconds, ended_at
     FROM batches
     WHERE status = 'completed' AND ended_at IS NOT NULL AND duplicate_of IS NULL AND deadline_tier IS NULL;

@@ -115,7 +115,7 @@ class SessionRecords(LedgerCore):
                 for (sid,) in con.execute(
                     "UPDATE sessions SET state = v.state, status = v.status, iteration = v.iteration,"
                     " next_round = v.next_round, winner_id = v.winner_id, error = v.error, updated_at = ?"
-                    " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::VARCHAR[]) AS state,"
+                    " FROM (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::JSON[]) AS state,"
                     "  unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS iteration,"
                     "  unnest(?::VARCHAR[]) AS next_round,"
                     "  unnest(?::VARCHAR[]) AS winner_id, unnest(?::VARCHAR[]) AS error) v"
@@ -147,8 +147,8 @@ class SessionRecords(LedgerCore):
             if not saved:
                 return saved
             ids = [sid for sid in (x.session_id for x in saves) if sid in saved]
-            con.execute("DELETE FROM candidates WHERE session_id IN (SELECT unnest(?))", [ids])
-            con.execute("DELETE FROM rounds WHERE session_id IN (SELECT unnest(?))", [ids])
+            con.execute("DELETE FROM candidates WHERE session_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+            con.execute("DELETE FROM rounds WHERE session_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
             insert_rows(
                 con,
                 "candidates",
@@ -170,7 +170,7 @@ class SessionRecords(LedgerCore):
             con.execute(
                 "UPDATE rounds SET cost_usd = c.cost, standard_cost_usd = c.standard FROM ("
                 " SELECT session_id, iteration, round, sum(cost_usd) AS cost, sum(standard_cost_usd) AS standard"
-                " FROM spend WHERE session_id IN (SELECT unnest(?)) GROUP BY ALL) c"
+                " FROM spend WHERE session_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1, 2, 3) c"
                 " WHERE rounds.session_id = c.session_id AND c.iteration = rounds.iteration AND c.round = rounds.round",
                 [ids],
             )
@@ -199,9 +199,11 @@ class SessionRecords(LedgerCore):
         columns = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {columns}, min(q.created_at) FROM sessions s JOIN requests q ON q.session_id = s.session_id"
-                "  AND q.iteration = s.iteration AND q.round = s.next_round"
-                " WHERE s.status = 'running' GROUP BY ALL ORDER BY s.created_at, s.session_id"
+                f"SELECT {columns}, q.started FROM sessions s JOIN ("
+                "  SELECT session_id, iteration, round, min(created_at) AS started FROM requests"
+                "  GROUP BY session_id, iteration, round) q"
+                "  ON q.session_id = s.session_id AND q.iteration = s.iteration AND q.round = s.next_round"
+                " WHERE s.status = 'running' ORDER BY s.created_at, s.session_id"
             ).fetchall()
         return [(_session_from_row(row[:-1]), row[-1]) for row in rows]
 
@@ -216,7 +218,7 @@ class SessionRecords(LedgerCore):
         """Several sessions' rows and state JSON in one query."""
         with self.connect() as con:
             rows = con.execute(
-                f"SELECT {_SESSION_COLUMNS}, state FROM sessions WHERE session_id IN (SELECT unnest(?))",
+                f"SELECT {_SESSION_COLUMNS}, state FROM sessions WHERE session_id IN (SELECT unnest(?::VARCHAR[]))",
                 [list(session_ids)],
             ).fetchall()
         return {row[0]: (_session_from_row(row[:-1]), row[-1]) for row in rows}
@@ -248,7 +250,7 @@ class SessionRecords(LedgerCore):
         with self.connect() as con:
             cur = con.execute(
                 f"SELECT {', '.join(CandidateRow.model_fields)} FROM candidates"
-                " WHERE session_id IN (SELECT unnest(?))"
+                " WHERE session_id IN (SELECT unnest(?::VARCHAR[]))"
                 " ORDER BY session_id, iteration, rank NULLS LAST, candidate_id",
                 [list(session_ids)],
             )

@@ -10,26 +10,24 @@ from __future__ import annotations
 from decimal import Decimal
 from statistics import median
 
-import duckdb
-
-from batch_pipeline.ledger.db import LedgerCore, one_row
+from batch_pipeline.ledger.db import Connection, LedgerCore, one_row
 from batch_pipeline.records import CostFigures
 from batch_pipeline.vocabulary import RoundId
 
 
-def cost_figures_on(con: duckdb.DuckDBPyConnection, session_id: str | None = None) -> CostFigures:
+def cost_figures_on(con: Connection, session_id: str | None = None) -> CostFigures:
     """Paid; what the standard tier would have charged for the calls actually made (cache hits are no call);
     what the cache avoided (cache hits at the standard price). Duplicate lines are paid calls. Over the `spend`
     view, on an open connection (the ledger's or a read-only reader's)."""
     where, params = ("WHERE session_id = ?", [session_id]) if session_id is not None else ("", [])
     paid, standard, avoided, hits, calls, unpriced = one_row(
         con.execute(
-            "SELECT coalesce(sum(cost_usd) FILTER (counted_tier != 'cache'), 0),"
-            " coalesce(sum(standard_cost_usd) FILTER (counted_tier != 'cache'), 0),"
-            " coalesce(sum(standard_cost_usd) FILTER (counted_tier = 'cache'), 0),"
-            " count(*) FILTER (counted_tier = 'cache' AND outcome = 'succeeded'),"
-            " count(*) FILTER (counted_tier != 'cache' AND (outcome = 'succeeded' OR tier = 'duplicate')),"
-            " count(*) FILTER (unpriced)"
+            "SELECT coalesce(sum(cost_usd) FILTER (WHERE counted_tier != 'cache'), 0),"
+            " coalesce(sum(standard_cost_usd) FILTER (WHERE counted_tier != 'cache'), 0),"
+            " coalesce(sum(standard_cost_usd) FILTER (WHERE counted_tier = 'cache'), 0),"
+            " count(*) FILTER (WHERE counted_tier = 'cache' AND outcome = 'succeeded'),"
+            " count(*) FILTER (WHERE counted_tier != 'cache' AND (outcome = 'succeeded' OR tier = 'duplicate')),"
+            " count(*) FILTER (WHERE unpriced)"
             f" FROM spend {where}",
             params,
         )
@@ -70,7 +68,8 @@ class SpendingRecords(LedgerCore):
             return
         with self.transaction() as con:
             con.execute(
-                "UPDATE sessions s SET round_due_at = d.due FROM (SELECT unnest(?) AS sid, unnest(?) AS due) d"
+                "UPDATE sessions s SET round_due_at = d.due FROM (SELECT unnest(?::VARCHAR[]) AS sid,"
+                " unnest(?::DOUBLE PRECISION[]) AS due) d"
                 " WHERE s.session_id = d.sid AND s.round_due_at IS DISTINCT FROM d.due",
                 [list(due), list(due.values())],
             )
@@ -82,7 +81,8 @@ class SpendingRecords(LedgerCore):
             return {
                 k
                 for (k,) in con.execute(
-                    "SELECT batch_key FROM batches WHERE batch_key IN (SELECT unnest(?)) AND deadline_tier IS NOT NULL",
+                    "SELECT batch_key FROM batches"
+                    " WHERE batch_key IN (SELECT unnest(?::VARCHAR[])) AND deadline_tier IS NOT NULL",
                     [batch_keys],
                 ).fetchall()
             }
@@ -90,7 +90,9 @@ class SpendingRecords(LedgerCore):
     def observed_turnaround(self) -> dict[tuple[str, str], tuple[float, int]]:
         """(model, endpoint) -> (median seconds from create to completed, number of batches observed)."""
         with self.connect() as con:
-            rows = con.execute("SELECT model, endpoint, list(seconds) FROM batch_turnaround GROUP BY 1, 2").fetchall()
+            rows = con.execute(
+                "SELECT model, endpoint, array_agg(seconds) FROM batch_turnaround GROUP BY 1, 2"
+            ).fetchall()
         return {(model, endpoint): (float(median(seconds)), len(seconds)) for model, endpoint, seconds in rows}
 
     def observed_output_tokens(self) -> dict[tuple[str, str], tuple[float, int]]:

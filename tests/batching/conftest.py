@@ -20,8 +20,9 @@ from tests.conftest import ManualClock
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
-    return Ledger(tmp_path / "ledger.duckdb", clock=clock)
+def ledger(ledger_location: str, clock: ManualClock) -> Ledger:
+    """On each backend: the same test runs on DuckDB and on PostgreSQL."""
+    return Ledger(ledger_location, clock=clock)
 
 
 @pytest.fixture

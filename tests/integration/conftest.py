@@ -37,8 +37,9 @@ def client(base_url: str) -> openai.OpenAI:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.duckdb")
+def ledger(ledger_location: str) -> Ledger:
+    """On each backend: the same test runs on DuckDB and on PostgreSQL."""
+    return Ledger(ledger_location)
 
 
 @pytest.fixture

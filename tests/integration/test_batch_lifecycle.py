@@ -262,7 +262,7 @@ def test_process_killed_between_create_and_recording_id_reattaches_on_restart(le
         Ledger.mark_created = die
         client = openai.OpenAI(api_key="sk-test", base_url={base_url!r}, max_retries=0)
         files_dir = {str(tmp_path / "batch_files")!r}
-        BatchLifecycle(client, Ledger({str(ledger.path)!r}), files_dir=files_dir).submit_queued()
+        BatchLifecycle(client, Ledger({ledger.store.location!r}), files_dir=files_dir).submit_queued()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9, proc.stderr

@@ -29,16 +29,20 @@ def run_session(runtime, tier: str, session_id: str, params: SearchParams = PARA
     return runtime.sessions.state(sid)
 
 
-@pytest.fixture(scope="module")
-def tier_runs(tmp_path_factory):
-    """One N=9, M=3, K=3, E=3 session per tier, each in its own ledger, same seed."""
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def tier_runs(request, tmp_path_factory):
+    """One N=9, M=3, K=3, E=3 session per tier, each in its own ledger, same seed; on each backend."""
     from openai_simulator import Simulator, SimulatorConfig
 
     runs = {}
     for tier in ("standard", "flex", "batch"):
         home = tmp_path_factory.mktemp(tier)
+        env = {}
+        if request.param == "postgres":
+            server = request.getfixturevalue("postgres_server")  # (the run's server deletes it at the end)
+            env["BATCH_LEDGER_URL"] = server.url(server.create_database(f"tiers_{tier}"))
         with Simulator(SimulatorConfig(data_dir=home / "sim")).serve() as url:
-            runtime = runtime_for(url, home)
+            runtime = runtime_for(url, home, **env)
             runs[tier] = (run_session(runtime, tier, "s" + tier[:3]), runtime)
     return runs
 
@@ -89,8 +93,8 @@ def test_session_records_every_candidate_round_and_cost(tier_runs):
     assert sum(r["cost_usd"] for r in rounds) == runtime.ledger.session_costs("sbat")["batch"]["cost_usd"]
 
 
-def test_repeated_session_is_served_from_the_cache_at_zero_cost(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path)
+def test_repeated_session_is_served_from_the_cache_at_zero_cost(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     first = run_session(runtime, "standard", "first", SMALL)
     again = run_session(runtime, "standard", "again", SMALL)
     assert again.candidate(again.winner_id).combined == first.candidate(first.winner_id).combined
@@ -100,8 +104,8 @@ def test_repeated_session_is_served_from_the_cache_at_zero_cost(base_url, tmp_pa
     assert costs["cache"]["standard_cost_usd"] == runtime.ledger.session_costs("first")["standard"]["cost_usd"]
 
 
-def test_ensemble_votes_and_siblings_stay_independent_samples(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path)
+def test_ensemble_votes_and_siblings_stay_independent_samples(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     state = run_session(runtime, "standard", "indep", SMALL)
     with runtime.ledger.connect() as con:
         (duplicates,) = con.execute("SELECT count(*) - count(DISTINCT body_hash) FROM requests").fetchone()
@@ -109,31 +113,31 @@ def test_ensemble_votes_and_siblings_stay_independent_samples(base_url, tmp_path
     assert len(state.votes) > 0
 
 
-def test_resuming_in_a_fresh_process_after_every_step_gives_the_same_winner(base_url, tmp_path):
-    uninterrupted = run_session(runtime_for(base_url, tmp_path / "a"), "batch", "whole", SMALL)
+def test_resuming_in_a_fresh_process_after_every_step_gives_the_same_winner(base_url, tmp_path, ledger_env):
+    uninterrupted = run_session(runtime_for(base_url, tmp_path / "a"), "batch", "whole", SMALL)  # (DuckDB)
 
     home = tmp_path / "b"
-    sid = runtime_for(base_url, home).sessions.start(
+    sid = runtime_for(base_url, home, **ledger_env).sessions.start(
         SessionConfig(prompt=PROMPT, params=SMALL, tier="batch", session_id="parts")
     )
     for _ in range(200):
-        runtime = runtime_for(base_url, home)  # nothing survives between steps but files
+        runtime = runtime_for(base_url, home, **ledger_env)  # nothing survives between steps but files
         progress = runtime.sessions.advance(sid)
         if progress.finished:
             break
-        fresh = runtime_for(base_url, home)
+        fresh = runtime_for(base_url, home, **ledger_env)
         fresh.manager.refresh()
         fresh.manager.ingest_ended()
-    resumed = runtime_for(base_url, home).sessions.state(sid)
+    resumed = runtime_for(base_url, home, **ledger_env).sessions.state(sid)
     assert progress.status == "completed"
     assert resumed.candidate(resumed.winner_id).combined == uninterrupted.candidate(uninterrupted.winner_id).combined
     assert resumed.final_best_scores == uninterrupted.final_best_scores
 
 
-def test_expired_batch_falls_back_to_standard_when_the_deadline_is_near(base_url, sim, tmp_path):
+def test_expired_batch_falls_back_to_standard_when_the_deadline_is_near(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="expire", nth=1, times=1, params={"complete_fraction": 0.25}))
     # Deadline 30 min: too short for another batch (expected turnaround 1 h).
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     run_session(runtime, "batch", "fallbk", SMALL, deadline_hours=0.5)
     with runtime.ledger.connect() as con:
         rows = con.execute(
@@ -144,9 +148,9 @@ def test_expired_batch_falls_back_to_standard_when_the_deadline_is_near(base_url
     assert runtime.ledger.batches()[0].status == "expired"
 
 
-def test_expired_batch_is_resubmitted_as_a_batch_when_there_is_time(base_url, sim, tmp_path):
+def test_expired_batch_is_resubmitted_as_a_batch_when_there_is_time(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="expire", nth=1, times=1, params={"complete_fraction": 0.25}))
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     run_session(runtime, "batch", "rebatch", SMALL, deadline_hours=24)
     with runtime.ledger.connect() as con:
         tiers = dict(con.execute("SELECT tier, count(*) FROM requests GROUP BY 1").fetchall())
@@ -154,18 +158,18 @@ def test_expired_batch_is_resubmitted_as_a_batch_when_there_is_time(base_url, si
     assert [b.status for b in runtime.ledger.batches()][:2] == ["expired", "completed"]
 
 
-def test_flex_429_is_backed_off_then_falls_back_to_standard(base_url, sim, tmp_path):
+def test_flex_429_is_backed_off_then_falls_back_to_standard(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="http_429", service_tier="flex", params={"message": "Resource Unavailable"}))
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     run_session(runtime, "flex", "flex429", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         rows = con.execute("SELECT DISTINCT tier, tier_reason FROM requests WHERE operation != 'image'").fetchall()
     assert rows == [("standard", "flex unavailable (429 after retries); fell back to standard")]
 
 
-def test_flex_429_once_is_retried_on_flex(base_url, sim, tmp_path):
+def test_flex_429_once_is_retried_on_flex(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="http_429", service_tier="flex", times=1))
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     run_session(runtime, "flex", "flexok", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     assert set(runtime.ledger.session_costs("flexok")) == {"flex", "standard"}  # images have no flex
     with runtime.ledger.connect() as con:
@@ -174,8 +178,8 @@ def test_flex_429_once_is_retried_on_flex(base_url, sim, tmp_path):
         )
 
 
-def test_hybrid_mode_picks_a_tier_per_round_and_records_why(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path, BATCH_HYBRID_MODE="true")
+def test_hybrid_mode_picks_a_tier_per_round_and_records_why(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env, BATCH_HYBRID_MODE="true")
     run_session(runtime, "hybrid", "hyb", SMALL)
     with runtime.ledger.connect() as con:
         rows = dict(
@@ -189,33 +193,33 @@ def test_hybrid_mode_picks_a_tier_per_round_and_records_why(base_url, tmp_path):
     assert rows["i0-vision"].startswith("batch: hybrid: 12 compare requests")
 
 
-def test_hybrid_mode_avoids_batch_when_the_deadline_is_close(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path)
+def test_hybrid_mode_avoids_batch_when_the_deadline_is_close(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     run_session(runtime, "hybrid", "hybsoon", SMALL, deadline_hours=0.25)
     with runtime.ledger.connect() as con:
         tiers = {t for (t,) in con.execute("SELECT DISTINCT tier FROM requests").fetchall()}
     assert "batch" not in tiers
 
 
-def test_batch_disabled_runs_on_standard_and_says_why(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path, BATCH_API_ENABLED="false")
+def test_batch_disabled_runs_on_standard_and_says_why(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env, BATCH_API_ENABLED="false")
     run_session(runtime, "batch", "nobatch", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         reasons = {r for (r,) in con.execute("SELECT DISTINCT tier_reason FROM requests").fetchall()}
     assert reasons == {"batch requested but BATCH_API_ENABLED is off"}
 
 
-def test_vision_switch_off_keeps_votes_on_standard(base_url, tmp_path):
-    runtime = runtime_for(base_url, tmp_path, BATCH_VISION_ENABLED="false")
+def test_vision_switch_off_keeps_votes_on_standard(base_url, tmp_path, ledger_env):
+    runtime = runtime_for(base_url, tmp_path, **ledger_env, BATCH_VISION_ENABLED="false")
     run_session(runtime, "batch", "novis", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     with runtime.ledger.connect() as con:
         tiers = dict(con.execute("SELECT operation, any_value(tier) FROM requests GROUP BY 1").fetchall())
     assert tiers == {"expand": "batch", "image": "batch", "compare": "standard"}
 
 
-def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path):
+def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="content_policy", path=r"/v1/images/generations", times=1))
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     state = run_session(runtime, "standard", "policy", SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS))
     assert not any(c.failed for c in state.candidates)
     with runtime.ledger.connect() as con:
@@ -223,9 +227,9 @@ def test_refused_image_is_rephrased_and_retried_once(base_url, sim, tmp_path):
     assert ops["rephrase"] == 1 and ops["image"] == 3  # two images, one of them asked again
 
 
-def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
+def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path, ledger_env):
     sim.add_fault(FaultRule(kind="http_500", path=r"/v1/images/generations"))
-    runtime = runtime_for(base_url, tmp_path)
+    runtime = runtime_for(base_url, tmp_path, **ledger_env)
     sid = runtime.sessions.start(
         SessionConfig(
             prompt=PROMPT, params=SearchParams(N=2, M=1, K=1, E=1, **OLD_MODELS), tier="standard", session_id="fails"
@@ -236,7 +240,7 @@ def test_more_than_half_failed_images_fail_the_session(base_url, sim, tmp_path):
     assert runtime.ledger.session("fails").status == "failed"
 
 
-def test_sessions_stepped_together_stand_where_advance_would_leave_them(tmp_path):
+def test_sessions_stepped_together_stand_where_advance_would_leave_them(tmp_path, ledger_env):
     """`advance_many` takes the common step of many sessions at once; after it, `advance` of each finds
     nothing to change, and what it leaves to `advance` (here: a session with a budget) `advance` steps."""
     import time
@@ -244,7 +248,7 @@ def test_sessions_stepped_together_stand_where_advance_would_leave_them(tmp_path
     from openai_simulator import Simulator, SimulatorConfig
 
     with Simulator(SimulatorConfig(data_dir=tmp_path / "sim")).serve() as url:
-        runtime = runtime_for(url, tmp_path, BATCH_API_MODE="deferred", BATCH_FLUSH_MAX_AGE_SECONDS="0")
+        runtime = runtime_for(url, tmp_path, **ledger_env, BATCH_API_MODE="deferred", BATCH_FLUSH_MAX_AGE_SECONDS="0")
         ids = [
             runtime.sessions.start(
                 SessionConfig(

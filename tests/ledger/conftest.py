@@ -24,8 +24,9 @@ def ledger_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ledger(ledger_path: Path, clock: ManualClock) -> Ledger:
-    return Ledger(ledger_path, clock=clock)
+def ledger(ledger_location: str, clock: ManualClock) -> Ledger:
+    """On each backend: the same test runs on DuckDB and on PostgreSQL."""
+    return Ledger(ledger_location, clock=clock)
 
 
 @pytest.fixture
