@@ -121,7 +121,12 @@ class PostgresStore:
         return PostgresConnection(self.url, read_only=read_only)
 
     def exists(self) -> bool:
-        return True  # the database is made by whoever runs the server; its tables on first open
+        """The ledger's tables are there (the first `Ledger` makes them; readers before it find nothing)."""
+        con = self.open(read_only=True)
+        try:
+            return con.execute("SELECT to_regclass('sessions') IS NOT NULL").fetchone()[0]
+        finally:
+            con.close()
 
     def writer_lock(self) -> AbstractContextManager[Any]:
         return nullcontext()

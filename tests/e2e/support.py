@@ -82,10 +82,10 @@ def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: 
     return records[0].asset_materialization if records else None
 
 
-def assert_nothing_lost_or_sent_twice(ledger_path: Path, base_url: str) -> list:
+def assert_nothing_lost_or_sent_twice(ledger_location: Path | str, base_url: str) -> list:
     """Every request ended succeeded, the ledger's invariants hold, and the simulator holds exactly the
     batches the ledger recorded, each batch key once. Returns the remote batches."""
-    ledger = Ledger(ledger_path)
+    ledger = Ledger(ledger_location)
     assert ledger.check_invariants() == []
     assert set(ledger.state_counts()) == {"succeeded"}
     remote = list(openai.OpenAI(api_key="sk-test", base_url=base_url).batches.list(limit=100))

@@ -100,3 +100,12 @@ def test_ticks_of_one_driver_take_turns_and_others_do_not_wait(ledgers):
         order.append("second in")
     worker.join(30)
     assert order == ["first in", "other driver", "first out", "second in"]
+
+
+def test_a_reader_of_a_database_without_the_ledger_yet_finds_none(postgres_url, clock):
+    from batch_pipeline.ledger.reader import LedgerReader
+
+    reader = LedgerReader(postgres_url)
+    assert not reader.exists()  # a sensor before the first session skips instead of failing on a missing table
+    Ledger(postgres_url, clock=clock)
+    assert reader.exists()
