@@ -135,6 +135,17 @@ def test_a_locked_ledger_is_one_line(tmp_path, capsys):
     assert err.startswith("error: the ledger is locked by another process") and "Traceback" not in err
 
 
+def test_an_unreachable_postgres_ledger_is_one_line_without_its_password(tmp_path, capsys, monkeypatch):
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("BATCH_LEDGER_URL", f"postgresql://batch:hunter2-secret@127.0.0.1:{port}/ledger")
+    assert main(["search", "a fox", "-N", "2", "-M", "1", "-K", "1", "--home", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the PostgreSQL ledger") and "BATCH_LEDGER_URL" in err
+    assert "Traceback" not in err and "hunter2-secret" not in err
+
+
 def test_api_refuses_a_public_bind_without_a_token(capsys, monkeypatch):
     monkeypatch.delenv("BATCH_API_TOKEN", raising=False)
     assert main(["api", "--host", "0.0.0.0", "--port", "0"]) == 2

@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         help="prices for models the catalog lacks (JSON, the shape of batching/prices.json); "
         "the same as BATCH_PRICES_FILE; unset means the catalog alone",
     )
-    search.add_argument("--home", type=Path, default=None, help="ledger and images; unset means var/search")
+    search.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="ledger (unless BATCH_LEDGER_URL puts it on PostgreSQL) and images; unset means var/search",
+    )
     resume = search.add_mutually_exclusive_group()
     resume.add_argument(
         "--new",

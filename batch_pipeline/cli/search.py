@@ -105,7 +105,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         target = mask_url(env.get("OPENAI_BASE_URL")) or "the OpenAI API"
         print(
             f"{verb} {session_id} on tier {args.tier} against {target}; "
-            f"ledger {home}" + ("" if resumed or args.new else " (the same command resumes it if interrupted)")
+            f"ledger {runtime.ledger.store}"
+            + ("" if resumed or args.new else " (the same command resumes it if interrupted)")
         )
         print(f"estimated completion: {completion_line(runtime, session_id)}")
         progress = run_with_progress(runtime, session_id, rounds=dependent_rounds(config.params))

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from batch_pipeline.errors import LedgerError
+from batch_pipeline.settings import mask_url
 
 Dialect = Literal["duckdb", "postgres"]
 
@@ -135,16 +135,7 @@ class PostgresStore:
         return self.url, 0, 0
 
     def __str__(self) -> str:
-        return redact_url(self.url)
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+        return mask_url(self.url) or ""  # never its password
 
 
 class PostgresConnection:
