@@ -7,14 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import Processes, isolated_paths
+from tests.e2e.support import E2E_PASSWORD, Processes, isolated_paths
+from tests.postgres import dagster_pg_url
 
 
 @pytest.fixture
-def instance_storage() -> str:
-    """Where the isolated instance stores runs and events: "sqlite" (dagster.yaml) or "postgres"
-    (dagster.postgres.yaml; a module overriding this fixture sets DAGSTER_PG_URL before returning it)."""
-    return "sqlite"
+def dagster_db(postgres_database) -> str:
+    """A fresh PostgreSQL database for the instance's runs and events."""
+    return postgres_database("dagster_e2e")
+
+
+@pytest.fixture
+def instance_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the isolated instance stores runs and events: "sqlite" (dagster.yaml), or "postgres" for a module
+    that says `pytestmark = POSTGRES_INSTANCE` (dagster.postgres.yaml; DAGSTER_PG_URL, with `E2E_PASSWORD` in
+    it, points at `dagster_db` in this process and, through `dagster_env`, in every process it starts)."""
+    storage = getattr(request, "param", "sqlite")
+    if storage == "postgres":
+        monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(request.getfixturevalue("dagster_db"), E2E_PASSWORD))
+    return storage
 
 
 @pytest.fixture

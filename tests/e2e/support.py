@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 from pathlib import Path
 
 import dagster as dg
 import openai
+import pytest
 
 from batch_pipeline.cli.demo import (
     DemoPaths,
@@ -22,6 +24,11 @@ from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
+# Stands for a deployment's database password in the PostgreSQL-instance tests (the test server accepts any):
+# no file a test writes may hold it.
+E2E_PASSWORD = "pg-e2e-" + secrets.token_hex(8)
+# `pytestmark = POSTGRES_INSTANCE`: the module's tests run on dagster.postgres.yaml (conftest's instance_storage).
+POSTGRES_INSTANCE = pytest.mark.parametrize("instance_storage", ["postgres"], indirect=True)
 
 
 def isolated_paths(tmp_path: Path, storage: str = "sqlite") -> DemoPaths:

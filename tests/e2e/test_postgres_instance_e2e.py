@@ -3,30 +3,14 @@ open the instance from dagster.postgres.yaml and DAGSTER_PG_URL, and its history
 
 from __future__ import annotations
 
-import secrets
-
 import psycopg
 import pytest
 
 from batch_pipeline.cli.demo import dagster_env, launch_session
 from batch_pipeline.ledger.reader import LedgerReader
-from tests.e2e.support import wait_for
-from tests.postgres import dagster_pg_url
+from tests.e2e.support import E2E_PASSWORD, POSTGRES_INSTANCE, wait_for
 
-# Stands for a deployment's database password (the embedded server accepts any): no file may hold it.
-PASSWORD = "pg-e2e-" + secrets.token_hex(8)
-
-
-@pytest.fixture
-def dagster_db(postgres_database) -> str:
-    return postgres_database("dagster_e2e")
-
-
-@pytest.fixture
-def instance_storage(dagster_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    # Set before the instance is prepared; dagster_env copies it into every process's environment.
-    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(dagster_db, PASSWORD))
-    return "postgres"
+pytestmark = POSTGRES_INSTANCE
 
 
 @pytest.mark.slow
@@ -68,5 +52,5 @@ def test_the_daemon_runs_a_session_to_the_end_on_the_postgres_instance(tmp_path,
 
     # Nothing on disk holds the database password: process logs, compute logs, the ledger, the home.
     processes.stop_all()
-    holding = [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and E2E_PASSWORD.encode() in p.read_bytes()]
     assert holding == []

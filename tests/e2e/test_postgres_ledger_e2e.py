@@ -1,14 +1,13 @@
 """End to end with everything on PostgreSQL: the Dagster instance (dagster.postgres.yaml, its `ledger` pool at
-2) and the ledger (BATCH_LEDGER_URL). While a tick run's worker holds a batch create on the wire, two more sessions
-are launched: their launch runs write the ledger beside it (two run workers at once). Then that worker is
-SIGKILLed mid-flush. Nothing is lost, no batch
-is created twice and no request is in two batches; the DuckDB file is never made.
+2) and the ledger (BATCH_LEDGER_URL). While a tick run's worker holds a batch create on the wire, two more
+sessions are launched: their launch runs write the ledger beside it (two run workers at once). Then that
+worker is SIGKILLed mid-flush. Nothing is lost, no batch is created twice and no request is in two batches;
+the DuckDB file is never made.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import threading
 from itertools import combinations
@@ -20,34 +19,22 @@ import pytest
 from batch_pipeline.cli.demo import dagster_env, launch_session
 from batch_pipeline.ledger import Ledger
 from batch_pipeline.ledger.reader import LedgerReader
-from tests.e2e.support import assert_nothing_lost_or_sent_twice, wait_for
+from tests.e2e.support import E2E_PASSWORD, POSTGRES_INSTANCE, assert_nothing_lost_or_sent_twice, wait_for
 from tests.e2e.test_run_worker_killed_e2e import run_worker_pid
-from tests.postgres import dagster_pg_url
 
-PASSWORD = "pg-ledger-e2e-" + secrets.token_hex(8)  # stands for a deployment's password: no file may hold it
+pytestmark = POSTGRES_INSTANCE
 SESSIONS = ("pg-a", "pg-b", "pg-c")
 # The first create is held this long, within the client's timeout, so its worker waits in it: long enough to
 # launch two sessions beside it, then it is killed. The create lands anyway, before the resume looks for it
 # (CREATE_TIMEOUT_S + 30 s after it was sent).
-CREATE_HOLD_S = 30
-CREATE_TIMEOUT_S = 40
+CREATE_HOLD_S = 60  # `dagster job launch` alone took 30 s on a loaded 2-core machine
+CREATE_TIMEOUT_S = 90
 LEDGER_JOBS = ("launch_session", "tick_job")  # the runs that write the ledger (its pool)
-
-
-@pytest.fixture
-def dagster_db(postgres_database) -> str:
-    return postgres_database("dagster_e2e")
 
 
 @pytest.fixture
 def ledger_url(postgres_database) -> str:
     return postgres_database("ledger_e2e")
-
-
-@pytest.fixture
-def instance_storage(dagster_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(dagster_db, PASSWORD))
-    return "postgres"
 
 
 def overlapping(records: list[dg.RunRecord]) -> list[tuple[str, str]]:
@@ -107,7 +94,7 @@ def test_two_run_workers_write_the_postgres_ledger_at_once_and_a_killed_flush_se
                     created_after=instance.get_run_record_by_id(run_id).create_timestamp,
                 )
             ),
-            CREATE_HOLD_S - 3,
+            CREATE_HOLD_S - 5,
             logs,
             interval_s=0.2,
         )
@@ -121,12 +108,12 @@ def test_two_run_workers_write_the_postgres_ledger_at_once_and_a_killed_flush_se
             60,
             logs,
         )
-        # Three sessions of six rounds, 2.5 s batches, plus the wait-out of the lost create (40 + 30 s): about
-        # 200 s on an idle 2-core machine; 600 s leaves room for a loaded one.
+        # Three sessions of six rounds, 2.5 s batches, plus the wait-out of the lost create (90 + 30 s): about
+        # 250 s on an idle 2-core machine; 700 s leaves room for a loaded one.
         wait_for(
             "every session to complete",
             lambda: all((reader.session_status(sid) or ("",))[0] == "completed" for sid in SESSIONS),
-            600,
+            700,
             logs,
         )
         records = instance.get_run_records(dg.RunsFilter(job_name=None))
@@ -149,4 +136,4 @@ def test_two_run_workers_write_the_postgres_ledger_at_once_and_a_killed_flush_se
     assert not paths.ledger_path.exists(), "the ledger lives in PostgreSQL only"
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
-            assert PASSWORD.encode() not in path.read_bytes(), f"{path} holds the database password"
+            assert E2E_PASSWORD.encode() not in path.read_bytes(), f"{path} holds the database password"
