@@ -23,6 +23,8 @@ from batch_pipeline.records import QueuedRequest, canonical_body
 from batch_pipeline.vocabulary import Endpoint, RoundId, Tier
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# What `make_custom_id` keeps as it is: URL-safe, neither starting nor ending with "_", at most 64 characters.
+_SAFE_AS_IS = re.compile(rf"[A-Za-z0-9-](?:[A-Za-z0-9_-]{{0,{MAX_CUSTOM_ID_CHARS - 2}}}[A-Za-z0-9-])?")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Prompt-token estimate for an image part, by detail (OpenAI vision pricing: low is a fixed 85
 # tokens; high/auto up to 765 for a 1024px square). Estimates size batches to the token queue.
@@ -44,6 +46,8 @@ def make_custom_id(namespace: str, key: str) -> str:
     long keys that share a prefix still get different ids.
     """
     raw = f"{namespace}-{key}" if namespace else key
+    if _SAFE_AS_IS.fullmatch(raw):  # the common case, decided by one match: the rule below would keep it
+        return raw
     safe = _URL_SAFE.sub("_", raw).strip("_") or "r"
     if len(safe) <= MAX_CUSTOM_ID_CHARS and safe == raw:
         return safe
@@ -118,24 +122,25 @@ def build_request(
     # One serialisation: the hash, the line's length, the ledger's copy and the line all come from these bytes.
     body_bytes = canonical_body(body)
     endpoint = request.endpoint
-    # A custom_id is [A-Za-z0-9_-] only, so its JSON string is the id and two quotes.
-    line_len = len(request_id) + 2 + _HEAD_BYTES[endpoint] + len(body_bytes) + 1 + inline_extra
     # Every value is checked above (make_custom_id only makes valid ids): no second validation.
     return QueuedRequest.from_checked(
         body_bytes.decode(),  # text: orjson's bytes keep a 4 KB buffer each, a str is its exact size
-        request_id=request_id,
-        session_id=session_id,
-        operation=operation,
-        endpoint=endpoint,
-        model=request.model,
-        tier=tier,
-        tier_reason=tier_reason,
-        iteration=iteration,
-        round=round_,
-        body=body,
-        body_hash=_hash(endpoint, body_bytes),
-        est_prompt_tokens=est_tokens,
-        line_bytes=line_len,
+        {
+            "request_id": request_id,
+            "session_id": session_id,
+            "operation": operation,
+            "endpoint": endpoint,
+            "model": request.model,
+            "tier": tier,
+            "tier_reason": tier_reason,
+            "iteration": iteration,
+            "round": round_,
+            "body": body,
+            "body_hash": _hash(endpoint, body_bytes),
+            "est_prompt_tokens": est_tokens,
+            # A custom_id is [A-Za-z0-9_-] only, so its JSON string is the id and two quotes.
+            "line_bytes": len(request_id) + 2 + _HEAD_BYTES[endpoint] + len(body_bytes) + 1 + inline_extra,
+        },
     )
 
 
@@ -152,8 +157,10 @@ def jsonl_line(custom_id: str, endpoint: str, body: dict[str, Any]) -> bytes:
 
 
 def request_line(request: QueuedRequest) -> bytes:
-    """A queued request's input-file line (without the newline), from the body serialised at build time."""
-    return b"".join((_line_head(request.request_id, request.endpoint), request.body_text().encode(), b"}"))
+    """A queued request's input-file line (without the newline), from the body serialised at build time.
+
+    A custom_id is [A-Za-z0-9_-] only (`QueuedRequest` checks it), so its JSON string is the id in quotes."""
+    return (_LINE_TEMPLATE[request.endpoint] % (request.request_id, request.body_text())).encode()
 
 
 def body_hash(endpoint: str, body: dict[str, Any]) -> str:
@@ -174,6 +181,7 @@ def _line_head(custom_id: str, endpoint: str) -> bytes:
 # Per endpoint, computed once: the hash prefix and the bytes of a line's head besides the custom_id.
 _HASH_PREFIX: dict[str, bytes] = {e: str(e).encode() + b"\n" for e in Endpoint}
 _HEAD_BYTES = {e: len(_line_head("", e)) - len(orjson.dumps("")) for e in Endpoint}
+_LINE_TEMPLATE = {e: _line_head("%s", e).decode() + "%s}" for e in Endpoint}
 
 
 def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[str, Any], int, int]:
@@ -241,30 +249,40 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         raise RequestValidationError(req.key, "max_tokens", "must be at least 1")
     if max_completion_tokens is not None and max_completion_tokens < 1:
         raise RequestValidationError(req.key, "max_completion_tokens", "must be at least 1")
-    params = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_tokens": max_tokens,
-        "max_completion_tokens": max_completion_tokens,
-        "reasoning_effort": req.reasoning_effort,
-        "seed": req.seed,
-    }
     if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
         _check_extra(req.key, req.extra, ChatRequest.model_fields)
-    # keyed by the values' types too: 1 and 1.0 (and True) are equal keys but serialise differently
-    params = _normalised_params(req.model, tuple(params.items()), tuple(map(type, params.values())))
+    params = _normalised_params(
+        req.model, temperature, top_p, max_tokens, max_completion_tokens, req.reasoning_effort, req.seed
+    )
     body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
     if req.response_format is not None:
         body["response_format"] = req.response_format
     return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
 
 
-@functools.lru_cache(maxsize=1024)
-def _normalised_params(model: str, params: tuple[tuple[str, Any], ...], _types: tuple[type, ...]) -> dict[str, Any]:
+# typed: 1, 1.0 and True are equal arguments but serialise differently
+@functools.lru_cache(maxsize=1024, typed=True)
+def _normalised_params(
+    model: str,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+    max_completion_tokens: int | None,
+    reasoning_effort: str | None,
+    seed: int | None,
+) -> dict[str, Any]:
     """`normalise_chat_params` (a pure function of its arguments) remembered: a workload sends the same few
     parameter sets to the same few models, and the rule costs more than the rest of a body's checks. The
     dict returned is shared: callers copy it (a body unpacks it), never change it."""
-    return normalise_chat_params(model, dict(params))[0]
+    params = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "max_completion_tokens": max_completion_tokens,
+        "reasoning_effort": reasoning_effort,
+        "seed": seed,
+    }
+    return normalise_chat_params(model, params)[0]
 
 
 def _check_response_format(req: ChatRequest) -> None:
