@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 from typing import Any, Literal
 
@@ -111,9 +110,14 @@ def build_request(
         and (tier_reason is None or type(tier_reason) is str)
     ):
         _check_strings(request.key, operation=operation, session_id=session_id, tier_reason=tier_reason)
-    iteration, round_ = (None, None) if round_id is None else round_id
-    if round_id is not None and not (type(iteration) is int and type(round_) is str):
-        raise RequestValidationError(request.key, "round_id", f"must be (iteration: int, round: str), got {round_id!r}")
+    if round_id is None:
+        iteration = round_ = None
+    else:
+        iteration, round_ = round_id
+        if not (type(iteration) is int and type(round_) is str):
+            raise RequestValidationError(
+                request.key, "round_id", f"must be (iteration: int, round: str), got {round_id!r}"
+            )
     if type(tier) is not Tier:
         try:
             tier = Tier(tier)
@@ -316,7 +320,8 @@ def _image_body(req: ImageRequest) -> dict[str, Any]:
 
 
 def _estimate_chars_tokens(chars: int) -> int:
-    return max(1, math.ceil(chars / 4))
+    """A quarter of the characters, rounded up, at least 1 (integers only: no float division per request)."""
+    return (chars + 3) // 4 or 1
 
 
 def _estimate_text_tokens(text: str) -> int:
