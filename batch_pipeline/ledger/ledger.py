@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -790,18 +791,21 @@ class Ledger(SessionRecords, SpendingRecords):
                 (rid, str(Outcome.FAILED_RETRYABLE), None, None, None, missing_reason, 0, 0, 0, 0, 0, 0, None)
                 for rid in sorted(missing)
             ]  # nothing silently dropped
-            outcomes = [(row[0], row[1], row[5] or row[4]) for row in rows]
+            # the state moves' columns (id, outcome, error text), taken before the insert consumes the rows
+            ids, kinds = [row[0] for row in rows], [row[1] for row in rows]
+            messages = [row[5] or row[4] for row in rows]
             self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
             deadline_tier, deadline_reason = one_row(
                 con.execute("SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key])
             )
-            cancelled = [rid for rid, outcome, _ in outcomes if outcome == Outcome.CANCELLED] if deadline_tier else []
-            unrun = cancelled
-            unrun_ids = set(unrun)
-            ran = [o for o in outcomes if o[0] not in unrun_ids] if unrun else outcomes
-            self._apply_outcome_rows(
-                con, [o[0] for o in ran], [o[1] for o in ran], [o[2] for o in ran], members, batch_key, max_attempts
-            )
+            unrun: list[str] = []  # what a batch we cancelled at its round's deadline never ran
+            if deadline_tier:
+                unrun = [rid for rid, kind in zip(ids, kinds, strict=True) if kind == Outcome.CANCELLED]
+            if unrun:
+                unrun_ids = set(unrun)
+                ran = [rid not in unrun_ids for rid in ids]
+                ids, kinds, messages = (list(compress(column, ran)) for column in (ids, kinds, messages))
+            self._apply_outcome_rows(con, ids, kinds, messages, members, batch_key, max_attempts)
             if unrun:
                 # We cancelled this batch at its round's deadline: what never ran is finished on another tier
                 # (an attempt that was not the request's fault, so it does not count against max_attempts).
@@ -1377,15 +1381,16 @@ class Ledger(SessionRecords, SpendingRecords):
         while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
             chunk = rows[-RESULT_CHUNK:]
             del rows[-RESULT_CHUNK:]
-            values = list(zip(*(row[: len(names)] for row in chunk), strict=True))
             n = len(chunk)
-            del chunk
+            # one list per column, straight into Arrow: twice as fast as transposing the rows with zip (a slice of
+            # each row, a tuple per column), and no tuples left for the garbage collector to walk
             columns = {
-                name: pa.array(column, kind, memory_pool=pool)
-                for name, column, kind in zip(names, values, types, strict=True)
+                name: pa.array([row[at] for row in chunk], kind, memory_pool=pool)
+                for at, (name, kind) in enumerate(zip(names, types, strict=True))
             }
+            columns["attempt"] = pa.array([attempts[row[0]] for row in chunk], pa.int32())
+            del chunk
             columns |= {
-                "attempt": pa.array([attempts[r] for r in values[0]], pa.int32()),
                 "batch_key": pa.array([batch_key] * n, pa.string()),
                 "tier": pa.array([str(tier)] * n),
                 "recorded_at": pa.array([now] * n, pa.float64()),
