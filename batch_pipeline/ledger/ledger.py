@@ -1166,59 +1166,67 @@ class Ledger(SessionRecords, SpendingRecords):
         count_attempt: bool = False,
         errors: dict[str, str] | None = None,
     ) -> None:
-        all_ids = [rid for ids in moves.values() for rid in ids]
-        if not all_ids:
+        if not any(moves.values()):
             return
-        with arrow_view(con, {"id": all_ids}) as view:
-            current = dict(
-                con.execute(
-                    f"SELECT request_id, state FROM requests WHERE request_id IN (SELECT id FROM {view})"
-                ).fetchall()
-            )
         now = self.clock()
+        # Set-based, in SQL over an Arrow view of each move's ids and reasons: one check, the events (read from
+        # the states before the update), one update. No row per request comes back into Python.
         for to_state, ids in moves.items():
             if not ids:
                 continue
-            # the states this move may leave from, as stored: one set test per request, no enum per row
-            allowed = {
+            # the states this move may leave from
+            allowed = sorted(
                 str(state)
                 for state, targets in REQUEST_TRANSITIONS.items()
                 if to_state in targets and (not expect_from or state in expect_from)
-            }
-            for rid in ids:
-                if current.get(rid) not in allowed:
-                    if rid not in current:
-                        raise StateTransitionError(f"unknown request {rid!r}")
-                    raise StateTransitionError(
-                        f"request {rid!r}: {RequestState(current[rid])} -> {to_state} is not allowed"
-                    )
-            sets = "state = ?, updated_at = ?"
-            params: list[Any] = [str(to_state), now]
-            if batch_key is not None:
-                sets += ", batch_key = ?"
-                params.append(batch_key)
-            if count_attempt:
-                sets += ", attempts = attempts + 1"
-            with arrow_view(con, {"id": ids}) as view:
-                con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT id FROM {view})", params)
-            n = len(ids)
-            insert_columns(
-                con,
-                "request_events",
-                {
-                    "request_id": pa.array(ids, pa.string()),
-                    "event_at": pa.array([now] * n, pa.float64()),
-                    "from_state": pa.array([current[rid] for rid in ids], pa.string()),
-                    "to_state": pa.array([str(to_state)] * n, pa.string()),
-                    "batch_key": pa.array([batch_key] * n, pa.string()),
-                    "reason": pa.array(
-                        [errors.get(rid, reason) for rid in ids] if errors else [reason] * n, pa.string()
-                    ),
-                },
             )
+            reasons = [errors.get(rid, reason) for rid in ids] if errors else [reason] * len(ids)
+            with arrow_view(con, {"id": ids, "reason": reasons}) as view:
+                known = movable = 0
+                if allowed:
+                    in_allowed = f"r.state IN ({', '.join('?' * len(allowed))})"
+                    known, movable = one_row(
+                        con.execute(
+                            f"SELECT count(r.request_id), coalesce(sum(CASE WHEN {in_allowed} THEN 1 ELSE 0 END), 0)"
+                            f" FROM {view} v LEFT JOIN requests r ON r.request_id = v.id",
+                            allowed,
+                        )
+                    )
+                if known < len(ids) or movable < len(ids):
+                    self._refuse_move(con, view, ids, to_state, set(allowed))
+                con.execute(
+                    "INSERT INTO request_events (request_id, event_at, from_state, to_state, batch_key, reason)"
+                    f" SELECT v.id, ?, r.state, ?, ?, v.reason FROM {view} v JOIN requests r ON r.request_id = v.id",
+                    [now, str(to_state), batch_key],
+                )
+                sets = "state = ?, updated_at = ?"
+                params: list[Any] = [str(to_state), now]
+                if batch_key is not None:
+                    sets += ", batch_key = ?"
+                    params.append(batch_key)
+                if count_attempt:
+                    sets += ", attempts = attempts + 1"
+                con.execute(f"UPDATE requests SET {sets} WHERE request_id IN (SELECT id FROM {view})", params)
         if errors:
             with arrow_view(con, {"id": list(errors), "error": list(errors.values())}) as view:
                 con.execute(f"UPDATE requests SET last_error = e.error FROM {view} e WHERE requests.request_id = e.id")
+
+    @staticmethod
+    def _refuse_move(
+        con: duckdb.DuckDBPyConnection, view: str, ids: list[str], to_state: RequestState, allowed: set[str]
+    ) -> None:
+        """The first of `ids` (in their order) that is unknown or may not move to `to_state`, as the error."""
+        current = dict(
+            con.execute(f"SELECT r.request_id, r.state FROM {view} v JOIN requests r ON r.request_id = v.id").fetchall()
+        )
+        for rid in ids:
+            if current.get(rid) not in allowed:
+                if rid not in current:
+                    raise StateTransitionError(f"unknown request {rid!r}")
+                raise StateTransitionError(
+                    f"request {rid!r}: {RequestState(current[rid])} -> {to_state} is not allowed"
+                )
+        raise LedgerError(f"moving {len(ids)} requests to {to_state}: the check failed but no request is at fault")
 
     def _move_batch(self, con: duckdb.DuckDBPyConnection, batch_key: str, to_phase: BatchPhase, **fields: Any) -> None:
         row = con.execute("SELECT phase FROM batches WHERE batch_key = ?", [batch_key]).fetchone()
