@@ -103,7 +103,8 @@ def build_request(
         body, est_tokens, inline_extra = _chat_body(request, image_store)
     else:
         body, est_tokens, inline_extra = _image_body(request), _estimate_text_tokens(request.prompt), 0
-    request_id = make_custom_id(namespace, request.key)
+    fields = request.__dict__  # a pydantic model's attributes pass its `__getattr__` hook (~0.1 us each)
+    request_id = make_custom_id(namespace, fields["key"])
     if not (
         type(operation) is str
         and (session_id is None or type(session_id) is str)
@@ -125,7 +126,7 @@ def build_request(
             raise RequestValidationError(request.key, "tier", f"unknown tier {tier!r}") from None
     # One serialisation: the hash, the line's length, the ledger's copy and the line all come from these bytes.
     body_bytes = canonical_body(body)
-    endpoint = request.endpoint
+    endpoint = fields["endpoint"]
     # Every value is checked above (make_custom_id only makes valid ids): no second validation.
     return QueuedRequest.from_checked(
         body_bytes.decode(),  # text: orjson's bytes keep a 4 KB buffer each, a str is its exact size
@@ -134,7 +135,7 @@ def build_request(
             "session_id": session_id,
             "operation": operation,
             "endpoint": endpoint,
-            "model": request.model,
+            "model": fields["model"],
             "tier": tier,
             "tier_reason": tier_reason,
             "iteration": iteration,
@@ -189,12 +190,15 @@ _LINE_TEMPLATE = {e: _line_head("%s", e).decode() + "%s}" for e in Endpoint}
 
 
 def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[str, Any], int, int]:
-    if not req.model.strip():
+    fields = req.__dict__  # read once: each attribute of a pydantic model passes its `__getattr__` hook
+    model, messages, extra = fields["model"], fields["messages"], fields["extra"]
+    response_format = fields["response_format"]
+    if not model.strip():
         raise RequestValidationError(req.key, "model", "must not be empty")
-    if not req.messages:
+    if not messages:
         raise RequestValidationError(req.key, "messages", "must contain at least one message")
     text_chars, image_tokens, inline_extra = 0, 0, 0
-    for i, message in enumerate(req.messages):
+    for i, message in enumerate(messages):
         if message.get("role") not in _ROLES:
             raise RequestValidationError(req.key, f"messages[{i}].role", f"unknown role {message.get('role')!r}")
         content = message.get("content")
@@ -237,13 +241,13 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
                 image_tokens += IMAGE_TOKENS[detail]
             else:
                 raise RequestValidationError(req.key, f"{where}.type", f"unsupported part type {part.get('type')!r}")
-    if req.response_format is not None:
+    if response_format is not None:
         _check_response_format(req)
     temperature, top_p, max_tokens, max_completion_tokens = (
-        req.temperature,
-        req.top_p,
-        req.max_tokens,
-        req.max_completion_tokens,
+        fields["temperature"],
+        fields["top_p"],
+        fields["max_tokens"],
+        fields["max_completion_tokens"],
     )
     if temperature is not None and not 0 <= temperature <= 2:
         raise RequestValidationError(req.key, "temperature", f"out of range: {temperature}")
@@ -253,14 +257,14 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         raise RequestValidationError(req.key, "max_tokens", "must be at least 1")
     if max_completion_tokens is not None and max_completion_tokens < 1:
         raise RequestValidationError(req.key, "max_completion_tokens", "must be at least 1")
-    if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
-        _check_extra(req.key, req.extra, ChatRequest.model_fields)
+    if extra:  # reading `model_fields` costs microseconds: only when there is something to check
+        _check_extra(req.key, extra, ChatRequest.model_fields)
     params = _normalised_params(
-        req.model, temperature, top_p, max_tokens, max_completion_tokens, req.reasoning_effort, req.seed
+        model, temperature, top_p, max_tokens, max_completion_tokens, fields["reasoning_effort"], fields["seed"]
     )
-    body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
-    if req.response_format is not None:
-        body["response_format"] = req.response_format
+    body: dict[str, Any] = {"model": model, "messages": messages, **params, **extra}
+    if response_format is not None:
+        body["response_format"] = response_format
     return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
 
 
