@@ -7,6 +7,7 @@ time while another process holds DuckDB's single-writer lock.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -1412,6 +1413,26 @@ class Ledger(SessionRecords, SpendingRecords):
                     "standard_cost_usd": f"_standard_cost_units::DECIMAL(18, 0) * {_UNIT}",
                 },
             )
+            del columns
+            _release_freed_memory()  # the chunk's responses, freed by Python, back to the system as DuckDB grows
+
+
+def _release_freed_memory() -> None:
+    """Give memory Python has freed back to the system (glibc's `malloc_trim`; elsewhere nothing). Freed blocks
+    stay in the process otherwise, so an ingest would peak at Python's copy of a batch's responses plus DuckDB's:
+    trimming after each chunk lowered the peak of a 50,000-outcome ingest by about 30 MB (docs/PERFORMANCE.md)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 # Requests of a session that has ended (cancelled, failed, completed) are never sent: they are not the queue.
