@@ -57,15 +57,17 @@ class QueuedRequest(BaseModel):
             return text
 
     @classmethod
-    def from_checked(cls, body_text: str, **values: Any) -> QueuedRequest:
+    def from_checked(cls, body_text: str, values: dict[str, Any]) -> QueuedRequest:
         """A request from values its builder has already checked (`batching.requests.build_request`), without
         validating them again: every field given, of its declared type, the custom_id made by `make_custom_id`
         and `body_text` the canonical serialisation of `body`. Equal to `QueuedRequest(**values)` (a test holds
-        this); validating costs about as much again as building the whole request."""
-        request = cls.__new__(cls)
-        _set = object.__setattr__
+        this); validating costs about as much again as building the whole request. `values` becomes the
+        model's `__dict__` (not copied)."""
+        request = _new(cls)
         _set(request, "__dict__", values)
-        _set(request, "__pydantic_fields_set__", set(values))
+        # every field is set, so every request's set is the same: one shared set (pydantic only ever adds to it
+        # a name assigned later, which is in it already, or copies it)
+        _set(request, "__pydantic_fields_set__", _ALL_FIELDS)
         _set(request, "__pydantic_extra__", None)
         _set(request, "__pydantic_private__", None)
         _set(request, "_body_text", body_text)
@@ -76,6 +78,10 @@ class QueuedRequest(BaseModel):
         if not _CUSTOM_ID.match(self.request_id):
             raise ValueError(f"request_id {self.request_id!r} is not a valid custom_id (<=64 chars, [A-Za-z0-9_-])")
         return self
+
+
+_new, _set = object.__new__, object.__setattr__
+_ALL_FIELDS = set(QueuedRequest.model_fields)
 
 
 def canonical_body(body: dict[str, Any]) -> bytes:

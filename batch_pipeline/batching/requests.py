@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 from typing import Any, Literal
 
@@ -23,6 +22,8 @@ from batch_pipeline.records import QueuedRequest, canonical_body
 from batch_pipeline.vocabulary import Endpoint, RoundId, Tier
 
 _URL_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# What `make_custom_id` keeps as it is: URL-safe, neither starting nor ending with "_", at most 64 characters.
+_SAFE_AS_IS = re.compile(rf"[A-Za-z0-9-](?:[A-Za-z0-9_-]{{0,{MAX_CUSTOM_ID_CHARS - 2}}}[A-Za-z0-9-])?")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Prompt-token estimate for an image part, by detail (OpenAI vision pricing: low is a fixed 85
 # tokens; high/auto up to 765 for a 1024px square). Estimates size batches to the token queue.
@@ -44,6 +45,8 @@ def make_custom_id(namespace: str, key: str) -> str:
     long keys that share a prefix still get different ids.
     """
     raw = f"{namespace}-{key}" if namespace else key
+    if _SAFE_AS_IS.fullmatch(raw):  # the common case, decided by one match: the rule below would keep it
+        return raw
     safe = _URL_SAFE.sub("_", raw).strip("_") or "r"
     if len(safe) <= MAX_CUSTOM_ID_CHARS and safe == raw:
         return safe
@@ -100,16 +103,22 @@ def build_request(
         body, est_tokens, inline_extra = _chat_body(request, image_store)
     else:
         body, est_tokens, inline_extra = _image_body(request), _estimate_text_tokens(request.prompt), 0
-    request_id = make_custom_id(namespace, request.key)
+    fields = request.__dict__  # a pydantic model's attributes pass its `__getattr__` hook (~0.1 us each)
+    request_id = make_custom_id(namespace, fields["key"])
     if not (
         type(operation) is str
         and (session_id is None or type(session_id) is str)
         and (tier_reason is None or type(tier_reason) is str)
     ):
         _check_strings(request.key, operation=operation, session_id=session_id, tier_reason=tier_reason)
-    iteration, round_ = (None, None) if round_id is None else round_id
-    if round_id is not None and not (type(iteration) is int and type(round_) is str):
-        raise RequestValidationError(request.key, "round_id", f"must be (iteration: int, round: str), got {round_id!r}")
+    if round_id is None:
+        iteration = round_ = None
+    else:
+        iteration, round_ = round_id
+        if not (type(iteration) is int and type(round_) is str):
+            raise RequestValidationError(
+                request.key, "round_id", f"must be (iteration: int, round: str), got {round_id!r}"
+            )
     if type(tier) is not Tier:
         try:
             tier = Tier(tier)
@@ -117,25 +126,26 @@ def build_request(
             raise RequestValidationError(request.key, "tier", f"unknown tier {tier!r}") from None
     # One serialisation: the hash, the line's length, the ledger's copy and the line all come from these bytes.
     body_bytes = canonical_body(body)
-    endpoint = request.endpoint
-    # A custom_id is [A-Za-z0-9_-] only, so its JSON string is the id and two quotes.
-    line_len = len(request_id) + 2 + _HEAD_BYTES[endpoint] + len(body_bytes) + 1 + inline_extra
+    endpoint = fields["endpoint"]
     # Every value is checked above (make_custom_id only makes valid ids): no second validation.
     return QueuedRequest.from_checked(
         body_bytes.decode(),  # text: orjson's bytes keep a 4 KB buffer each, a str is its exact size
-        request_id=request_id,
-        session_id=session_id,
-        operation=operation,
-        endpoint=endpoint,
-        model=request.model,
-        tier=tier,
-        tier_reason=tier_reason,
-        iteration=iteration,
-        round=round_,
-        body=body,
-        body_hash=_hash(endpoint, body_bytes),
-        est_prompt_tokens=est_tokens,
-        line_bytes=line_len,
+        {
+            "request_id": request_id,
+            "session_id": session_id,
+            "operation": operation,
+            "endpoint": endpoint,
+            "model": fields["model"],
+            "tier": tier,
+            "tier_reason": tier_reason,
+            "iteration": iteration,
+            "round": round_,
+            "body": body,
+            "body_hash": _hash(endpoint, body_bytes),
+            "est_prompt_tokens": est_tokens,
+            # A custom_id is [A-Za-z0-9_-] only, so its JSON string is the id and two quotes.
+            "line_bytes": len(request_id) + 2 + _HEAD_BYTES[endpoint] + len(body_bytes) + 1 + inline_extra,
+        },
     )
 
 
@@ -152,8 +162,10 @@ def jsonl_line(custom_id: str, endpoint: str, body: dict[str, Any]) -> bytes:
 
 
 def request_line(request: QueuedRequest) -> bytes:
-    """A queued request's input-file line (without the newline), from the body serialised at build time."""
-    return b"".join((_line_head(request.request_id, request.endpoint), request.body_text().encode(), b"}"))
+    """A queued request's input-file line (without the newline), from the body serialised at build time.
+
+    A custom_id is [A-Za-z0-9_-] only (`QueuedRequest` checks it), so its JSON string is the id in quotes."""
+    return (_LINE_TEMPLATE[request.endpoint] % (request.request_id, request.body_text())).encode()
 
 
 def body_hash(endpoint: str, body: dict[str, Any]) -> str:
@@ -174,15 +186,19 @@ def _line_head(custom_id: str, endpoint: str) -> bytes:
 # Per endpoint, computed once: the hash prefix and the bytes of a line's head besides the custom_id.
 _HASH_PREFIX: dict[str, bytes] = {e: str(e).encode() + b"\n" for e in Endpoint}
 _HEAD_BYTES = {e: len(_line_head("", e)) - len(orjson.dumps("")) for e in Endpoint}
+_LINE_TEMPLATE = {e: _line_head("%s", e).decode() + "%s}" for e in Endpoint}
 
 
 def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[str, Any], int, int]:
-    if not req.model.strip():
+    fields = req.__dict__  # read once: each attribute of a pydantic model passes its `__getattr__` hook
+    model, messages, extra = fields["model"], fields["messages"], fields["extra"]
+    response_format = fields["response_format"]
+    if not model.strip():
         raise RequestValidationError(req.key, "model", "must not be empty")
-    if not req.messages:
+    if not messages:
         raise RequestValidationError(req.key, "messages", "must contain at least one message")
     text_chars, image_tokens, inline_extra = 0, 0, 0
-    for i, message in enumerate(req.messages):
+    for i, message in enumerate(messages):
         if message.get("role") not in _ROLES:
             raise RequestValidationError(req.key, f"messages[{i}].role", f"unknown role {message.get('role')!r}")
         content = message.get("content")
@@ -225,13 +241,13 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
                 image_tokens += IMAGE_TOKENS[detail]
             else:
                 raise RequestValidationError(req.key, f"{where}.type", f"unsupported part type {part.get('type')!r}")
-    if req.response_format is not None:
+    if response_format is not None:
         _check_response_format(req)
     temperature, top_p, max_tokens, max_completion_tokens = (
-        req.temperature,
-        req.top_p,
-        req.max_tokens,
-        req.max_completion_tokens,
+        fields["temperature"],
+        fields["top_p"],
+        fields["max_tokens"],
+        fields["max_completion_tokens"],
     )
     if temperature is not None and not 0 <= temperature <= 2:
         raise RequestValidationError(req.key, "temperature", f"out of range: {temperature}")
@@ -241,30 +257,40 @@ def _chat_body(req: ChatRequest, image_store: ImageStore | None) -> tuple[dict[s
         raise RequestValidationError(req.key, "max_tokens", "must be at least 1")
     if max_completion_tokens is not None and max_completion_tokens < 1:
         raise RequestValidationError(req.key, "max_completion_tokens", "must be at least 1")
+    if extra:  # reading `model_fields` costs microseconds: only when there is something to check
+        _check_extra(req.key, extra, ChatRequest.model_fields)
+    params = _normalised_params(
+        model, temperature, top_p, max_tokens, max_completion_tokens, fields["reasoning_effort"], fields["seed"]
+    )
+    body: dict[str, Any] = {"model": model, "messages": messages, **params, **extra}
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
+
+
+# typed: 1, 1.0 and True are equal arguments but serialise differently
+@functools.lru_cache(maxsize=1024, typed=True)
+def _normalised_params(
+    model: str,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+    max_completion_tokens: int | None,
+    reasoning_effort: str | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    """`normalise_chat_params` (a pure function of its arguments) remembered: a workload sends the same few
+    parameter sets to the same few models, and the rule costs more than the rest of a body's checks. The
+    dict returned is shared: callers copy it (a body unpacks it), never change it."""
     params = {
         "temperature": temperature,
         "top_p": top_p,
         "max_tokens": max_tokens,
         "max_completion_tokens": max_completion_tokens,
-        "reasoning_effort": req.reasoning_effort,
-        "seed": req.seed,
+        "reasoning_effort": reasoning_effort,
+        "seed": seed,
     }
-    if req.extra:  # reading `model_fields` costs microseconds: only when there is something to check
-        _check_extra(req.key, req.extra, ChatRequest.model_fields)
-    # keyed by the values' types too: 1 and 1.0 (and True) are equal keys but serialise differently
-    params = _normalised_params(req.model, tuple(params.items()), tuple(map(type, params.values())))
-    body: dict[str, Any] = {"model": req.model, "messages": req.messages, **params, **req.extra}
-    if req.response_format is not None:
-        body["response_format"] = req.response_format
-    return body, _estimate_chars_tokens(text_chars) + image_tokens, inline_extra
-
-
-@functools.lru_cache(maxsize=1024)
-def _normalised_params(model: str, params: tuple[tuple[str, Any], ...], _types: tuple[type, ...]) -> dict[str, Any]:
-    """`normalise_chat_params` (a pure function of its arguments) remembered: a workload sends the same few
-    parameter sets to the same few models, and the rule costs more than the rest of a body's checks. The
-    dict returned is shared: callers copy it (a body unpacks it), never change it."""
-    return normalise_chat_params(model, dict(params))[0]
+    return normalise_chat_params(model, params)[0]
 
 
 def _check_response_format(req: ChatRequest) -> None:
@@ -298,7 +324,8 @@ def _image_body(req: ImageRequest) -> dict[str, Any]:
 
 
 def _estimate_chars_tokens(chars: int) -> int:
-    return max(1, math.ceil(chars / 4))
+    """A quarter of the characters, rounded up, at least 1 (integers only: no float division per request)."""
+    return (chars + 3) // 4 or 1
 
 
 def _estimate_text_tokens(text: str) -> int:

@@ -208,7 +208,7 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
     rows, index, add, loads, dumps = table.rows, table._index, table.add, orjson.loads, orjson.dumps
     succeeded = Outcome.SUCCEEDED
     for path in paths:
-        with path.open("rb") as fh:
+        with path.open("rb", buffering=_READ_BUFFER) as fh:
             for n, raw in enumerate(fh, 1):
                 try:
                     line = loads(raw)
@@ -219,8 +219,8 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                 if type(line) is not dict:
                     raise ResultFileError(f"{path.name}: line {n} is not a JSON object")
                 custom_id, outcome, status, body, code, message = _classify(line)
-                tokens: tuple[int, int, int] | None = None
-                usage = spec = None
+                inp = cached = out = 0
+                usage = spec = text = None
                 if type(body) is dict:
                     data = body.get("data")
                     if (
@@ -236,32 +236,24 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                     if outcome is succeeded:
                         usage = _token_counts(body.get("usage"))
                         if type(usage) is tuple:
-                            tokens, usage = usage, None
+                            (inp, cached, out), usage = usage, None
                         if data is not None or "size" in body:
                             spec = (len(data or ()), body.get("quality"), body.get("size"))
                 # the body as text: orjson's bytes keep a 4 KB buffer each, a str is its exact size (and the
                 # ledger stores text); tokens of a plain `usage` go straight into their columns
-                row = (
-                    custom_id,
-                    outcome,
-                    status,
-                    dumps(body).decode() if body is not None else None,
-                    code,
-                    message,
-                    *(tokens or (0, 0, 0)),
-                    0,
-                    0,
-                    0,
-                    None,
-                    usage,
-                    spec,
-                )
+                if body is not None:
+                    text = dumps(body).decode()
+                row = (custom_id, outcome, status, text, code, message, inp, cached, out, 0, 0, 0, None, usage, spec)
                 if custom_id in index:
                     add(row)
                 else:
                     index[custom_id] = len(rows)
                     rows.append(row)
     return table
+
+
+# Result files are read line by line through a 1 MB buffer (the default 8 KB costs a third of a microsecond a line).
+_READ_BUFFER = 1 << 20
 
 
 def _token_counts(usage: Any) -> tuple[int, int, int] | dict[str, Any] | None:
@@ -330,20 +322,31 @@ def price_results(
         (pi, pc, po), (si, sc, so) = actual.text, standard.text
         for at, u in usages.items():  # the few rows whose usage needed validating: their tokens first
             rows[at] = (*rows[at][:6], u.input_tokens, u.cached_tokens, u.output_tokens, *rows[at][9:])
-        billed = set(todo) if len(todo) < len(rows) else None
-        costed = []
-        for at, row in enumerate(rows):
-            if billed is None or at in billed:
-                uncached, cached, out = row[6] - row[7], row[7], row[8]
-                row = (
-                    *row[:10],
-                    uncached * pi + cached * pc + out * po,
-                    uncached * si + cached * sc + out * so,
-                    version,
-                    *row[13:],
-                )
-            costed.append(row)
-        rows[:] = costed
+        # a billed row's (uncached input, cached input, output) tokens at their unit prices, actual and standard;
+        # one comprehension over the unpacked rows (no call per row)
+        billed = range(len(rows)) if len(todo) == len(rows) else set(todo)
+        rows[:] = [
+            (
+                rid,
+                oc,
+                st,
+                tx,
+                cd,
+                ms,
+                i,
+                c,
+                o,
+                im,
+                (i - c) * pi + c * pc + o * po,
+                (i - c) * si + c * sc + o * so,
+                version,
+                us,
+                sp,
+            )
+            if at in billed
+            else (rid, oc, st, tx, cd, ms, i, c, o, im, cost, standard, pv, us, sp)
+            for at, (rid, oc, st, tx, cd, ms, i, c, o, im, cost, standard, pv, us, sp) in enumerate(rows)
+        ]
         return table
     for at in todo:  # images, unpriced models, and prices finer than the unit: the per-row rule
         row = rows[at]

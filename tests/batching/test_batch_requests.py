@@ -304,7 +304,7 @@ def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
             },
         ):
             for _ in range(2):  # computed, then remembered
-                got = _normalised_params(model, tuple(params.items()), tuple(map(type, params.values())))
+                got = _normalised_params(model, **params)
                 assert got == normalise_chat_params(model, params)[0]
     as_int = {
         "temperature": None,
@@ -316,7 +316,7 @@ def test_remembered_normalisation_equals_the_rule_and_keeps_value_types_apart():
     }
     as_bool = {**as_int, "seed": True}
     for params in (as_int, as_bool):
-        got = _normalised_params("gpt-4.1-mini", tuple(params.items()), tuple(map(type, params.values())))
+        got = _normalised_params("gpt-4.1-mini", **params)
         assert type(got["seed"]) is type(params["seed"])
 
 

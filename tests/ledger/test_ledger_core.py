@@ -123,6 +123,22 @@ def test_batch_intent_of_members_all_taken_persists_nothing(ledger, queue, submi
         ledger.batch("bpb_2")
 
 
+def test_a_refused_state_move_names_the_first_request_at_fault_and_persists_nothing(ledger, queue, submit):
+    queue("a", "b", "c")
+    submit("bpb_1", ["t-b"])
+    before = table_counts(ledger)
+    with pytest.raises(StateTransitionError, match="unknown request 'nope'"):
+        ledger.fail_queued(["t-a", "nope", "t-b"], "too big")
+    with pytest.raises(StateTransitionError, match="request 't-b': submitted -> failed is not allowed"):
+        ledger.fail_queued(["t-a", "t-b", "nope"], "too big")
+    assert table_counts(ledger) == before
+    assert ledger.request_states(["t-a", "t-b", "t-c"]) == {
+        "t-a": RequestState.QUEUED,
+        "t-b": RequestState.SUBMITTED,
+        "t-c": RequestState.QUEUED,
+    }
+
+
 def test_illegal_transition_raises(ledger, queue, submit):
     queue("a", "b")
     submit("bpb_1", ["t-a"])
