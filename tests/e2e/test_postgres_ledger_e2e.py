@@ -116,7 +116,14 @@ def test_two_run_workers_write_the_postgres_ledger_at_once_and_a_killed_flush_se
             700,
             logs,
         )
-        records = instance.get_run_records(dg.RunsFilter(job_name=None))
+        # The run that completed the last session may still be recording its views.
+        wait_for(
+            "every run to finish",
+            lambda: all(run.is_finished for run in instance.get_runs()),
+            120,
+            logs,
+        )
+        records = instance.get_run_records()
     finally:
         instance.dispose()
 
