@@ -28,14 +28,6 @@ from batch_pipeline.settings import mask_url
 Dialect = Literal["duckdb", "postgres"]
 
 
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-    def fetchmany(self, size: int = ...) -> list[Any]: ...
-
-
 class Connection(Protocol):
     """What the ledger uses of a connection: a DuckDB connection has it; `PostgresConnection` adapts psycopg."""
 
@@ -62,12 +54,12 @@ class Store(Protocol):
 
     def writer_lock(self) -> AbstractContextManager[Any]: ...
 
-    def identity(self) -> tuple[str, int, int]: ...
+    def identity(self) -> tuple[str, int, int] | None: ...
 
     def __str__(self) -> str: ...
 
 
-def open_store(location: str | Path) -> DuckDBStore | PostgresStore:
+def open_store(location: str | Path) -> Store:
     """The store a ledger setting names: a `postgresql://` URL, or a DuckDB file path."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://")):
@@ -98,8 +90,11 @@ class DuckDBStore:
         with _WRITER_LOCKS_GUARD:
             return _WRITER_LOCKS.setdefault(key, threading.RLock())
 
-    def identity(self) -> tuple[str, int, int]:
-        """The file's identity: a file deleted and made again at the same path is another ledger."""
+    def identity(self) -> tuple[str, int, int] | None:
+        """The file's identity (None before it exists): a file deleted and made again at the same path is
+        another ledger."""
+        if not self.path.exists():
+            return None
         st = self.path.stat()
         return str(self.path.resolve()), st.st_dev, st.st_ino
 
@@ -131,7 +126,7 @@ class PostgresStore:
     def writer_lock(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def identity(self) -> tuple[str, int, int]:
+    def identity(self) -> tuple[str, int, int] | None:
         return self.url, 0, 0
 
     def __str__(self) -> str:

@@ -143,7 +143,7 @@ class Ledger(SessionRecords, SpendingRecords):
         """Create or migrate the schema once per process and store, not once per `Ledger` (each migration
         opens a connection: ~30 ms when no other is open, the cost of a small step)."""
         with self.store.writer_lock():
-            if self.store.exists() and self.store.identity() in _MIGRATED:
+            if self.store.identity() in _MIGRATED:  # (no I/O for PostgreSQL, one stat for DuckDB)
                 return
             with self.transaction() as con:
                 if self.store.dialect == "postgres":
@@ -151,7 +151,8 @@ class Ledger(SessionRecords, SpendingRecords):
                     con.execute("SELECT pg_advisory_xact_lock(hashtext('batch_pipeline.ledger.schema'))")
                 con.execute(resources.files("batch_pipeline.ledger").joinpath("schema.sql").read_text())
                 _split_round_keys(con)
-            _MIGRATED.add(self.store.identity())
+            if (identity := self.store.identity()) is not None:
+                _MIGRATED.add(identity)
 
     # -- connections -------------------------------------------------------------------------
 
