@@ -62,12 +62,12 @@ def chat_request(i: int) -> ChatRequest:
 
 
 def output_line(i: int) -> bytes:
+    """A success line of an output file, keys in the order the Batch API (and the simulator) writes them."""
     return (
         orjson.dumps(
             {
                 "id": f"batch_req_{i}",
                 "custom_id": f"bench-r{i}",
-                "error": None,
                 "response": {
                     "status_code": 200,
                     "request_id": f"req_{i}",
@@ -91,6 +91,7 @@ def output_line(i: int) -> bytes:
                         },
                     },
                 },
+                "error": None,
             }
         )
         + b"\n"
@@ -112,7 +113,8 @@ def project_parse(path: Path) -> None:
 
 
 def project_parse_price(path: Path, catalog: PriceCatalog) -> results_mod.ResultTable:
-    table = results_mod.read_result_table([path], None)
+    pricing = results_mod.line_pricing(catalog, endpoint=CHAT, model=MODEL, tier=Tier.BATCH)
+    table = results_mod.read_result_table([path], None, pricing=pricing)
     return results_mod.price_results(
         table, endpoint=CHAT, model=MODEL, tier=Tier.BATCH, catalog=catalog, request_bodies=lambda ids: {}
     )

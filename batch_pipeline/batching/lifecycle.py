@@ -27,7 +27,7 @@ from batch_pipeline.batching.image_store import ImageStore
 from batch_pipeline.batching.limits import BATCH_WINDOW_SECONDS, COMPLETION_WINDOW, SplitLimits
 from batch_pipeline.batching.polling import PollPolicy
 from batch_pipeline.batching.pricing import PriceCatalog
-from batch_pipeline.batching.results import ResultFileError, price_results, read_result_table
+from batch_pipeline.batching.results import ResultFileError, line_pricing, price_results, read_result_table
 from batch_pipeline.errors import DownloadIncomplete, is_permanent_ingest_error, is_transient
 from batch_pipeline.failpoints import failpoint
 from batch_pipeline.ledger.ledger import BatchRecord, Ledger, RemoteStatus
@@ -405,7 +405,8 @@ class BatchLifecycle:
                 for kind, file_id in (("output", record.output_file_id), ("error", record.error_file_id))
                 if file_id
             ]
-        table = read_result_table(paths, self.image_store)
+        pricing = line_pricing(self.catalog, endpoint=record.endpoint, model=record.model, tier=Tier.BATCH)
+        table = read_result_table(paths, self.image_store, pricing=pricing)
         if record.status == "failed":
             for outcome in self._validation_outcomes(record).values():
                 table.add_outcome(outcome, replace=True)

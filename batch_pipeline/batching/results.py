@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,6 +22,8 @@ from batch_pipeline.vocabulary import Endpoint, Outcome, Tier
 # Worth another attempt: throttling, timeouts, conflicts and server errors (the SDK's own retry set).
 RETRYABLE_STATUS = {408, 409, 429}
 NEVER_RAN = {"batch_expired": Outcome.EXPIRED, "batch_cancelled": Outcome.CANCELLED}
+# Read once: an enum member read from its class costs ~0.15 us, and these are read for every line.
+_SUCCEEDED, _RETRYABLE, _PERMANENT = Outcome.SUCCEEDED, Outcome.FAILED_RETRYABLE, Outcome.FAILED_PERMANENT
 
 
 class ResultFileError(BatchPipelineError, ValueError):
@@ -49,12 +51,12 @@ def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str,
         status = int(response.get("status_code") or 0)
         body = response.get("body") or {}
         if 200 <= status < 300:
-            return custom_id, Outcome.SUCCEEDED, status, body, None, None
+            return custom_id, _SUCCEEDED, status, body, None, None
         err = body.get("error") or {}
         retryable = status in RETRYABLE_STATUS or status >= 500
         return (
             custom_id,
-            Outcome.FAILED_RETRYABLE if retryable else Outcome.FAILED_PERMANENT,
+            _RETRYABLE if retryable else _PERMANENT,
             status,
             body,
             err.get("code") or err.get("type"),
@@ -62,7 +64,7 @@ def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str,
         )
     error = line.get("error") or {}
     code = error.get("code") or "unknown_error"
-    return custom_id, NEVER_RAN.get(code, Outcome.FAILED_RETRYABLE), None, None, code, error.get("message")
+    return custom_id, NEVER_RAN.get(code, _RETRYABLE), None, None, code, error.get("message")
 
 
 def classify_line(line: dict[str, Any]) -> RequestOutcome:
@@ -198,15 +200,42 @@ def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict
 # -- the bulk path: one parse per line, columns instead of objects, pricing per model --------------
 
 
-def read_result_table(paths: list[Path], image_store: ImageStore | None) -> ResultTable:
+class LinePricing(NamedTuple):
+    """A text model's prices on one tier and on the standard tier, per token (input, cached input, output) in
+    units of 1e-12 USD, and the catalog version: what `read_result_table` needs to price a line as it reads it."""
+
+    actual: tuple[int, int, int]
+    standard: tuple[int, int, int]
+    version: str
+
+
+def line_pricing(catalog: PriceCatalog, *, endpoint: str, model: str, tier: Tier) -> LinePricing | None:
+    """The integer prices that cost a chat line in one expression, or None when rows must be priced one by one
+    (images, an unpriced model or tier, a price finer than the 1e-12 USD unit)."""
+    if endpoint == Endpoint.IMAGES:
+        return None
+    try:
+        actual, standard = catalog.unit_prices(model, tier), catalog.unit_prices(model, Tier.STANDARD)
+    except UnknownPriceError:
+        return None
+    if actual is None or standard is None or actual.text is None or standard.text is None:
+        return None
+    return LinePricing(actual.text, standard.text, catalog.version)
+
+
+def read_result_table(
+    paths: list[Path], image_store: ImageStore | None, *, pricing: LinePricing | None = None
+) -> ResultTable:
     """`read_result_files` as one tuple per line (a `ResultTable`): each line parsed once, classified by the
-    same rule, its body kept as JSON bytes and its usage as integers; no object outlives its line.
+    same rule, its body kept as JSON text and its usage as integers; no object
+    outlives its line. With `pricing`, a success whose usage is plain integers is costed as it is read;
+    `price_results` prices the rest.
 
     Images are moved to the store line by line, as in `read_result_files`.
     """
     table = ResultTable()
     rows, index, add, loads, dumps = table.rows, table._index, table.add, orjson.loads, orjson.dumps
-    succeeded = Outcome.SUCCEEDED
+    (pi, pc, po), (si, sc, so), version = pricing or ((0, 0, 0), (0, 0, 0), None)
     for path in paths:
         with path.open("rb", buffering=_READ_BUFFER) as fh:
             for n, raw in enumerate(fh, 1):
@@ -219,8 +248,8 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                 if type(line) is not dict:
                     raise ResultFileError(f"{path.name}: line {n} is not a JSON object")
                 custom_id, outcome, status, body, code, message = _classify(line)
-                inp = cached = out = 0
-                usage = spec = text = None
+                inp = cached = out = cost = standard = 0
+                usage = spec = text = priced = None
                 if type(body) is dict:
                     data = body.get("data")
                     if (
@@ -233,17 +262,37 @@ def read_result_table(paths: list[Path], image_store: ImageStore | None) -> Resu
                             RequestOutcome(request_id=custom_id, outcome=outcome, response=body), image_store
                         ).response
                         body = stored if stored is not None else body
-                    if outcome is succeeded:
+                    if outcome is _SUCCEEDED:
                         usage = _token_counts(body.get("usage"))
                         if type(usage) is tuple:
                             (inp, cached, out), usage = usage, None
                         if data is not None or "size" in body:
                             spec = (len(data or ()), body.get("quality"), body.get("size"))
-                # the body as text: orjson's bytes keep a 4 KB buffer each, a str is its exact size (and the
-                # ledger stores text); tokens of a plain `usage` go straight into their columns
-                if body is not None:
+                        elif usage is None and version is not None:  # plain tokens (or none): costed here
+                            cost = (inp - cached) * pi + cached * pc + out * po
+                            standard = (inp - cached) * si + cached * sc + out * so
+                            priced = version
+                    # the body as text (orjson's bytes keep a 4 KB buffer each, a str is its exact size): the ledger
+                    # stores text, the per-outcome path's text byte for byte
                     text = dumps(body).decode()
-                row = (custom_id, outcome, status, text, code, message, inp, cached, out, 0, 0, 0, None, usage, spec)
+                # in `ResultTable.COLUMNS` order
+                row = (
+                    custom_id,
+                    outcome,
+                    status,
+                    text,
+                    code,
+                    message,
+                    inp,
+                    cached,
+                    out,
+                    0,
+                    cost,
+                    standard,
+                    priced,
+                    usage,
+                    spec,
+                )
                 if custom_id in index:
                     add(row)
                 else:
@@ -283,13 +332,13 @@ def price_results(
     catalog: PriceCatalog,
     request_bodies: Callable[[list[str]], dict[str, dict[str, Any]]],
 ) -> ResultTable:
-    """Attach tokens and cost to every successful row, in bulk: one model per batch, integer 1e-12 USD units.
-
-    The same amounts as `price_outcome` row by row (a test holds this); `request_bodies` is asked once,
-    for the image rows whose response omits quality or size.
+    """Attach tokens and cost to every successful row `read_result_table` did not price as it read it (image
+    rows, usage that is not plain integers, prices finer than the unit, or a table read without `pricing`),
+    by the per-row rule: the same amounts as `price_outcome` (a test holds this). `request_bodies` is asked
+    once, for the image rows whose response omits quality or size.
     """
     rows = table.rows
-    todo = [at for at, row in enumerate(rows) if row[1] == Outcome.SUCCEEDED and row[3] is not None]
+    todo = [at for at, row in enumerate(rows) if row[12] is None and row[1] == _SUCCEEDED and row[3] is not None]
     if not todo:
         return table
     usages: dict[int, TokenUsage] = {}
@@ -307,48 +356,8 @@ def price_results(
             usage = rows[at][13]
             if usage is not None:  # not plain integers: validated (or refused) as the per-row path does
                 usages[at] = TokenUsage.from_chat_usage(usage)
-    try:
-        actual, standard = catalog.unit_prices(model, tier), catalog.unit_prices(model, Tier.STANDARD)
-    except UnknownPriceError:
-        actual = standard = None
     version = catalog.version
-    if (
-        actual is not None
-        and standard is not None
-        and actual.text is not None
-        and standard.text is not None
-        and endpoint != Endpoint.IMAGES
-    ):
-        (pi, pc, po), (si, sc, so) = actual.text, standard.text
-        for at, u in usages.items():  # the few rows whose usage needed validating: their tokens first
-            rows[at] = (*rows[at][:6], u.input_tokens, u.cached_tokens, u.output_tokens, *rows[at][9:])
-        # a billed row's (uncached input, cached input, output) tokens at their unit prices, actual and standard;
-        # one comprehension over the unpacked rows (no call per row)
-        billed = range(len(rows)) if len(todo) == len(rows) else set(todo)
-        rows[:] = [
-            (
-                rid,
-                oc,
-                st,
-                tx,
-                cd,
-                ms,
-                i,
-                c,
-                o,
-                im,
-                (i - c) * pi + c * pc + o * po,
-                (i - c) * si + c * sc + o * so,
-                version,
-                us,
-                sp,
-            )
-            if at in billed
-            else (rid, oc, st, tx, cd, ms, i, c, o, im, cost, standard, pv, us, sp)
-            for at, (rid, oc, st, tx, cd, ms, i, c, o, im, cost, standard, pv, us, sp) in enumerate(rows)
-        ]
-        return table
-    for at in todo:  # images, unpriced models, and prices finer than the unit: the per-row rule
+    for at in todo:
         row = rows[at]
         usage = usages.get(at)
         if usage is None:

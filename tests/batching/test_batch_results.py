@@ -36,6 +36,23 @@ def no_body():
     raise AssertionError("the request body should not be needed here")
 
 
+def read_and_price(paths, *, model, tier, catalog, inline, image_store=None, request_bodies=lambda ids: {}):
+    """The bulk path as the lifecycle runs it: lines priced as they are read (`inline`), the rest after; or
+    every row priced after the read."""
+    from batch_pipeline.batching.results import line_pricing, price_results, read_result_table
+
+    endpoint = IMAGES if model.startswith("gpt-image") else CHAT
+    pricing = line_pricing(catalog, endpoint=endpoint, model=model, tier=tier) if inline else None
+    return price_results(
+        read_result_table(paths, image_store, pricing=pricing),
+        endpoint=endpoint,
+        model=model,
+        tier=tier,
+        catalog=catalog,
+        request_bodies=request_bodies,
+    )
+
+
 # -- classification -----------------------------------------------------------------------------
 
 
@@ -231,9 +248,21 @@ def test_success_line_without_usage_is_kept_as_succeeded_not_a_crash(catalog, ou
 # -- the bulk path gives what the per-outcome path gives ------------------------------------------
 
 
-def test_bulk_read_and_price_equal_the_per_outcome_path(tmp_path, catalog, output_line, failed_line, never_ran_line):
-    from batch_pipeline.batching.results import price_results, read_result_table
+def test_lines_are_priced_as_read_only_with_whole_unit_token_prices(catalog):
+    from batch_pipeline.batching.results import line_pricing
 
+    pricing = line_pricing(catalog, endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH)
+    assert pricing is not None and pricing.version == catalog.version
+    # gpt-5-mini on batch: $0.125 / $0.0125 / $1.00 per 1M tokens, in 1e-12 USD per token
+    assert pricing.actual == (125_000, 12_500, 1_000_000) and pricing.standard == (250_000, 25_000, 2_000_000)
+    assert line_pricing(catalog, endpoint=IMAGES, model="gpt-image-1-mini", tier=Tier.BATCH) is None
+    assert line_pricing(catalog, endpoint=CHAT, model="gpt-9-preview", tier=Tier.BATCH) is None
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["priced-as-read", "priced-after"])
+def test_bulk_read_and_price_equal_the_per_outcome_path(
+    tmp_path, catalog, output_line, failed_line, never_ran_line, inline
+):
     no_usage = output_line("t-e")
     del no_usage["response"]["body"]["usage"]
     out = write_jsonl(
@@ -244,14 +273,7 @@ def test_bulk_read_and_price_equal_the_per_outcome_path(tmp_path, catalog, outpu
         tmp_path / "err.jsonl", [failed_line("t-c", status=500), failed_line("t-d", status=429), never_ran_line("t-f")]
     )
     for model in ("gpt-5-mini", "gpt-9-preview"):
-        table = price_results(
-            read_result_table([out, err], None),
-            endpoint=CHAT,
-            model=model,
-            tier=Tier.BATCH,
-            catalog=catalog,
-            request_bodies=lambda ids: {},
-        )
+        table = read_and_price([out, err], model=model, tier=Tier.BATCH, catalog=catalog, inline=inline)
         expected = {
             o.request_id: price_outcome(
                 o, endpoint=CHAT, model=model, tier=Tier.BATCH, catalog=catalog, request_body=no_body
@@ -264,8 +286,6 @@ def test_bulk_read_and_price_equal_the_per_outcome_path(tmp_path, catalog, outpu
 def test_bulk_images_are_stored_and_priced_from_the_request_when_the_response_omits_size(
     tmp_path, catalog, image_store, png_bytes
 ):
-    from batch_pipeline.batching.results import price_results, read_result_table
-
     line = {
         "custom_id": "img-a",
         "error": None,
@@ -275,12 +295,13 @@ def test_bulk_images_are_stored_and_priced_from_the_request_when_the_response_om
         },
     }
     asked = []
-    table = price_results(
-        read_result_table([write_jsonl(tmp_path / "out.jsonl", [line])], image_store),
-        endpoint=IMAGES,
+    table = read_and_price(
+        [write_jsonl(tmp_path / "out.jsonl", [line])],
         model="gpt-image-1-mini",
         tier=Tier.BATCH,
         catalog=catalog,
+        inline=True,  # an image model has no per-token prices: priced after the read, by the per-row rule
+        image_store=image_store,
         request_bodies=lambda ids: asked.extend(ids) or {"img-a": {"size": "1536x1024", "quality": "medium"}},
     )
     (outcome,) = table.outcomes()
@@ -289,11 +310,10 @@ def test_bulk_images_are_stored_and_priced_from_the_request_when_the_response_om
     assert (outcome.images, outcome.cost_usd, outcome.standard_cost_usd) == (2, Decimal("0.015"), Decimal("0.030"))
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["priced-as-read", "priced-after"])
 def test_bulk_path_equals_the_per_outcome_path_for_duplicates_odd_usage_and_bodiless_lines(
-    tmp_path, catalog, output_line, failed_line
+    tmp_path, catalog, output_line, failed_line, inline
 ):
-    from batch_pipeline.batching.results import price_results, read_result_table
-
     spelled = output_line("t-g")  # the Responses API's spelling, null details, integral floats
     spelled["response"]["body"]["usage"] = {"input_tokens": 30.0, "output_tokens": 4, "input_tokens_details": None}
     bodiless = {"custom_id": "t-h", "response": {"status_code": 200}, "error": None}
@@ -308,14 +328,7 @@ def test_bulk_path_equals_the_per_outcome_path_for_duplicates_odd_usage_and_bodi
     ]
     path = write_jsonl(tmp_path / "out.jsonl", lines)
     for tier in (Tier.BATCH, Tier.FLEX, Tier.STANDARD):
-        table = price_results(
-            read_result_table([path], None),
-            endpoint=CHAT,
-            model="gpt-5-mini",
-            tier=tier,
-            catalog=catalog,
-            request_bodies=lambda ids: {},
-        )
+        table = read_and_price([path], model="gpt-5-mini", tier=tier, catalog=catalog, inline=inline)
         expected = {
             o.request_id: price_outcome(
                 o, endpoint=CHAT, model="gpt-5-mini", tier=tier, catalog=catalog, request_body=no_body
@@ -326,10 +339,9 @@ def test_bulk_path_equals_the_per_outcome_path_for_duplicates_odd_usage_and_bodi
         assert [row[3] for row in table.rows] == [orjson.dumps(o.response).decode() for o in expected.values()]
 
 
-def test_bulk_pricing_refuses_a_malformed_usage_like_the_per_outcome_path(tmp_path, catalog, output_line):
+@pytest.mark.parametrize("inline", [True, False], ids=["priced-as-read", "priced-after"])
+def test_bulk_pricing_refuses_a_malformed_usage_like_the_per_outcome_path(tmp_path, catalog, output_line, inline):
     from pydantic import ValidationError
-
-    from batch_pipeline.batching.results import price_results, read_result_table
 
     line = output_line("t-a")
     line["response"]["body"]["usage"] = {"prompt_tokens": 5, "completion_tokens": -1}
@@ -344,11 +356,4 @@ def test_bulk_pricing_refuses_a_malformed_usage_like_the_per_outcome_path(tmp_pa
             request_body=no_body,
         )
     with pytest.raises(ValidationError):
-        price_results(
-            read_result_table([path], None),
-            endpoint=CHAT,
-            model="gpt-5-mini",
-            tier=Tier.BATCH,
-            catalog=catalog,
-            request_bodies=lambda ids: {},
-        )
+        read_and_price([path], model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog, inline=inline)
