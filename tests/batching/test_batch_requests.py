@@ -62,6 +62,8 @@ def test_custom_id_over_64_chars_is_hashed_and_stays_unique():
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
         ({"response_format": {"type": "yaml"}}, "response_format.type"),
         ({"model": "  "}, "model"),
+        ({"messages": [{"role": "user", "content": "hi"}, "hi"]}, "messages[1]"),
+        ({"messages": [["user", "hi"]]}, "messages[0]"),
     ],
 )
 def test_invalid_chat_request_is_rejected_naming_the_offending_field(overrides, field):
