@@ -3,8 +3,11 @@
 Every row is timed `--repeats` times (median printed) on the same 50,000 chat requests, the project, its
 yardstick and the peer taking turns, so a shared machine's load weighs on them alike:
 
-  build    the project's `build_request` + the JSONL line, written to a file
-           yardstick: orjson.dumps of the same envelopes; peer: openai-batch `Batch.add_to_batch` -> file
+  build    the caller's `ChatRequest`, the project's `build_request` + the JSONL line, written to a file
+           yardsticks: orjson.dumps of the same envelopes (kept in a list, as issue 14 measured it) and the
+           same written to a file (the project's sink); peer: openai-batch `Batch.add_to_batch` -> file;
+           bound: the least any Python builder does (body dict, sorted dumps, SHA-256, line), to show
+           how near a yardstick a builder can get at all
   parse    parse + classify the output file; yardstick: orjson.loads of every line
   price    parse + classify + price (the Python part of ingesting a batch); same yardstick
   ingest   recording the 50,000 outcomes in the ledger (one transaction);
@@ -20,6 +23,7 @@ Usage: python benchmarks/bench_side_by_side.py [--lines 50000] [--repeats 5] [--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import resource
@@ -151,6 +155,34 @@ def yardstick_envelopes(n: int) -> list[dict]:
         {"custom_id": q.request_id, "method": "POST", "url": CHAT, "body": q.body}
         for q in (build_request(chat_request(i), namespace="bench", operation="expand") for i in range(n))
     ]
+
+
+def yardstick_dumps_to_file(envelopes: list[dict], path: Path) -> None:
+    """orjson.dumps of each envelope written to a file as the project writes its lines: the yardstick with the
+    project's sink (the list above keeps 50,000 lines in memory, and allocating them is most of its time)."""
+    with path.open("wb", buffering=1 << 20) as fh:
+        for envelope in envelopes:
+            fh.write(orjson.dumps(envelope) + b"\n")
+
+
+def floor_build(n: int, path: Path) -> None:
+    """The least any Python builder does per request, as a lower bound: the caller's body as a dict, one sorted
+    serialisation, its SHA-256 (the cache identity), the line written. No validation, no per-model rules, no
+    custom_id rule, no record for the ledger."""
+    with path.open("wb", buffering=1 << 20) as fh:
+        for i in range(n):
+            body = {
+                "model": MODEL,
+                "max_tokens": 300,
+                "temperature": 0.7,
+                "messages": [
+                    {"role": "system", "content": "You write image prompts. Return JSON."},
+                    {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
+                ],
+            }
+            text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            hashlib.sha256(text).hexdigest()
+            fh.write(b'{"custom_id":"bench-r%d","method":"POST","url":"%s","body":%s}\n' % (i, CHAT.encode(), text))
 
 
 def yardstick_insert(directory: Path, rows: dict[str, list]) -> Callable[[], None]:
@@ -334,6 +366,8 @@ def build_phase(n: int, repeats: int, home: Path, peer_command: list[str] | None
     runs = {
         "build": timed(lambda: project_build(n, home / "input.jsonl")),
         "dumps": timed(lambda: [orjson.dumps(e) for e in envelopes]),
+        "dumps_file": timed(lambda: yardstick_dumps_to_file(envelopes, home / "dumps.jsonl")),
+        "floor": timed(lambda: floor_build(n, home / "floor.jsonl")),
     }
     if peer_command is not None:
         runs["peer"] = lambda: peer_once(peer_command, n, home)
@@ -384,6 +418,11 @@ def main() -> None:
             medians = build_phase(n, repeats, home, None)
         build_s, peer_s = medians["build"], medians.get("peer")
         rows.append(("build + validate + JSONL line", build_s, "orjson.dumps of the same envelopes", medians["dumps"]))
+        to_file = "orjson.dumps of each envelope, written to a file"
+        rows.append(("build + validate + JSONL line", build_s, to_file, medians["dumps_file"]))
+        floor = "(bound) body dict, sorted dumps, SHA-256, line written; nothing else"
+        rows.append((floor, medians["floor"], "orjson.dumps of the same envelopes", medians["dumps"]))
+        rows.append((floor, medians["floor"], to_file, medians["dumps_file"]))
         rows.append((f"(peer) {PEER} add_to_batch -> file", peer_s or 0.0, "", None))
 
         output = home / "output.jsonl"
