@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from batch_pipeline.batching.image_store import ImageStore
@@ -41,30 +42,41 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise ResultFileError(f"{path.name}: line {n} is not JSON: {exc}") from exc
 
 
-def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str, Any] | None, str | None, str | None]:
-    """The one classification rule: (custom_id, outcome, status, response body, error code, error message)."""
-    custom_id = line.get("custom_id")
+def _rule(
+    custom_id: Any, status_code: Any, body_error: Any, line_error: Any, line: object
+) -> tuple[Outcome, int | None, str | None, str | None]:
+    """The one classification rule, over what it reads of a line: (outcome, status, error code, error message).
+
+    `status_code` is the response's, or `_NO_RESPONSE` for a line without a response; `body_error` is the
+    response body's `error`, `line_error` the line's own (a request that never ran). `line` only names the
+    line in an error."""
     if not custom_id:
         raise ResultFileError(f"result line without custom_id: {str(line)[:200]}")
-    response = line.get("response")
-    if response is not None:
-        status = int(response.get("status_code") or 0)
-        body = response.get("body") or {}
+    if status_code is not _NO_RESPONSE:
+        status = int(status_code or 0)
         if 200 <= status < 300:
-            return custom_id, _SUCCEEDED, status, body, None, None
-        err = body.get("error") or {}
+            return _SUCCEEDED, status, None, None
+        err = body_error or {}
         retryable = status in RETRYABLE_STATUS or status >= 500
-        return (
-            custom_id,
-            _RETRYABLE if retryable else _PERMANENT,
-            status,
-            body,
-            err.get("code") or err.get("type"),
-            err.get("message"),
-        )
-    error = line.get("error") or {}
+        return _RETRYABLE if retryable else _PERMANENT, status, err.get("code") or err.get("type"), err.get("message")
+    error = line_error or {}
     code = error.get("code") or "unknown_error"
-    return custom_id, NEVER_RAN.get(code, _RETRYABLE), None, None, code, error.get("message")
+    return NEVER_RAN.get(code, _RETRYABLE), None, code, error.get("message")
+
+
+_NO_RESPONSE = object()
+
+
+def _classify(line: dict[str, Any]) -> tuple[str, Outcome, int | None, dict[str, Any] | None, str | None, str | None]:
+    """`_rule` for a parsed line: (custom_id, outcome, status, response body, error code, error message)."""
+    response = line.get("response")
+    if response is None:
+        body, status_code, body_error = None, _NO_RESPONSE, None
+    else:
+        body, status_code = response.get("body") or {}, response.get("status_code")
+        body_error = body.get("error")
+    outcome, status, code, message = _rule(line.get("custom_id"), status_code, body_error, line.get("error"), line)
+    return line["custom_id"], outcome, status, body, code, message
 
 
 def classify_line(line: dict[str, Any]) -> RequestOutcome:
@@ -223,35 +235,73 @@ def line_pricing(catalog: PriceCatalog, *, endpoint: str, model: str, tier: Tier
     return LinePricing(actual.text, standard.text, catalog.version)
 
 
+class _Response(msgspec.Struct):
+    status_code: Any = None
+    body: msgspec.Raw = msgspec.Raw(b"null")  # the body's own bytes, not parsed into objects
+
+
+class _ResultLine(msgspec.Struct):
+    """What `read_result_table` decodes of an output- or error-file line: what the rule reads, and the body raw."""
+
+    custom_id: Any = None
+    response: _Response | None = None
+    error: Any = None
+
+
+class _BodyFields(msgspec.Struct):
+    """What classification and pricing read of a response body; msgspec skips the rest without building it."""
+
+    usage: Any = None
+    error: Any = None
+    data: Any = None  # generated images
+    quality: Any = None
+    size: Any = msgspec.UNSET  # UNSET: absent (a null size is still an image response)
+
+
+_decode_line = msgspec.json.Decoder(_ResultLine).decode
+_decode_body = msgspec.json.Decoder(_BodyFields).decode
+_EMPTY_BODY = _BodyFields()
+
+
 def read_result_table(
     paths: list[Path], image_store: ImageStore | None, *, pricing: LinePricing | None = None
 ) -> ResultTable:
-    """`read_result_files` as one tuple per line (a `ResultTable`): each line parsed once, classified by the
-    same rule, its body kept as JSON text and its usage as integers; no object
-    outlives its line. With `pricing`, a success whose usage is plain integers is costed as it is read;
-    `price_results` prices the rest.
+    """`read_result_files` as one tuple per line (a `ResultTable`): each line decoded once into just what the
+    rule and pricing read (msgspec skips the rest), classified by the same rule; the body kept as the line's
+    own bytes for it (a body whose images went to the store is serialised again), the usage as integers.
+    No object outlives its line. With `pricing`, a success whose usage is plain integers is costed as it is
+    read; `price_results` prices the rest.
 
     Images are moved to the store line by line, as in `read_result_files`.
     """
     table = ResultTable()
-    rows, index, add, loads, dumps = table.rows, table._index, table.add, orjson.loads, orjson.dumps
+    rows, index, add = table.rows, table._index, table.add
+    decode_line, decode_body, rule = _decode_line, _decode_body, _rule
     (pi, pc, po), (si, sc, so), version = pricing or ((0, 0, 0), (0, 0, 0), None)
     for path in paths:
         with path.open("rb", buffering=_READ_BUFFER) as fh:
             for n, raw in enumerate(fh, 1):
                 try:
-                    line = loads(raw)
-                except orjson.JSONDecodeError as exc:
+                    line = decode_line(raw)
+                except msgspec.DecodeError as exc:
                     if not raw.strip():
                         continue
-                    raise ResultFileError(f"{path.name}: line {n} is not JSON: {exc}") from exc
-                if type(line) is not dict:
-                    raise ResultFileError(f"{path.name}: line {n} is not a JSON object")
-                custom_id, outcome, status, body, code, message = _classify(line)
+                    raise ResultFileError(f"{path.name}: line {n} is not a result line (a JSON object): {exc}") from exc
+                custom_id, response = line.custom_id, line.response
                 inp = cached = out = cost = standard = 0
                 usage = spec = text = priced = None
-                if type(body) is dict:
-                    data = body.get("data")
+                if response is None:
+                    outcome, status, code, message = rule(custom_id, _NO_RESPONSE, None, line.error, raw)
+                else:
+                    text = bytes(response.body).decode()  # the ledger stores text: a str is its exact size
+                    try:
+                        body = _EMPTY_BODY if text == "null" else decode_body(text)
+                    except msgspec.DecodeError as exc:
+                        raise ResultFileError(f"{path.name}: line {n}: the response body is not an object") from exc
+                    if text == "null":
+                        text = "{}"  # what the per-outcome path stores for a response without a body
+                    outcome, status, code, message = rule(custom_id, response.status_code, body.error, line.error, raw)
+                    data = body.data
                     if (
                         data is not None
                         and image_store is not None
@@ -259,22 +309,22 @@ def read_result_table(
                         and any("b64_json" in item for item in data)
                     ):
                         stored = store_images(
-                            RequestOutcome(request_id=custom_id, outcome=outcome, response=body), image_store
+                            RequestOutcome(request_id=custom_id, outcome=outcome, response=orjson.loads(text)),
+                            image_store,
                         ).response
-                        body = stored if stored is not None else body
+                        text = orjson.dumps(stored).decode()
+                        data = (stored or {}).get("data")
                     if outcome is _SUCCEEDED:
-                        usage = _token_counts(body.get("usage"))
+                        usage = _token_counts(body.usage)
                         if type(usage) is tuple:
                             (inp, cached, out), usage = usage, None
-                        if data is not None or "size" in body:
-                            spec = (len(data or ()), body.get("quality"), body.get("size"))
+                        if data is not None or body.size is not msgspec.UNSET:
+                            size = body.size if body.size is not msgspec.UNSET else None
+                            spec = (len(data or ()), body.quality, size)
                         elif usage is None and version is not None:  # plain tokens (or none): costed here
                             cost = (inp - cached) * pi + cached * pc + out * po
                             standard = (inp - cached) * si + cached * sc + out * so
                             priced = version
-                    # the body as text (orjson's bytes keep a 4 KB buffer each, a str is its exact size): the ledger
-                    # stores text, the per-outcome path's text byte for byte
-                    text = dumps(body).decode()
                 # in `ResultTable.COLUMNS` order
                 row = (
                     custom_id,

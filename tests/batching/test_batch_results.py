@@ -151,6 +151,47 @@ def test_truncated_download_or_line_without_custom_id_raises_result_file_error(t
         classify_line(line)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"[1, 2]", b'{"custom_id": "t-a", "response": "ok"}', b'{"custom_id": "t-a", "response": {"body": [1]}}', b"{"],
+    ids=["not-an-object", "response-not-an-object", "body-not-an-object", "truncated"],
+)
+def test_the_bulk_reader_refuses_a_malformed_line_naming_it(tmp_path, output_line, bad):
+    from batch_pipeline.batching.results import read_result_table
+
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(orjson.dumps(output_line("t-b")) + b"\n" + bad + b"\n")
+    with pytest.raises(ResultFileError, match=r"out\.jsonl: line 2"):
+        read_result_table([path], None)
+    line = {"custom_id": "", "response": {"status_code": 200, "body": {}}}
+    path.write_bytes(orjson.dumps(line) + b"\n")
+    with pytest.raises(ResultFileError, match="without custom_id"):
+        read_result_table([path], None)
+
+
+def test_the_bulk_reader_keeps_the_body_as_the_provider_wrote_it(tmp_path, catalog, output_line):
+    """The ledger stores a body as the line's own bytes for it (no second serialisation): the same JSON as the
+    per-outcome path's, whatever spacing the provider used; a null or absent body is stored as {}."""
+    import json
+
+    spaced = output_line("t-a", content='é 🙂 "q" 1e-05')
+    spaced["response"]["body"]["x"] = 1e-05
+    null_body = {"custom_id": "t-b", "response": {"status_code": 200, "request_id": "r", "body": None}, "error": None}
+    path = tmp_path / "out.jsonl"
+    path.write_text(json.dumps(spaced) + "\n" + json.dumps(null_body) + "\n", encoding="utf-8")
+    table = read_and_price([path], model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog, inline=True)
+    texts = {row[0]: row[3] for row in table.rows}
+    assert texts["t-a"] == json.dumps(spaced["response"]["body"])  # byte for byte what the line holds
+    assert texts["t-b"] == "{}"
+    expected = {
+        o.request_id: price_outcome(
+            o, endpoint=CHAT, model="gpt-5-mini", tier=Tier.BATCH, catalog=catalog, request_body=no_body
+        )
+        for o in read_result_files([path], None).values()
+    }
+    assert {o.request_id: o for o in table.outcomes()} == expected
+
+
 def test_generated_images_are_moved_into_the_store(tmp_path, image_store, png_bytes, output_line):
     pngs = [png_bytes(21), png_bytes(22)]
     line = {
