@@ -60,7 +60,7 @@ class ChatRequest(BaseModel):
     key: str = Field(description="caller's identity of the request, unique within its namespace")
     model: str
     # Each message is checked by `build_request` (an object with a known role and text or parts); pydantic would
-    # copy every message dict first, a third of the model's cost, and only one level deep.
+    # copy every message dict first (about a fifth of the model's cost), and only one level deep.
     messages: list[Any]
     response_format: dict[str, Any] | None = None
     temperature: float | None = None
