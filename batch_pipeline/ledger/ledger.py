@@ -34,6 +34,7 @@ from batch_pipeline.ledger.db import (
     insert_rows,
     one_row,
     open_store,
+    string_column,
 )
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
@@ -1482,7 +1483,9 @@ class Ledger(SessionRecords, SpendingRecords):
             # one list per column, straight into Arrow: twice as fast as transposing the rows with zip (a slice of
             # each row, a tuple per column), and no tuples left for the garbage collector to walk
             columns = {
-                name: pa.array([row[at] for row in chunk], kind, memory_pool=pool)
+                name: string_column([row[at] for row in chunk])  # the long text: joined in one piece
+                if name == "response"
+                else pa.array([row[at] for row in chunk], kind, memory_pool=pool)
                 for at, (name, kind) in enumerate(zip(names, types, strict=True))
             }
             columns["attempt"] = pa.array([attempts[row[0]] for row in chunk], pa.int32())

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
+from batch_pipeline.ledger.db import string_column
 from batch_pipeline.ledger.ledger import _RESULT_COLUMNS, RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import RequestOutcome
@@ -579,3 +581,22 @@ def test_bulk_result_rows_are_stored_exactly_as_the_per_outcome_insert_stores_th
             for key in ("plain", "bulk")
         }
     assert stored["bulk"] == stored["plain"] and len(stored["plain"]) == 4
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [""],
+        [None],
+        ['{"a": 1}', None, ""],
+        ["caf\u00e9", None, "\u65e5\u672c", "plain", "\U0001f600"],
+        ["x" * 5000] * 3,
+    ],
+)
+def test_string_column_equals_arrows_own_conversion(values):
+    """The responses' column, built from one joined buffer, is the column `pa.array` makes: bytes, nulls, order."""
+    column = string_column(values)
+    column.validate(full=True)
+    assert column.equals(pa.array(values, pa.string()))
+    assert column.to_pylist() == values
