@@ -1508,7 +1508,7 @@ class Ledger(SessionRecords, SpendingRecords):
                 (
                     columns["request_id"],
                     columns["outcome"],
-                    pc.coalesce(columns["error_message"], columns["error_code"]),
+                    _message_or_code(columns["error_message"], columns["error_code"]),
                 )
             )
             del columns
@@ -1517,6 +1517,11 @@ class Ledger(SessionRecords, SpendingRecords):
         return tuple(
             pa.concat_arrays([chunk[at] for chunk in kept]) if kept else pa.array([], pa.string()) for at in range(3)
         )
+
+
+def _message_or_code(message: pa.Array, code: pa.Array) -> pa.Array:
+    """`message or code` of each row, in Arrow (an empty message counts as none, as `or` has it)."""
+    return pc.coalesce(pc.if_else(pc.equal(message, ""), pa.scalar(None, pa.string()), message), code)
 
 
 def _release_freed_memory() -> None:

@@ -600,3 +600,20 @@ def test_string_column_equals_arrows_own_conversion(values):
     column.validate(full=True)
     assert column.equals(pa.array(values, pa.string()))
     assert column.to_pylist() == values
+
+
+def test_a_failure_records_its_message_else_its_code_else_its_outcome_as_the_error(ledger, queue, submit, outcomes):
+    """The ingest reads the error texts from its Arrow columns: an empty message counts as none, as `or` has it."""
+    ids = submit("bpb_1", queue("msg", "empty", "none", "bare"))
+    failures = [outcomes.bad(f"t-{key}", PERMANENT, "bad_request", 400) for key in ("msg", "empty", "none", "bare")]
+    failures[1] = failures[1].model_copy(update={"error_message": ""})
+    failures[2] = failures[2].model_copy(update={"error_message": None})
+    failures[3] = failures[3].model_copy(update={"error_message": None, "error_code": None})
+    ledger.record_batch_outcome("bpb_1", failures, max_attempts=3)
+    errors = {rid: row.last_error for rid, row in ledger.request_rows(ids).items()}
+    assert errors == {
+        "t-msg": "bad_request happened",
+        "t-empty": "bad_request",
+        "t-none": "bad_request",
+        "t-bare": str(PERMANENT),
+    }
