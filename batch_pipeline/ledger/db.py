@@ -10,6 +10,7 @@ Arrow scans on DuckDB, `COPY` into PostgreSQL).
 
 from __future__ import annotations
 
+import array
 import functools
 import itertools
 import re
@@ -262,6 +263,25 @@ def arrow_view(con: Connection, columns: Mapping[str, pa.Array | list]) -> Itera
     are copied into a temporary table of the same name."""
     with _scan(con, _arrow_table(columns, pa.string())) as view:
         yield view
+
+
+def string_column(values: Sequence[str | None]) -> pa.Array:
+    """Long text (None for null) as an Arrow string column, its bytes joined in one piece and its offsets
+    counted from the lengths. `pa.array` appends value by value into a buffer it keeps growing: for 50,000
+    responses of 800 bytes it took 58 ms, this 18 ms; for short text (ids, codes) `pa.array` is the faster,
+    this costs about a microsecond a value (docs/PERFORMANCE.md)."""
+    nulls = None in values
+    texts: Sequence[str] = [text or "" for text in values] if nulls else values  # type: ignore[assignment]
+    if all(map(str.isascii, texts)):  # (a flag CPython keeps: one character is one byte)
+        data, lengths = "".join(texts).encode(), map(len, texts)
+    else:
+        encoded = [text.encode() for text in texts]
+        data, lengths = b"".join(encoded), map(len, encoded)
+    if len(data) >= 2**31:  # past a 32-bit offset: Arrow's own conversion splits it into chunks
+        return pa.array(values, pa.string())
+    offsets = array.array("i", itertools.accumulate(lengths, initial=0))
+    validity = pa.array([text is not None for text in values], pa.bool_()).buffers()[1] if nulls else None
+    return pa.Array.from_buffers(pa.string(), len(values), [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 _VIEWS = itertools.count()

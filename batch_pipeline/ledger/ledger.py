@@ -15,12 +15,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from itertools import compress
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
@@ -34,6 +34,7 @@ from batch_pipeline.ledger.db import (
     insert_rows,
     one_row,
     open_store,
+    string_column,
 )
 from batch_pipeline.ledger.session_rows import SessionRecords
 from batch_pipeline.ledger.spending import SpendingRecords
@@ -863,20 +864,18 @@ class Ledger(SessionRecords, SpendingRecords):
                 (rid, str(Outcome.FAILED_RETRYABLE), None, None, None, missing_reason, 0, 0, 0, 0, 0, 0, None)
                 for rid in sorted(missing)
             ]  # nothing silently dropped
-            # the state moves' columns (id, outcome, error text), taken before the insert consumes the rows
-            ids, kinds = [row[0] for row in rows], [row[1] for row in rows]
-            messages = [row[5] or row[4] for row in rows]
-            self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
+            # the state moves' columns (id, outcome, error text), as Arrow, from the insert that consumes the rows
+            ids, kinds, messages = self._insert_result_rows(con, rows, members, batch_key, Tier.BATCH, now)
             deadline_tier, deadline_reason = one_row(
                 con.execute("SELECT deadline_tier, deadline_reason FROM batches WHERE batch_key = ?", [batch_key])
             )
             unrun: list[str] = []  # what a batch we cancelled at its round's deadline never ran
             if deadline_tier:
-                unrun = [rid for rid, kind in zip(ids, kinds, strict=True) if kind == Outcome.CANCELLED]
+                never_ran = pc.equal(kinds, str(Outcome.CANCELLED))
+                unrun = ids.filter(never_ran).to_pylist()
             if unrun:
-                unrun_ids = set(unrun)
-                ran = [rid not in unrun_ids for rid in ids]
-                ids, kinds, messages = (list(compress(column, ran)) for column in (ids, kinds, messages))
+                ran = pc.invert(never_ran)
+                ids, kinds, messages = (column.filter(ran) for column in (ids, kinds, messages))
             self._apply_outcome_rows(con, ids, kinds, messages, members, batch_key, max_attempts)
             if unrun:
                 # We cancelled this batch at its round's deadline: what never ran is finished on another tier
@@ -1241,7 +1240,7 @@ class Ledger(SessionRecords, SpendingRecords):
     def _move_requests(
         self,
         con: Connection,
-        moves: dict[RequestState, list[str]],
+        moves: dict[RequestState, Any],  # a list of ids, or an Arrow column of them
         *,
         batch_key: str | None,
         reason: str,
@@ -1249,14 +1248,16 @@ class Ledger(SessionRecords, SpendingRecords):
         count_attempt: bool = False,
         errors: dict[str, str] | None = None,
     ) -> None:
-        if not any(moves.values()):
+        if not any(len(ids) for ids in moves.values()):
             return
         now = self.clock()
         # Set-based, in SQL over an Arrow view of each move's ids and reasons: one check, the events (read from
         # the states before the update), one update. No row per request comes back into Python.
         for to_state, ids in moves.items():
-            if not ids:
+            if not len(ids):
                 continue
+            if errors and not isinstance(ids, list):
+                ids = ids.to_pylist()  # (reasons are looked up by id)
             # the states this move may leave from
             allowed = sorted(
                 str(state)
@@ -1296,8 +1297,9 @@ class Ledger(SessionRecords, SpendingRecords):
                 con.execute(f"UPDATE requests SET last_error = e.error FROM {view} e WHERE requests.request_id = e.id")
 
     @staticmethod
-    def _refuse_move(con: Connection, view: str, ids: list[str], to_state: RequestState, allowed: set[str]) -> None:
+    def _refuse_move(con: Connection, view: str, ids: Any, to_state: RequestState, allowed: set[str]) -> None:
         """The first of `ids` (in their order) that is unknown or may not move to `to_state`, as the error."""
+        ids = ids if isinstance(ids, list) else ids.to_pylist()
         current = dict(
             con.execute(f"SELECT r.request_id, r.state FROM {view} v JOIN requests r ON r.request_id = v.id").fetchall()
         )
@@ -1332,9 +1334,9 @@ class Ledger(SessionRecords, SpendingRecords):
     ) -> None:
         self._apply_outcome_rows(
             con,
-            [o.request_id for o in outcomes],
-            [str(o.outcome) for o in outcomes],
-            [o.error_message or o.error_code for o in outcomes],
+            pa.array([o.request_id for o in outcomes], pa.string()),
+            pa.array([str(o.outcome) for o in outcomes], pa.string()),
+            pa.array([o.error_message or o.error_code for o in outcomes], pa.string()),
             attempts,
             batch_key,
             max_attempts,
@@ -1343,34 +1345,38 @@ class Ledger(SessionRecords, SpendingRecords):
     def _apply_outcome_rows(
         self,
         con: Connection,
-        ids: list[str],
-        outcomes: list[str],
-        messages: list[str | None],
+        ids: pa.Array,
+        outcomes: pa.Array,
+        messages: pa.Array,
         attempts: dict[str, int],
         batch_key: str | None,
         max_attempts: int,
     ) -> None:
-        """Move each request by its outcome (columns: id, outcome, error text), through `_move_requests`."""
+        """Move each request by its outcome (Arrow columns: id, outcome, error text), through `_move_requests`.
+        Each outcome's ids are picked out in Arrow: the successes (most of a batch) move as the Arrow column
+        they are, and only the other requests' ids and error texts become Python values."""
         final = {
             Outcome.SUCCEEDED: RequestState.SUCCEEDED,
             Outcome.FAILED_PERMANENT: RequestState.FAILED,
             Outcome.CANCELLED: RequestState.CANCELLED,
         }
-        moves: dict[RequestState, list[str]] = defaultdict(list)
-        errors = {
-            rid: message or outcome
-            for rid, outcome, message in zip(ids, outcomes, messages, strict=True)
-            if outcome != Outcome.SUCCEEDED
-        }
+        moves: dict[RequestState, Any] = {}
+        errors: dict[str, str] = {}
         retry_groups: dict[RequestState, list[str]] = defaultdict(list)
-        for rid, outcome in zip(ids, outcomes, strict=True):
-            if outcome in final:
-                moves[final[outcome]].append(rid)  # type: ignore[index]
+        for kind in pc.unique(outcomes).to_pylist():
+            picked = pc.equal(outcomes, kind)
+            group = ids.filter(picked)
+            if kind != Outcome.SUCCEEDED:
+                group = group.to_pylist()
+                texts = messages.filter(picked).to_pylist()
+                errors.update((rid, text or kind) for rid, text in zip(group, texts, strict=True))
+            if kind in final:
+                moves[final[Outcome(kind)]] = group
             else:
-                retry_groups[RequestState.EXPIRED if outcome == Outcome.EXPIRED else RequestState.FAILED].append(rid)
-        self._move_requests(con, dict(moves), batch_key=batch_key, reason="result", errors=errors)
-        for end_state, ids in retry_groups.items():
-            self._requeue_or_end(con, ids, end_state, batch_key, "retry", max_attempts, errors, attempts)
+                retry_groups[RequestState.EXPIRED if kind == Outcome.EXPIRED else RequestState.FAILED].extend(group)
+        self._move_requests(con, moves, batch_key=batch_key, reason="result", errors=errors)
+        for end_state, group in retry_groups.items():
+            self._requeue_or_end(con, group, end_state, batch_key, "retry", max_attempts, errors, attempts)
 
     def _requeue_or_end(
         self,
@@ -1444,10 +1450,13 @@ class Ledger(SessionRecords, SpendingRecords):
         batch_key: str | None,
         tier: Tier | str,
         now: float,
-    ) -> None:
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """Rows of a `ResultTable` (its `STORED` columns) into `results` through Arrow, `RESULT_CHUNK` rows at
         a time, emptying `rows` as they go in (Python's copy shrinks while DuckDB's grows). Costs go in as
-        integer 1e-12 USD units and become the exact DECIMAL in SQL; responses as the JSON text they are."""
+        integer 1e-12 USD units and become the exact DECIMAL in SQL; responses as the JSON text they are.
+
+        Returns what the state moves read of the rows, taken from the same Arrow columns (no other pass over
+        the rows): the ids, the outcomes and the error texts (the message, else the code), in the rows' order."""
         pool = pa.system_memory_pool()  # gives memory back at once (the default pool keeps it for reuse)
         types = (
             pa.string(),
@@ -1466,6 +1475,7 @@ class Ledger(SessionRecords, SpendingRecords):
         )
         # The table's own stored columns; the two in 1e-12 USD units become the DECIMAL costs in SQL.
         names = tuple(f"_{name}" if name.endswith("_units") else name for name in ResultTable.STORED)
+        kept: list[tuple[pa.Array, pa.Array, pa.Array]] = []  # per chunk, last chunk first
         while rows:  # consumed from the end: each chunk's responses are freed once DuckDB has its copy
             chunk = rows[-RESULT_CHUNK:]
             del rows[-RESULT_CHUNK:]
@@ -1473,7 +1483,9 @@ class Ledger(SessionRecords, SpendingRecords):
             # one list per column, straight into Arrow: twice as fast as transposing the rows with zip (a slice of
             # each row, a tuple per column), and no tuples left for the garbage collector to walk
             columns = {
-                name: pa.array([row[at] for row in chunk], kind, memory_pool=pool)
+                name: string_column([row[at] for row in chunk])  # the long text: joined in one piece
+                if name == "response"
+                else pa.array([row[at] for row in chunk], kind, memory_pool=pool)
                 for at, (name, kind) in enumerate(zip(names, types, strict=True))
             }
             columns["attempt"] = pa.array([attempts[row[0]] for row in chunk], pa.int32())
@@ -1492,8 +1504,24 @@ class Ledger(SessionRecords, SpendingRecords):
                     "standard_cost_usd": f"_standard_cost_units::DECIMAL(18, 0) * {_UNIT}",
                 },
             )
+            kept.append(
+                (
+                    columns["request_id"],
+                    columns["outcome"],
+                    _message_or_code(columns["error_message"], columns["error_code"]),
+                )
+            )
             del columns
             _release_freed_memory()  # the chunk's responses, freed by Python, back to the system as DuckDB grows
+        kept.reverse()
+        return tuple(
+            pa.concat_arrays([chunk[at] for chunk in kept]) if kept else pa.array([], pa.string()) for at in range(3)
+        )
+
+
+def _message_or_code(message: pa.Array, code: pa.Array) -> pa.Array:
+    """`message or code` of each row, in Arrow (an empty message counts as none, as `or` has it)."""
+    return pc.coalesce(pc.if_else(pc.equal(message, ""), pa.scalar(None, pa.string()), message), code)
 
 
 def _release_freed_memory() -> None:

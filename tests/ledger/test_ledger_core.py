@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 
 from batch_pipeline.ledger import BatchPhase, Ledger, LedgerError, RequestState, StateTransitionError
+from batch_pipeline.ledger.db import string_column
 from batch_pipeline.ledger.ledger import _RESULT_COLUMNS, RemoteStatus
 from batch_pipeline.ledger.states import TERMINAL_REQUEST_STATES
 from batch_pipeline.records import RequestOutcome
@@ -579,3 +581,39 @@ def test_bulk_result_rows_are_stored_exactly_as_the_per_outcome_insert_stores_th
             for key in ("plain", "bulk")
         }
     assert stored["bulk"] == stored["plain"] and len(stored["plain"]) == 4
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [""],
+        [None],
+        ['{"a": 1}', None, ""],
+        ["caf\u00e9", None, "\u65e5\u672c", "plain", "\U0001f600"],
+        ["x" * 5000] * 3,
+    ],
+)
+def test_string_column_equals_arrows_own_conversion(values):
+    """The responses' column, built from one joined buffer, is the column `pa.array` makes: bytes, nulls, order."""
+    column = string_column(values)
+    column.validate(full=True)
+    assert column.equals(pa.array(values, pa.string()))
+    assert column.to_pylist() == values
+
+
+def test_a_failure_records_its_message_else_its_code_else_its_outcome_as_the_error(ledger, queue, submit, outcomes):
+    """The ingest reads the error texts from its Arrow columns: an empty message counts as none, as `or` has it."""
+    ids = submit("bpb_1", queue("msg", "empty", "none", "bare"))
+    failures = [outcomes.bad(f"t-{key}", PERMANENT, "bad_request", 400) for key in ("msg", "empty", "none", "bare")]
+    failures[1] = failures[1].model_copy(update={"error_message": ""})
+    failures[2] = failures[2].model_copy(update={"error_message": None})
+    failures[3] = failures[3].model_copy(update={"error_message": None, "error_code": None})
+    ledger.record_batch_outcome("bpb_1", failures, max_attempts=3)
+    errors = {rid: row.last_error for rid, row in ledger.request_rows(ids).items()}
+    assert errors == {
+        "t-msg": "bad_request happened",
+        "t-empty": "bad_request",
+        "t-none": "bad_request",
+        "t-bare": str(PERMANENT),
+    }
