@@ -209,7 +209,7 @@ def read_result_files(paths: list[Path], image_store: ImageStore | None) -> dict
     return outcomes
 
 
-# -- the bulk path: one parse per line, columns instead of objects, pricing per model --------------
+# -- the bulk path: one decode a line into the fields read, the body kept raw, priced as read ---------
 
 
 class LinePricing(NamedTuple):
