@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import PHASES, SimulatorConfig
 from .server import Simulator
+from .serving import port_in_use, port_taken_message
 
 
 def _phase_seconds(text: str) -> dict[str, float]:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated content")
     parser.add_argument("--image-size", type=int, default=64, help="edge of the drawn PNGs in pixels")
     args = parser.parse_args(argv)
+    if args.port and port_in_use(args.port, args.host):
+        raise SystemExit(port_taken_message(args.port, args.host))
 
     simulator = Simulator(
         SimulatorConfig(

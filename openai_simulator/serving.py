@@ -5,6 +5,7 @@ Binds 127.0.0.1 unless told otherwise; port 0 picks a free port, reported back t
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,31 @@ import uvicorn
 from starlette.types import ASGIApp
 
 STARTUP_TIMEOUT_SECONDS = 10.0
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on (or holds) host:port: checked before a server starts, so a taken
+    port is one clear line rather than uvicorn's bind error from its thread."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_taken_message(port: int, host: str, option: str = "--port", name: str | None = None) -> str:
+    """The one line every command prints for a taken port (`name` says whose port, when a command binds several)."""
+    port_name = f"{port} ({name})" if name else str(port)
+    return (
+        f"error: port {port_name} is already in use on {host}; stop what listens there "
+        f"or pass {option} N (0 picks a free one)"
+    )
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import errno
 import pathlib
 import re
 import socket
+import threading
 
 import pytest
 from starlette.applications import Starlette
@@ -165,11 +166,18 @@ def test_api_on_a_taken_port_says_so_before_starting_anything(capsys):
 
 
 def test_simulator_on_a_taken_port_is_one_line(capsys):
+    """Checked before the server starts: one line, and no uvicorn bind error from its thread."""
+    from openai_simulator.__main__ import main as simulator_main
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        assert main(["simulator", "--port", str(port)]) == 2
+        err = capsys.readouterr().err
         with pytest.raises(SystemExit) as exited:
-            main(["simulator", "--port", str(port)])
-    assert str(exited.value).startswith(f"error: openai-simulator failed to start on 127.0.0.1:{port}")
+            simulator_main(["--port", str(port)])
+    assert err.strip().splitlines() == [str(exited.value)]
+    assert str(exited.value).startswith(f"error: port {port} is already in use on 127.0.0.1")
     assert "--port N" in str(exited.value)
+    assert not any(thread.name == "openai-simulator" for thread in threading.enumerate())

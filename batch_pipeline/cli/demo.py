@@ -25,11 +25,12 @@ from typing import IO
 import dagster as dg
 
 from batch_pipeline.batching.pricing import cost_lines
-from batch_pipeline.cli.main import HelpWithDefaults, port_in_use
+from batch_pipeline.cli.main import HelpWithDefaults
 from batch_pipeline.defs.run_history import runs_in_progress
 from batch_pipeline.errors import LedgerBusy
 from batch_pipeline.ledger.reader import LedgerReader
 from batch_pipeline.settings import PipelineHome
+from openai_simulator.serving import port_in_use, port_taken_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # batch_pipeline/cli/demo.py -> the repository
 BIN = Path(sys.executable).parent  # dagster, dagster-daemon, dagster-webserver live beside this Python
@@ -70,10 +71,7 @@ def choose_ports(wanted: Mapping[str, tuple[int, str]]) -> dict[str, int]:
         if port == 0:
             chosen[name] = free_port()
         elif port_in_use(port):
-            raise SystemExit(
-                f"error: port {port} ({name}) is already in use on 127.0.0.1; stop what listens there "
-                f"or pass {option} N (0 picks a free port)"
-            )
+            raise SystemExit(port_taken_message(port, "127.0.0.1", option, name))
         else:
             chosen[name] = port
     return chosen

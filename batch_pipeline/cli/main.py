@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import socket
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -31,6 +30,7 @@ from batch_pipeline.runtime import Runtime, build_runtime
 from batch_pipeline.search import SearchParams
 from batch_pipeline.settings import SettingsError, is_loopback_host, load_settings, mask_url
 from batch_pipeline.vocabulary import Tier
+from openai_simulator.serving import port_in_use, port_taken_message
 
 SUBJECTS = ["a lighthouse in a storm", "a fox in a snowy forest", "a city market at dusk", "a koi pond in autumn"]
 
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             from openai_simulator.__main__ import main as simulator_main
 
+            if args.port and port_in_use(args.port, args.host):
+                print(port_taken_message(args.port, args.host), file=sys.stderr)
+                return 2
             simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
             return 0
         if args.command == "api":
@@ -287,21 +290,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something already listens on (or holds) host:port."""
-    with socket.socket() as s:
-        s.settimeout(1)
-        if s.connect_ex((host, port)) == 0:
-            return True
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def run_api(args: argparse.Namespace) -> int:
     import os
 
@@ -313,10 +301,7 @@ def run_api(args: argparse.Namespace) -> int:
         # Before anything starts: a public bind without a token is refused.
         check_bind(args.host, bool(env.get("BATCH_API_TOKEN")))
         if args.port and port_in_use(args.port, args.host):
-            print(
-                f"error: port {args.port} is already in use on {args.host}; stop what listens there or pass --port N",
-                file=sys.stderr,
-            )
+            print(port_taken_message(args.port, args.host), file=sys.stderr)
             return 2
         if args.with_simulator:
             from openai_simulator import Simulator, SimulatorConfig
