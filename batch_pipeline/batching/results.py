@@ -293,7 +293,7 @@ def read_result_table(
                 if response is None:
                     outcome, status, code, message = rule(custom_id, _NO_RESPONSE, None, line.error, raw)
                 else:
-                    text = bytes(response.body).decode()  # the ledger stores text: a str is its exact size
+                    text = str(response.body, "utf-8")  # the ledger stores text: a str is its exact size
                     try:
                         body = _EMPTY_BODY if text == "null" else decode_body(text)
                     except msgspec.DecodeError as exc:
