@@ -57,17 +57,16 @@ MODEL = "gpt-5-mini"
 CHAT = str(Endpoint.CHAT)
 
 
+def messages(i: int) -> list[dict[str, str]]:
+    """Request i's messages (the peer's script spells the same two)."""
+    return [
+        {"role": "system", "content": "You write image prompts. Return JSON."},
+        {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
+    ]
+
+
 def chat_request(i: int) -> ChatRequest:
-    return ChatRequest(
-        key=f"r{i}",
-        model=MODEL,
-        max_tokens=300,
-        temperature=0.7,
-        messages=[
-            {"role": "system", "content": "You write image prompts. Return JSON."},
-            {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
-        ],
-    )
+    return ChatRequest(key=f"r{i}", model=MODEL, max_tokens=300, temperature=0.7, messages=messages(i))
 
 
 def output_line(i: int) -> bytes:
@@ -184,15 +183,7 @@ def floor_build(n: int, path: Path) -> None:
     custom_id rule, no record for the ledger."""
     with path.open("wb", buffering=1 << 20) as fh:
         for i in range(n):
-            body = {
-                "model": MODEL,
-                "max_tokens": 300,
-                "temperature": 0.7,
-                "messages": [
-                    {"role": "system", "content": "You write image prompts. Return JSON."},
-                    {"role": "user", "content": f"User prompt: a lighthouse in a storm, variant {i}"},
-                ],
-            }
+            body = {"model": MODEL, "max_tokens": 300, "temperature": 0.7, "messages": messages(i)}
             text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
             hashlib.sha256(text).hexdigest()
             fh.write(b'{"custom_id":"bench-r%d","method":"POST","url":"%s","body":%s}\n' % (i, CHAT.encode(), text))

@@ -294,12 +294,13 @@ def read_result_table(
                     outcome, status, code, message = rule(custom_id, _NO_RESPONSE, None, line.error, raw)
                 else:
                     text = str(response.body, "utf-8")  # the ledger stores text: a str is its exact size
-                    try:
-                        body = _EMPTY_BODY if text == "null" else decode_body(text)
-                    except msgspec.DecodeError as exc:
-                        raise ResultFileError(f"{path.name}: line {n}: the response body is not an object") from exc
-                    if text == "null":
-                        text = "{}"  # what the per-outcome path stores for a response without a body
+                    if text == "null":  # no body: stored as the per-outcome path stores it
+                        body, text = _EMPTY_BODY, "{}"
+                    else:
+                        try:
+                            body = decode_body(text)
+                        except msgspec.DecodeError as exc:
+                            raise ResultFileError(f"{path.name}: line {n}: the response body is not an object") from exc
                     outcome, status, code, message = rule(custom_id, response.status_code, body.error, line.error, raw)
                     data = body.data
                     if (

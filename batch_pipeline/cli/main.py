@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             from openai_simulator.__main__ import main as simulator_main
 
-            if args.port and port_in_use(args.port, args.host):
-                print(port_taken_message(args.port, args.host), file=sys.stderr)
+            if port_taken(args):
                 return 2
             simulator_main(["--host", args.host, "--port", str(args.port), "--data-dir", str(args.data_dir)])
             return 0
@@ -290,6 +289,14 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_taken(args: argparse.Namespace) -> bool:
+    """Whether the server's --port is taken on its --host, said in one line before anything starts."""
+    if args.port and port_in_use(args.port, args.host):
+        print(port_taken_message(args.port, args.host), file=sys.stderr)
+        return True
+    return False
+
+
 def run_api(args: argparse.Namespace) -> int:
     import os
 
@@ -300,8 +307,7 @@ def run_api(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         # Before anything starts: a public bind without a token is refused.
         check_bind(args.host, bool(env.get("BATCH_API_TOKEN")))
-        if args.port and port_in_use(args.port, args.host):
-            print(port_taken_message(args.port, args.host), file=sys.stderr)
+        if port_taken(args):
             return 2
         if args.with_simulator:
             from openai_simulator import Simulator, SimulatorConfig
